@@ -1,0 +1,283 @@
+// prefcal._cuda: device pointers + stream in, CUDA kernels (compiled separately by nvcc) with the GIL released.
+//
+// Compiled by the host compiler; it sees only cuda/launch.hpp, never a CUDA header. Python passes each
+// array as (pointer, NumPy typestr) plus the CUDA stream and device of the call (prefcal/_arrays.py gets
+// them from __cuda_array_interface__ for CuPy, from DLPack for torch tensors).
+#include <Python.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "launch.hpp"
+#include "prefcal/binning.hpp"
+#include "prefcal/dtypes.hpp"
+
+namespace py = pybind11;
+namespace pc = prefcal::cuda;
+using prefcal::bind::DType;
+
+namespace {
+
+struct View {
+  const void* ptr;
+  DType type;
+};
+
+View view(const py::tuple& t) {
+  if (t.size() != 2) throw std::invalid_argument("internal error: expected (pointer, typestr)");
+  return {reinterpret_cast<const void*>(t[0].cast<uintptr_t>()), prefcal::bind::parse_typestr(t[1].cast<std::string>())};
+}
+
+pc::Stream stream_of(uintptr_t s) { return reinterpret_cast<pc::Stream>(s); }
+
+pc::Binary binary(const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n) {
+  const View c = view(conf), y = view(correct);
+  const double* w = weights.is_none() ? nullptr : reinterpret_cast<const double*>(weights.cast<uintptr_t>());
+  return {c.ptr, c.type, y.ptr, y.type, w, n};
+}
+
+void check_bins(int32_t n_bins) {
+  if (n_bins < 1 || n_bins > prefcal::kMaxBins) throw std::invalid_argument("internal error: n_bins");
+}
+
+py::tuple bin_uniform(const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n,
+                      int32_t n_bins, uintptr_t stream, int device) {
+  check_bins(n_bins);
+  const pc::Binary in = binary(conf, correct, weights, n);
+  py::array_t<double> out({int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  int64_t bad = 0;
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    bad = pc::bin_uniform(in, n_bins, o, stream_of(stream));
+  }
+  return py::make_tuple(out, bad);
+}
+
+py::tuple bin_quantile(const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n,
+                       int32_t n_bins, uintptr_t stream, int device) {
+  check_bins(n_bins);
+  const pc::Binary in = binary(conf, correct, weights, n);
+  py::array_t<double> out({int64_t(3), int64_t(n_bins)});
+  py::array_t<double> edges(int64_t(n_bins) + 1);
+  double* o = out.mutable_data();
+  double* e = edges.mutable_data();
+  int64_t bad = 0;
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    bad = pc::bin_quantile(in, n_bins, o, e, stream_of(stream));
+  }
+  return py::make_tuple(out, edges, bad);
+}
+
+py::tuple multiclass(const py::tuple& probs, const py::tuple& labels, int64_t n, int32_t n_classes, int32_t n_bins,
+                     int kind, uintptr_t stream, int device, bool quantile) {
+  check_bins(n_bins);
+  if (n_classes < 1 || kind < 0 || kind > 2) throw std::invalid_argument("internal error: multiclass arguments");
+  const View p = view(probs), l = view(labels);
+  const pc::Multiclass in{p.ptr, p.type, l.ptr, l.type, n, n_classes};
+  const int64_t groups = kind == 0 ? 1 : n_classes;
+  py::array_t<double> out({groups, int64_t(3), int64_t(n_bins)});
+  py::array_t<double> edges({groups, int64_t(n_bins) + 1});
+  double* o = out.mutable_data();
+  double* e = edges.mutable_data();
+  int64_t bad = 0;
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    bad = quantile ? pc::multiclass_quantile(in, n_bins, kind, o, e, stream_of(stream))
+                   : pc::multiclass_uniform(in, n_bins, kind, o, stream_of(stream));
+  }
+  if (quantile) return py::make_tuple(out, edges, bad);
+  return py::make_tuple(out, py::none(), bad);
+}
+
+py::tuple score_sums(const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n, double eps,
+                     uintptr_t stream, int device) {
+  const pc::Binary in = binary(conf, correct, weights, n);
+  py::array_t<double> out(3);
+  double* o = out.mutable_data();
+  int64_t bad = 0;
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    bad = pc::score_sums(in, eps, o, stream_of(stream));
+  }
+  return py::make_tuple(out, bad);
+}
+
+// ------------------------------------------------------------------ DLPack (consumer side, no ownership taken)
+// The capsule keeps its producer's tensor alive; Python holds the capsule for the duration of the call and
+// never renames it, so the producer's own capsule destructor releases the tensor.
+struct DLDevice {
+  int32_t device_type;
+  int32_t device_id;
+};
+struct DLDataType {
+  uint8_t code;
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor*);
+};
+
+py::dict dlpack_info(const py::capsule& capsule) {
+  if (std::strcmp(capsule.name(), "dltensor") != 0) {
+    throw std::invalid_argument(std::string("expected an unconsumed 'dltensor' capsule, got '") + capsule.name() + "'");
+  }
+  const auto* m = static_cast<const DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  if (m == nullptr) throw py::error_already_set();
+  const DLTensor& t = m->dl_tensor;
+  if (t.dtype.lanes != 1) throw std::invalid_argument("vector dtypes are not supported");
+  char kind = '?';
+  switch (t.dtype.code) {
+    case 0: kind = 'i'; break;
+    case 1: kind = 'u'; break;
+    case 2: kind = 'f'; break;
+    case 6: kind = 'b'; break;
+    default: throw std::invalid_argument("unsupported DLPack dtype code " + std::to_string(t.dtype.code));
+  }
+  py::list shape, strides;
+  for (int i = 0; i < t.ndim; ++i) shape.append(t.shape[i]);
+  if (t.strides != nullptr) {
+    for (int i = 0; i < t.ndim; ++i) strides.append(t.strides[i]);
+  }
+  py::dict d;
+  d["ptr"] = reinterpret_cast<uintptr_t>(static_cast<char*>(t.data) + t.byte_offset);
+  d["shape"] = py::tuple(shape);
+  d["strides"] = t.strides == nullptr ? py::object(py::none()) : py::object(py::tuple(strides));  // in elements
+  d["typestr"] = std::string("|") + kind + std::to_string(t.dtype.bits / 8);
+  d["device_type"] = t.device.device_type;
+  d["device_id"] = t.device.device_id;
+  return d;
+}
+
+// ------------------------------------------------------------------ host arrays staged on a device
+class DeviceArray {
+ public:
+  DeviceArray(const py::array& a, int device) : device_(device) {
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("internal error: array is not C-contiguous");
+    bytes_ = static_cast<size_t>(a.nbytes());
+    pc::DeviceGuard guard(device);
+    ptr_ = pc::device_malloc(bytes_);
+    pc::copy_host_to_device(ptr_, a.data(), bytes_);
+  }
+  ~DeviceArray() {
+    if (ptr_ != nullptr) {
+      try {
+        pc::DeviceGuard guard(device_);
+        pc::device_free(ptr_);
+      } catch (...) {
+      }
+    }
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  uintptr_t ptr() const { return reinterpret_cast<uintptr_t>(ptr_); }
+  int device() const { return device_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  int device_ = 0;
+};
+
+py::tuple device_count() {
+  std::string err;
+  const int n = pc::device_count(&err);
+  return py::make_tuple(n, err);
+}
+
+py::dict device_props(int device) {
+  const pc::DeviceProps p = pc::device_props(device);
+  py::dict d;
+  d["name"] = p.name;
+  d["compute_capability"] = py::make_tuple(p.major, p.minor);
+  d["multiprocessors"] = p.multiprocessors;
+  d["total_memory"] = p.total_memory;
+  d["l2_bytes"] = p.l2_bytes;
+  d["driver_version"] = p.driver_version;
+  d["runtime_version"] = p.runtime_version;
+  return d;
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["architectures"] = PREFCAL_CUDA_ARCHS_INFO;
+  d["nvcc"] = PREFCAL_NVCC_INFO;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "prefcal CUDA kernels";
+  py::register_exception<std::runtime_error>(m, "CudaError", PyExc_RuntimeError);
+  m.def("bin_uniform", &bin_uniform, py::arg("conf"), py::arg("correct"), py::arg("weights").none(true), py::arg("n"),
+        py::arg("n_bins"), py::arg("stream"), py::arg("device"));
+  m.def("bin_quantile", &bin_quantile, py::arg("conf"), py::arg("correct"), py::arg("weights").none(true),
+        py::arg("n"), py::arg("n_bins"), py::arg("stream"), py::arg("device"));
+  m.def(
+      "multiclass_uniform",
+      [](const py::tuple& p, const py::tuple& l, int64_t n, int32_t c, int32_t b, int kind, uintptr_t s, int d) {
+        return multiclass(p, l, n, c, b, kind, s, d, false);
+      },
+      py::arg("probs"), py::arg("labels"), py::arg("n"), py::arg("n_classes"), py::arg("n_bins"), py::arg("kind"),
+      py::arg("stream"), py::arg("device"));
+  m.def(
+      "multiclass_quantile",
+      [](const py::tuple& p, const py::tuple& l, int64_t n, int32_t c, int32_t b, int kind, uintptr_t s, int d) {
+        return multiclass(p, l, n, c, b, kind, s, d, true);
+      },
+      py::arg("probs"), py::arg("labels"), py::arg("n"), py::arg("n_classes"), py::arg("n_bins"), py::arg("kind"),
+      py::arg("stream"), py::arg("device"));
+  m.def("score_sums", &score_sums, py::arg("conf"), py::arg("correct"), py::arg("weights").none(true), py::arg("n"),
+        py::arg("eps"), py::arg("stream"), py::arg("device"));
+  m.def(
+      "time_bin_uniform",
+      [](const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n, int32_t n_bins,
+         int reps, uintptr_t stream, int device) {
+        check_bins(n_bins);
+        const pc::Binary in = binary(conf, correct, weights, n);
+        py::gil_scoped_release nogil;
+        pc::DeviceGuard guard(device);
+        return pc::time_bin_uniform(in, n_bins, reps, stream_of(stream));
+      },
+      py::arg("conf"), py::arg("correct"), py::arg("weights").none(true), py::arg("n"), py::arg("n_bins"),
+      py::arg("reps"), py::arg("stream"), py::arg("device"));
+  m.def(
+      "describe_bin_uniform",
+      [](const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n, int32_t n_bins,
+         int device) {
+        check_bins(n_bins);
+        pc::DeviceGuard guard(device);
+        return pc::describe_bin_uniform(binary(conf, correct, weights, n), n_bins);
+      },
+      py::arg("conf"), py::arg("correct"), py::arg("weights").none(true), py::arg("n"), py::arg("n_bins"),
+      py::arg("device"));
+  m.def("dlpack_info", &dlpack_info, py::arg("capsule"));
+  m.def("device_count", &device_count);
+  m.def("device_props", &device_props, py::arg("device"));
+  m.def("build_info", &build_info);
+  py::class_<DeviceArray>(m, "DeviceArray")
+      .def(py::init<const py::array&, int>(), py::arg("array"), py::arg("device"))
+      .def_property_readonly("ptr", &DeviceArray::ptr)
+      .def_property_readonly("device", &DeviceArray::device);
+}

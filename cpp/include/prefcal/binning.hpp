@@ -1,0 +1,84 @@
+// Binned calibration: per-element arithmetic shared by the CPU and CUDA kernels (SPEC §4, §12).
+//
+// Uniform bins (B bins over [0, 1]):   index(c) = min(floor(c * B), B - 1)
+//   bin b is [b/B, (b+1)/B); the last bin is closed, so c = 1 lands in bin B - 1.
+//   SPEC §12 pins the arithmetic: the product is taken in float64 from the input value (a float32 input
+//   converted exactly). `uniform_bin` does exactly that. `uniform_bin_f32` is the GPU's fast path for
+//   float32 inputs: it never leaves float32 yet returns the same index for every float32 c and every
+//   B < 2^24 (the float32 product may round up across an integer; an exact fused multiply-add of the
+//   residual detects that). The CPU tests compare the two on every float32 near every edge.
+//
+// Quantile bins (N rows, B bins): rows sorted by confidence (stable: ties by row index); bin b holds the
+//   sort ranks [floor(b N / B), floor((b + 1) N / B)), so rank r is in bin ceil((r + 1) B / N) - 1.
+//
+// Precision policy: inputs float32 or float64; every per-bin accumulator that leaves a thread is float64
+// (counts of unweighted rows are exact 64-bit integers until the final conversion).
+//
+// Validity: confidence in [0, 1] (NaN fails), correct exactly 0 or 1, weight finite and >= 0. Invalid
+// values never cause an out-of-range bin index: the kernels clamp first and report the row afterwards.
+#pragma once
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+
+#include "prefcal/common.hpp"
+
+namespace prefcal {
+
+// Largest n_bins accepted by every backend (keeps B exact in float32 and (r + 1) * B inside int64).
+constexpr int64_t kMaxBins = int64_t(1) << 24;
+
+PREFCAL_HD int32_t uniform_bin(double c, int32_t n_bins) {
+  double x = c * static_cast<double>(n_bins);
+  const double top = static_cast<double>(n_bins - 1);
+  x = x > 0.0 ? x : 0.0;  // NaN and negatives -> 0 (they are reported as invalid anyway)
+  x = x < top ? x : top;
+  return static_cast<int32_t>(x);  // truncation == floor for x >= 0
+}
+
+PREFCAL_HD int32_t uniform_bin_f32(float c, int32_t n_bins) {
+  const float b = static_cast<float>(n_bins);
+  float x = c * b;
+  x = x > 0.0f ? x : 0.0f;
+  x = x < b - 1.0f ? x : b - 1.0f;
+  int32_t i = static_cast<int32_t>(x);
+  // x may have been rounded up onto the integer i although c * B < i: the exact residual is negative then.
+  if (i > 0 && fmaf(c, b, -static_cast<float>(i)) < 0.0f) i -= 1;
+  return i;
+}
+
+// Rank r (0-based, in sort order) of n rows -> quantile bin.
+PREFCAL_HD int64_t quantile_bin(int64_t r, int64_t n, int64_t n_bins) { return ((r + 1) * n_bins + n - 1) / n - 1; }
+
+// First sort rank of quantile bin b.
+PREFCAL_HD int64_t quantile_start(int64_t b, int64_t n, int64_t n_bins) { return (b * n) / n_bins; }
+
+template <class T>
+PREFCAL_HD bool valid_confidence(T c) {
+  return (c >= T(0)) & (c <= T(1));
+}
+
+template <class T>
+PREFCAL_HD bool valid_binary(T y) {
+  return (y == T(0)) | (y == T(1));
+}
+
+PREFCAL_HD bool valid_weight(double w) { return (w >= 0.0) & (w <= DBL_MAX); }
+
+// 0/1 outcome of a validated `correct` value.
+template <class T>
+PREFCAL_HD uint32_t outcome(T y) {
+  return y != T(0) ? 1u : 0u;
+}
+
+// Brier and log-loss terms of one (c, y) pair; log loss clips c to [eps, 1 - eps] (eps of the input dtype).
+PREFCAL_HD double brier_term(double c, double y) { return (c - y) * (c - y); }
+
+PREFCAL_HD double log_loss_term(double c, double y, double eps) {
+  const double lo = eps, hi = 1.0 - eps;
+  c = c < lo ? lo : (c > hi ? hi : c);
+  return -(y * log(c) + (1.0 - y) * log1p(-c));
+}
+
+}  // namespace prefcal

@@ -1,0 +1,555 @@
+// OpenMP CPU kernels of binned calibration. See prefcal/cpu/binning.hpp for the contract and
+// prefcal/binning.hpp for the per-element rules shared with the CUDA kernels.
+//
+// Uniform binning is one streaming pass. Each chunk of rows is binned into thread-private bins; to break
+// the store-to-load dependency chain when consecutive rows fall into the same bin, small bin counts use four
+// interleaved sub-histograms (row j updates copy j % 4). Unweighted rows keep (count, sum_correct) packed in
+// one 64-bit word per bin (low and high 32 bits; a chunk has fewer than 2^32 rows) and sum_confidence in
+// float64. Each chunk's bins are written out and the chunks are added in chunk order, so results do not
+// depend on the number of threads.
+//
+// Quantile binning never sorts all rows: a 65536-bucket value histogram (monotone in the confidence) gives
+// each bucket's rank range; buckets that hold no bin boundary go straight to their bin, and only the rows of
+// the at most B - 1 buckets that hold a boundary are sorted (stable, by value then row) to place them.
+#include "prefcal/cpu/binning.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <new>
+#include <vector>
+
+#include "prefcal/binning.hpp"
+#include "prefcal/common.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace prefcal::cpu {
+
+namespace {
+
+int g_threads = 0;
+
+constexpr int64_t kChunk = int64_t(1) << 16;  // rows per chunk: fixed, so results do not depend on threads
+constexpr int kBlock = 256;                    // rows per vectorised block inside a chunk
+constexpr int32_t kBuckets = 1 << 16;          // value buckets of the quantile selection
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Rows per chunk for kernels that keep `bins_per_chunk` float64 partial bins per chunk: large enough that the
+// partial bins stay a small fraction of the input.
+int64_t chunk_rows(int64_t bins_per_chunk, int64_t row_width = 1) {
+  const int64_t want = std::max<int64_t>(kChunk / std::max<int64_t>(row_width, 1), 64 * bins_per_chunk / row_width);
+  return std::max<int64_t>(kBlock, (want + kBlock - 1) / kBlock * kBlock);
+}
+
+int threads_for(int64_t n_chunks) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n_chunks)));
+}
+
+// body(thread, chunk, lo, hi) for each fixed chunk [lo, hi) of [0, n), on up to nt threads. Exceptions (only
+// std::bad_alloc can occur) are carried out of the parallel region.
+template <class Body>
+void for_chunks(int64_t n, int64_t chunk, int nt, Body&& body) {
+  const int64_t nc = (n + chunk - 1) / chunk;
+  std::atomic<bool> failed{false};
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt)
+#else
+  (void)nt;
+#endif
+  for (int64_t k = 0; k < nc; ++k) {
+    try {
+      body(thread_id(), k, k * chunk, std::min(n, (k + 1) * chunk));
+    } catch (...) {
+      failed = true;
+    }
+  }
+  if (failed) throw std::bad_alloc();
+}
+
+template <class TC, class TY>
+int64_t first_invalid(const TC* c, const TY* y, const double* w, int64_t m) {
+  for (int64_t j = 0; j < m; ++j) {
+    if (!valid_confidence(c[j]) || !valid_binary(y[j]) || (w != nullptr && !valid_weight(w[j]))) return j;
+  }
+  return kNoError;
+}
+
+int64_t min_index(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *std::min_element(v.begin(), v.end()); }
+
+// ------------------------------------------------------------------------------------------- uniform
+
+// Unweighted: cc[l * B + b] packs (count | sum_correct << 32), sc[l * B + b] sums confidences; L copies.
+template <int L, class TC, class TY>
+int64_t uniform_chunk(const TC* conf, const TY* y, int64_t lo, int64_t hi, int32_t B, uint64_t* cc, double* sc) {
+  int32_t idx[kBlock];
+  for (int64_t base = lo; base < hi; base += kBlock) {
+    const int m = static_cast<int>(std::min<int64_t>(kBlock, hi - base));
+    const TC* c = conf + base;
+    const TY* t = y + base;
+    unsigned ok = 1;
+    for (int j = 0; j < m; ++j) {
+      ok &= static_cast<unsigned>(valid_confidence(c[j]) & valid_binary(t[j]));
+      idx[j] = uniform_bin(static_cast<double>(c[j]), B);
+    }
+    if (!ok) return base + first_invalid(c, t, static_cast<const double*>(nullptr), m);
+    int j = 0;
+    for (; j + L <= m; j += L) {
+      for (int u = 0; u < L; ++u) {
+        const int32_t b = u * B + idx[j + u];
+        cc[b] += 1u + (static_cast<uint64_t>(outcome(t[j + u])) << 32);
+        sc[b] += static_cast<double>(c[j + u]);
+      }
+    }
+    for (; j < m; ++j) {
+      cc[idx[j]] += 1u + (static_cast<uint64_t>(outcome(t[j])) << 32);
+      sc[idx[j]] += static_cast<double>(c[j]);
+    }
+  }
+  return kNoError;
+}
+
+// Weighted: float64 (sum w, sum w c, sum w y) per bin; L copies.
+template <int L, class TC, class TY>
+int64_t uniform_chunk_weighted(const TC* conf, const TY* y, const double* w, int64_t lo, int64_t hi, int32_t B,
+                               double* cw, double* scw, double* syw) {
+  int32_t idx[kBlock];
+  for (int64_t base = lo; base < hi; base += kBlock) {
+    const int m = static_cast<int>(std::min<int64_t>(kBlock, hi - base));
+    const TC* c = conf + base;
+    const TY* t = y + base;
+    const double* v = w + base;
+    unsigned ok = 1;
+    for (int j = 0; j < m; ++j) {
+      ok &= static_cast<unsigned>(valid_confidence(c[j]) & valid_binary(t[j]) & valid_weight(v[j]));
+      idx[j] = uniform_bin(static_cast<double>(c[j]), B);
+    }
+    if (!ok) return base + first_invalid(c, t, v, m);
+    int j = 0;
+    for (; j + L <= m; j += L) {
+      for (int u = 0; u < L; ++u) {
+        const int32_t b = u * B + idx[j + u];
+        const double wj = v[j + u];
+        cw[b] += wj;
+        scw[b] += wj * static_cast<double>(c[j + u]);
+        syw[b] += outcome(t[j + u]) ? wj : 0.0;
+      }
+    }
+    for (; j < m; ++j) {
+      const int32_t b = idx[j];
+      cw[b] += v[j];
+      scw[b] += v[j] * static_cast<double>(c[j]);
+      syw[b] += outcome(t[j]) ? v[j] : 0.0;
+    }
+  }
+  return kNoError;
+}
+
+// Adds the per-chunk bins in chunk order into out (3 * B).
+void merge_partials(const std::vector<double>& partial, int64_t n_chunks, int64_t width, double* out) {
+  std::fill(out, out + width, 0.0);
+  for (int64_t k = 0; k < n_chunks; ++k) {
+    const double* p = partial.data() + k * width;
+    for (int64_t j = 0; j < width; ++j) out[j] += p[j];
+  }
+}
+
+// Unpacks L interleaved unweighted copies into (count, sum_conf, sum_correct) rows of width B.
+void unpack_lanes(const uint64_t* cc, const double* sc, int L, int64_t B, double* p) {
+  for (int64_t b = 0; b < B; ++b) {
+    uint64_t count = 0, correct = 0;
+    double s = 0.0;
+    for (int u = 0; u < L; ++u) {
+      count += cc[u * B + b] & 0xffffffffu;
+      correct += cc[u * B + b] >> 32;
+      s += sc[u * B + b];
+    }
+    p[b] = static_cast<double>(count);
+    p[B + b] = s;
+    p[2 * B + b] = static_cast<double>(correct);
+  }
+}
+
+// ------------------------------------------------------------------------------------------- quantile
+
+struct SplitItem {
+  double c;   // confidence (exact for float32 and float64 inputs)
+  int64_t i;  // row
+};
+
+}  // namespace
+
+void set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
+
+int num_threads() {
+#ifdef _OPENMP
+  return g_threads > 0 ? g_threads : omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+bool have_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+template <class TC, class TY>
+int64_t bin_uniform(const TC* conf, const TY* y, const double* w, int64_t n, int32_t B, double* out) {
+  const int64_t width = 3 * int64_t(B);
+  const int L = B <= 4096 ? 4 : 1;
+  const int64_t chunk = chunk_rows(width * L);
+  const int64_t nc = (n + chunk - 1) / chunk;
+  const int nt = threads_for(nc);
+  const size_t lane_bins = size_t(L) * size_t(B);
+  std::vector<double> partial(size_t(nc) * size_t(width));
+  std::vector<int64_t> bad(size_t(nc), kNoError);
+  if (w == nullptr) {
+    std::vector<uint64_t> cc(size_t(nt) * lane_bins);
+    std::vector<double> sc(size_t(nt) * lane_bins);
+    for_chunks(n, chunk, nt, [&](int tid, int64_t k, int64_t lo, int64_t hi) {
+      uint64_t* c1 = cc.data() + size_t(tid) * lane_bins;
+      double* s1 = sc.data() + size_t(tid) * lane_bins;
+      std::fill(c1, c1 + lane_bins, uint64_t(0));
+      std::fill(s1, s1 + lane_bins, 0.0);
+      bad[size_t(k)] = L == 4 ? uniform_chunk<4>(conf, y, lo, hi, B, c1, s1) : uniform_chunk<1>(conf, y, lo, hi, B, c1, s1);
+      unpack_lanes(c1, s1, L, B, partial.data() + size_t(k) * size_t(width));
+    });
+  } else {
+    std::vector<double> acc(size_t(nt) * 3 * lane_bins);
+    for_chunks(n, chunk, nt, [&](int tid, int64_t k, int64_t lo, int64_t hi) {
+      double* a = acc.data() + size_t(tid) * 3 * lane_bins;
+      std::fill(a, a + 3 * lane_bins, 0.0);
+      double *cw = a, *scw = a + lane_bins, *syw = a + 2 * lane_bins;
+      bad[size_t(k)] = L == 4 ? uniform_chunk_weighted<4>(conf, y, w, lo, hi, B, cw, scw, syw)
+                              : uniform_chunk_weighted<1>(conf, y, w, lo, hi, B, cw, scw, syw);
+      double* p = partial.data() + size_t(k) * size_t(width);
+      for (int64_t b = 0; b < B; ++b) {
+        double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+        for (int u = 0; u < L; ++u) {
+          s0 += cw[u * B + b];
+          s1 += scw[u * B + b];
+          s2 += syw[u * B + b];
+        }
+        p[b] = s0;
+        p[B + b] = s1;
+        p[2 * B + b] = s2;
+      }
+    });
+  }
+  const int64_t first = min_index(bad);
+  if (first != kNoError) return first;
+  merge_partials(partial, nc, width, out);
+  return kNoError;
+}
+
+template <class TC, class TY>
+int64_t bin_quantile(const TC* conf, const TY* y, const double* w, int64_t n, int32_t B, double* out, double* edges) {
+  const int64_t width = 3 * int64_t(B);
+  std::fill(out, out + width, 0.0);
+  edges[0] = 0.0;
+  edges[B] = 1.0;
+  for (int32_t b = 1; b < B; ++b) edges[b] = std::numeric_limits<double>::quiet_NaN();
+  if (n == 0) return kNoError;
+
+  // Pass 1: validate and histogram the value buckets (per-thread histograms; integer counts are exact).
+  const int64_t nc1 = (n + kChunk - 1) / kChunk;
+  const int nt1 = threads_for(nc1);
+  std::vector<uint64_t> hist(size_t(nt1) * kBuckets, 0);
+  std::vector<int64_t> bad(size_t(nc1), kNoError);
+  for_chunks(n, kChunk, nt1, [&](int tid, int64_t k, int64_t lo, int64_t hi) {
+    uint64_t* h = hist.data() + size_t(tid) * kBuckets;
+    const int64_t f = first_invalid(conf + lo, y + lo, w == nullptr ? nullptr : w + lo, hi - lo);
+    if (f != kNoError) {
+      bad[size_t(k)] = lo + f;
+      return;
+    }
+    for (int64_t i = lo; i < hi; ++i) ++h[uniform_bin(static_cast<double>(conf[i]), kBuckets)];
+  });
+  const int64_t first = min_index(bad);
+  if (first != kNoError) return first;
+
+  // Rank range of each bucket; buckets holding the first rank of a bin b >= 1 are "split" (-1).
+  std::vector<int64_t> start(size_t(kBuckets) + 1, 0);
+  for (int32_t k = 0; k < kBuckets; ++k) {
+    uint64_t c = 0;
+    for (int t = 0; t < nt1; ++t) c += hist[size_t(t) * kBuckets + size_t(k)];
+    start[size_t(k) + 1] = start[size_t(k)] + static_cast<int64_t>(c);
+  }
+  std::vector<int32_t> lut(kBuckets, 0);
+  for (int32_t k = 0; k < kBuckets; ++k) {
+    const int64_t s = start[size_t(k)], e = start[size_t(k) + 1];
+    if (s == e) continue;
+    const int64_t bstar = std::max<int64_t>(1, (s * B + n - 1) / n);  // smallest b >= 1 whose first rank >= s
+    const bool split = bstar <= B - 1 && quantile_start(bstar, n, B) <= e - 1;
+    lut[size_t(k)] = split ? -1 : static_cast<int32_t>(quantile_bin(s, n, B));
+  }
+
+  // Pass 2: rows of whole buckets go to their bin (chunk partials, added in chunk order); rows of split buckets
+  // are collected in row order.
+  const int64_t chunk = chunk_rows(width);
+  const int64_t nc = (n + chunk - 1) / chunk;
+  const int nt = threads_for(nc);
+  std::vector<double> partial(size_t(nc) * size_t(width), 0.0);
+  std::vector<std::vector<SplitItem>> items(static_cast<size_t>(nc));
+  for_chunks(n, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
+    double* p = partial.data() + size_t(k) * size_t(width);
+    std::vector<SplitItem>& mine = items[size_t(k)];
+    for (int64_t i = lo; i < hi; ++i) {
+      const double c = static_cast<double>(conf[i]);
+      const int32_t b = lut[size_t(uniform_bin(c, kBuckets))];
+      if (b < 0) {
+        mine.push_back({c, i});
+        continue;
+      }
+      const double wi = w == nullptr ? 1.0 : w[i];
+      p[b] += wi;
+      p[B + b] += wi * c;
+      p[2 * B + b] += outcome(y[i]) ? wi : 0.0;
+    }
+  });
+  merge_partials(partial, nc, width, out);
+
+  // Split rows: stable sort by value gives (value, row) order, and each split bucket is contiguous in it.
+  std::vector<SplitItem> all;
+  size_t total = 0;
+  for (const auto& v : items) total += v.size();
+  all.reserve(total);
+  for (auto& v : items) {
+    all.insert(all.end(), v.begin(), v.end());
+    std::vector<SplitItem>().swap(v);
+  }
+  std::stable_sort(all.begin(), all.end(), [](const SplitItem& a, const SplitItem& b) { return a.c < b.c; });
+  size_t pos = 0;
+  while (pos < all.size()) {
+    const int32_t kb = uniform_bin(all[pos].c, kBuckets);
+    const int64_t base = start[size_t(kb)];
+    const int64_t cnt = start[size_t(kb) + 1] - base;
+    for (int64_t j = 0; j < cnt; ++j) {
+      const SplitItem& it = all[pos + size_t(j)];
+      const int64_t r = base + j;
+      int64_t b = quantile_bin(r, n, B);
+      const double wi = w == nullptr ? 1.0 : w[it.i];
+      out[b] += wi;
+      out[B + b] += wi * it.c;
+      out[2 * B + b] += outcome(y[it.i]) ? wi : 0.0;
+      for (; b >= 1 && quantile_start(b, n, B) == r; --b) edges[b] = it.c;
+    }
+    pos += size_t(cnt);
+  }
+  return kNoError;
+}
+
+template <class TP, class TL>
+int64_t multiclass_uniform(const TP* probs, const TL* labels, int64_t n, int32_t C, int32_t B, MulticlassKind kind,
+                           double* out) {
+  const int64_t groups = kind == MulticlassKind::kConfidence ? 1 : C;
+  const int64_t gb = groups * B;
+  const int64_t width = 3 * gb;
+  const int64_t chunk = chunk_rows(width, C);
+  const int64_t nc = (n + chunk - 1) / chunk;
+  const int nt = threads_for(nc);
+  std::vector<double> partial(size_t(nc) * size_t(width));
+  std::vector<int64_t> bad(size_t(nc), kNoError);
+  std::vector<uint64_t> cc(size_t(nt) * size_t(gb));
+  std::vector<double> sc(size_t(nt) * size_t(gb));
+  for_chunks(n, chunk, nt, [&](int tid, int64_t k, int64_t lo, int64_t hi) {
+    uint64_t* c1 = cc.data() + size_t(tid) * size_t(gb);
+    double* s1 = sc.data() + size_t(tid) * size_t(gb);
+    std::fill(c1, c1 + gb, uint64_t(0));
+    std::fill(s1, s1 + gb, 0.0);
+    for (int64_t r = lo; r < hi; ++r) {
+      const TP* p = probs + r * C;
+      const TL lab = labels[r];
+      unsigned ok = static_cast<unsigned>((lab >= TL(0)) & (lab < TL(C)));
+      if (kind == MulticlassKind::kClasswise) {
+        for (int32_t c = 0; c < C; ++c) ok &= static_cast<unsigned>(valid_confidence(p[c]));
+        if (!ok) {
+          bad[size_t(k)] = r;
+          return;
+        }
+        for (int32_t c = 0; c < C; ++c) {
+          const int64_t b = int64_t(c) * B + uniform_bin(static_cast<double>(p[c]), B);
+          c1[b] += 1u + (uint64_t(TL(c) == lab) << 32);
+          s1[b] += static_cast<double>(p[c]);
+        }
+      } else {
+        TP best = p[0];
+        int32_t arg = 0;
+        for (int32_t c = 0; c < C; ++c) {
+          ok &= static_cast<unsigned>(valid_confidence(p[c]));
+          if (p[c] > best) {
+            best = p[c];
+            arg = c;
+          }
+        }
+        if (!ok) {
+          bad[size_t(k)] = r;
+          return;
+        }
+        const int64_t g = kind == MulticlassKind::kTopLabel ? arg : 0;
+        const int64_t b = g * B + uniform_bin(static_cast<double>(best), B);
+        c1[b] += 1u + (uint64_t(TL(arg) == lab) << 32);
+        s1[b] += static_cast<double>(best);
+      }
+    }
+    unpack_lanes(c1, s1, 1, gb, partial.data() + size_t(k) * size_t(width));
+  });
+  const int64_t first = min_index(bad);
+  if (first != kNoError) return first;
+  // Partial rows are laid out (count[gb], sum_conf[gb], sum_correct[gb]); out is (groups, 3, B).
+  std::vector<double> flat(static_cast<size_t>(width));
+  merge_partials(partial, nc, width, flat.data());
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int f = 0; f < 3; ++f) {
+      std::copy(flat.begin() + f * gb + g * B, flat.begin() + f * gb + (g + 1) * B, out + (g * 3 + f) * B);
+    }
+  }
+  return kNoError;
+}
+
+template <class TP, class TL>
+int64_t multiclass_quantile(const TP* probs, const TL* labels, int64_t n, int32_t C, int32_t B, MulticlassKind kind,
+                            double* out, double* edges) {
+  const int64_t width = 3 * int64_t(B);
+  // One validating pass that also extracts (max probability, predicted class, hit).
+  std::vector<TP> maxp(kind == MulticlassKind::kClasswise ? 0 : size_t(n));
+  std::vector<int32_t> pred(kind == MulticlassKind::kClasswise ? 0 : size_t(n));
+  std::vector<uint8_t> hit(kind == MulticlassKind::kClasswise ? 0 : size_t(n));
+  const int64_t chunk = chunk_rows(0, C);
+  const int64_t nc = (n + chunk - 1) / chunk;
+  std::vector<int64_t> bad(size_t(nc), kNoError);
+  for_chunks(n, chunk, threads_for(nc), [&](int, int64_t k, int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const TP* p = probs + r * C;
+      const TL lab = labels[r];
+      unsigned ok = static_cast<unsigned>((lab >= TL(0)) & (lab < TL(C)));
+      TP best = p[0];
+      int32_t arg = 0;
+      for (int32_t c = 0; c < C; ++c) {
+        ok &= static_cast<unsigned>(valid_confidence(p[c]));
+        if (p[c] > best) {
+          best = p[c];
+          arg = c;
+        }
+      }
+      if (!ok) {
+        bad[size_t(k)] = r;
+        return;
+      }
+      if (kind != MulticlassKind::kClasswise) {
+        maxp[size_t(r)] = best;
+        pred[size_t(r)] = arg;
+        hit[size_t(r)] = TL(arg) == lab ? 1 : 0;
+      }
+    }
+  });
+  const int64_t first = min_index(bad);
+  if (first != kNoError) return first;
+
+  if (kind == MulticlassKind::kConfidence) return bin_quantile(maxp.data(), hit.data(), nullptr, n, B, out, edges);
+
+  std::vector<TP> col(static_cast<size_t>(n));
+  std::vector<uint8_t> y(static_cast<size_t>(n));
+  if (kind == MulticlassKind::kClasswise) {
+    for (int32_t c = 0; c < C; ++c) {
+      for (int64_t r = 0; r < n; ++r) {
+        col[size_t(r)] = probs[r * C + c];
+        y[size_t(r)] = labels[r] == TL(c) ? 1 : 0;
+      }
+      bin_quantile(col.data(), y.data(), nullptr, n, B, out + c * width, edges + int64_t(c) * (B + 1));
+    }
+    return kNoError;
+  }
+  // Top label: a stable counting sort by predicted class, then each class is binned on its own rows.
+  std::vector<int64_t> offset(size_t(C) + 1, 0);
+  for (int64_t r = 0; r < n; ++r) ++offset[size_t(pred[size_t(r)]) + 1];
+  for (int32_t c = 0; c < C; ++c) offset[size_t(c) + 1] += offset[size_t(c)];
+  std::vector<int64_t> fill(offset.begin(), offset.end() - 1);
+  for (int64_t r = 0; r < n; ++r) {
+    const size_t dst = size_t(fill[size_t(pred[size_t(r)])]++);
+    col[dst] = maxp[size_t(r)];
+    y[dst] = hit[size_t(r)];
+  }
+  for (int32_t c = 0; c < C; ++c) {
+    const int64_t lo = offset[size_t(c)];
+    bin_quantile(col.data() + lo, y.data() + lo, nullptr, offset[size_t(c) + 1] - lo, B, out + c * width,
+                 edges + int64_t(c) * (B + 1));
+  }
+  return kNoError;
+}
+
+template <class TC, class TY>
+int64_t score_sums(const TC* conf, const TY* y, const double* w, int64_t n, double eps, double* out) {
+  const int64_t nc = (n + kChunk - 1) / kChunk;
+  std::vector<double> partial(size_t(nc) * 3);
+  std::vector<int64_t> bad(size_t(nc), kNoError);
+  for_chunks(n, kChunk, threads_for(nc), [&](int, int64_t k, int64_t lo, int64_t hi) {
+    const int64_t f = first_invalid(conf + lo, y + lo, w == nullptr ? nullptr : w + lo, hi - lo);
+    if (f != kNoError) {
+      bad[size_t(k)] = lo + f;
+      return;
+    }
+    double sw = 0.0, sb = 0.0, sl = 0.0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const double c = static_cast<double>(conf[i]);
+      const double t = outcome(y[i]) ? 1.0 : 0.0;
+      const double wi = w == nullptr ? 1.0 : w[i];
+      sw += wi;
+      sb += wi * brier_term(c, t);
+      sl += wi * log_loss_term(c, t, eps);
+    }
+    double* p = partial.data() + 3 * k;
+    p[0] = sw;
+    p[1] = sb;
+    p[2] = sl;
+  });
+  const int64_t first = min_index(bad);
+  if (first != kNoError) return first;
+  merge_partials(partial, nc, 3, out);
+  return kNoError;
+}
+
+// ------------------------------------------------------------------------------------------- instantiations
+
+#define PREFCAL_BINARY(TC, TY)                                                                                  \
+  template int64_t bin_uniform<TC, TY>(const TC*, const TY*, const double*, int64_t, int32_t, double*);        \
+  template int64_t bin_quantile<TC, TY>(const TC*, const TY*, const double*, int64_t, int32_t, double*, double*); \
+  template int64_t score_sums<TC, TY>(const TC*, const TY*, const double*, int64_t, double, double*);
+
+#define PREFCAL_BINARY_ALL(TC) \
+  PREFCAL_BINARY(TC, uint8_t)  \
+  PREFCAL_BINARY(TC, int8_t)   \
+  PREFCAL_BINARY(TC, int32_t)  \
+  PREFCAL_BINARY(TC, int64_t)  \
+  PREFCAL_BINARY(TC, float)    \
+  PREFCAL_BINARY(TC, double)
+
+PREFCAL_BINARY_ALL(float)
+PREFCAL_BINARY_ALL(double)
+
+#define PREFCAL_MULTICLASS(TP, TL)                                                                               \
+  template int64_t multiclass_uniform<TP, TL>(const TP*, const TL*, int64_t, int32_t, int32_t, MulticlassKind,  \
+                                              double*);                                                          \
+  template int64_t multiclass_quantile<TP, TL>(const TP*, const TL*, int64_t, int32_t, int32_t, MulticlassKind, \
+                                               double*, double*);
+
+PREFCAL_MULTICLASS(float, int32_t)
+PREFCAL_MULTICLASS(float, int64_t)
+PREFCAL_MULTICLASS(double, int32_t)
+PREFCAL_MULTICLASS(double, int64_t)
+
+}  // namespace prefcal::cpu

@@ -1,0 +1,26 @@
+"""prefcal: are the model's probabilities honest?
+
+Calibration of ranking, preference and reward models, with C++ (OpenMP) and CUDA kernels behind a NumPy
+API. This release provides the binned calibration core (SPEC §4): :func:`reliability`, :func:`ece`,
+:func:`multiclass_ece`, :func:`brier`, :func:`log_loss` and the mergeable :class:`Reliability` table.
+
+Importing prefcal imports neither CuPy nor torch; their arrays are accepted when you pass them.
+"""
+
+from . import calibration, config
+from ._backend import backends
+from ._version import __version__
+from .calibration import Reliability, brier, ece, log_loss, multiclass_ece, reliability
+
+__all__ = [
+    "__version__",
+    "backends",
+    "calibration",
+    "config",
+    "Reliability",
+    "reliability",
+    "ece",
+    "multiclass_ece",
+    "brier",
+    "log_loss",
+]

@@ -1,0 +1,171 @@
+"""Input checks and every error message, worded once.
+
+Kernels (C++, CUDA and the NumPy reference alike) only report the index of the first offending row; the
+functions here look at that row and say what is wrong with it, so every backend raises the same text.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+#: What a kernel returns when every row is valid.
+NO_ERROR = 2**63 - 1
+#: Largest ``n_bins`` accepted (keeps B exact in float32 and rank arithmetic inside int64).
+MAX_BINS = 2**24
+
+_FLOAT_KEEP = (np.dtype(np.float32), np.dtype(np.float64))
+_OUTCOME_KEEP = tuple(np.dtype(t) for t in (np.bool_, np.uint8, np.int8, np.int32, np.int64, np.float32, np.float64))
+_LABEL_KEEP = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------- options
+
+
+def n_bins(value: object) -> int:
+    """Check ``n_bins``: an integer in [1, 2**24]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"n_bins must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"n_bins must be at least 1, got {value}")
+    if value > MAX_BINS:
+        raise ValueError(f"n_bins must be at most {MAX_BINS}, got {value}")
+    return value
+
+
+def option(name: str, value: object, allowed: Sequence[str]) -> str:
+    """Check a string option against its allowed values."""
+    if not isinstance(value, str) or value not in allowed:
+        choices = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+    return value
+
+
+def quantile_size(n: int, bins: int) -> None:
+    """Rank arithmetic of quantile bins needs (n + 1) * n_bins inside int64."""
+    if (n + 1) * bins >= 2**62:
+        raise ValueError(f"n_bins={bins} is too large for {n} rows with strategy='quantile'")
+
+
+# ----------------------------------------------------------------------------------------- dtypes
+
+
+def confidence_dtype(name: str, dtype: np.dtype) -> np.dtype:
+    """Kernel dtype for probabilities: float32/float64 as they are; other reals become float64."""
+    if dtype in _FLOAT_KEEP:
+        return dtype
+    if dtype.kind == "f":  # float16 (and wider or narrower floats)
+        return np.dtype(np.float32) if dtype.itemsize < 4 else np.dtype(np.float64)
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    raise TypeError(f"{name} must contain real numbers, got dtype {dtype}")
+
+
+def outcome_dtype(name: str, dtype: np.dtype) -> np.dtype:
+    """Kernel dtype for 0/1 outcomes: bool, uint8, int8, int32, int64, float32, float64 are read as they are."""
+    if dtype in _OUTCOME_KEEP:
+        return dtype
+    if dtype.kind in "iu":
+        return np.dtype(np.int64)
+    if dtype.kind == "f":
+        return np.dtype(np.float32) if dtype.itemsize < 4 else np.dtype(np.float64)
+    raise TypeError(f"{name} must be bool, integer or float (0 or 1), got dtype {dtype}")
+
+
+def label_dtype(name: str, dtype: np.dtype) -> np.dtype:
+    """Kernel dtype for class labels: int32/int64; other integers become int64; anything else is a TypeError."""
+    if dtype in _LABEL_KEEP:
+        return dtype
+    if dtype.kind in "iu":
+        return np.dtype(np.int64)
+    raise TypeError(f"{name} must contain integers, got dtype {dtype}")
+
+
+def weight_dtype(name: str, dtype: np.dtype) -> np.dtype:
+    if dtype.kind in "biuf":
+        return np.dtype(np.float64)
+    raise TypeError(f"{name} must contain real numbers, got dtype {dtype}")
+
+
+# ----------------------------------------------------------------------------------------- shapes
+
+
+def ndim(name: str, shape: tuple[int, ...], expected: int) -> None:
+    if len(shape) != expected:
+        what = "1-dimensional" if expected == 1 else f"{expected}-dimensional"
+        raise ValueError(f"{name} must be {what}, got shape {tuple(shape)}")
+
+
+def same_length(a: str, na: int, b: str, nb: int) -> None:
+    if na != nb:
+        raise ValueError(f"{a} and {b} have different lengths: {na} vs {nb}")
+
+
+def nonempty(name: str, n: int) -> None:
+    if n == 0:
+        raise ValueError(f"{name} is empty: at least one row is needed")
+
+
+def positive_total(total: float) -> None:
+    if not total > 0:
+        raise ValueError("weights sum to zero: at least one row needs a positive weight")
+
+
+# ----------------------------------------------------------------------------------------- rows
+
+
+def _fmt(v: object) -> str:
+    return str(v)
+
+
+def _nonfinite(name: str, where: str, v: float) -> str | None:
+    if math.isnan(v):
+        return f"{name} contains NaN at {where}"
+    if math.isinf(v):
+        return f"{name} contains {'-' if v < 0 else ''}inf at {where}"
+    return None
+
+
+def probability_problem(name: str, index: str, where: str, value: np.generic) -> str | None:
+    """Message for a value that must lie in [0, 1], or None when it does."""
+    v = float(value)
+    bad = _nonfinite(name, where, v)
+    if bad:
+        return bad
+    if not 0.0 <= v <= 1.0:
+        return f"{name}{index} = {_fmt(value)} is outside [0, 1]"
+    return None
+
+
+def binary_row_message(row: int, confidence: np.generic, correct: np.generic, weight: np.generic | None) -> str:
+    """Says what is wrong with row `row` of (confidence, correct, weights)."""
+    msg = probability_problem("confidence", f"[{row}]", f"index {row}", confidence)
+    if msg:
+        return msg
+    c = float(correct)
+    if not (c == 0.0 or c == 1.0):
+        return f"correct[{row}] = {_fmt(correct)} is not 0 or 1"
+    if weight is not None:
+        w = float(weight)
+        bad = _nonfinite("weights", f"index {row}", w)
+        if bad:
+            return bad
+        if w < 0:
+            return f"weights[{row}] = {_fmt(weight)} is negative"
+    return f"row {row} is invalid"  # unreachable when the kernel and this function agree
+
+
+def multiclass_row_message(row: int, probs_row: np.ndarray, label: np.generic, n_classes: int) -> str:
+    """Says what is wrong with row `row` of (probs, labels)."""
+    for j, v in enumerate(probs_row):
+        msg = probability_problem("probs", f"[{row}, {j}]", f"[{row}, {j}]", v)
+        if msg:
+            return msg
+    lab = int(label)
+    if not 0 <= lab < n_classes:
+        return f"labels[{row}] = {lab} is out of range for n_classes={n_classes}"
+    return f"row {row} is invalid"  # unreachable when the kernel and this function agree
