@@ -27,6 +27,11 @@
 #include <omp.h>
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PREFCAL_X86_DISPATCH 1
+#include <immintrin.h>
+#endif
+
 namespace prefcal::cpu {
 
 namespace {
@@ -51,6 +56,9 @@ int64_t chunk_rows(int64_t bins_per_chunk, int64_t row_width = 1) {
   const int64_t want = std::max<int64_t>(kChunk / std::max<int64_t>(row_width, 1), 64 * bins_per_chunk / row_width);
   return std::max<int64_t>(kBlock, (want + kBlock - 1) / kBlock * kBlock);
 }
+
+// Per-thread scratch stride (elements of 8 bytes): padded so two threads never share a cache line.
+size_t padded(size_t elements) { return (elements + 15) / 8 * 8 + 16; }
 
 int threads_for(int64_t n_chunks) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n_chunks)));
@@ -89,6 +97,90 @@ int64_t min_index(const std::vector<int64_t>& v) { return v.empty() ? kNoError :
 
 // ------------------------------------------------------------------------------------------- uniform
 
+// Bins of a block of m confidences (uniform_bin), and whether all of them lie in [0, 1].
+template <class TC>
+unsigned index_block_generic(const TC* c, int m, int32_t B, int32_t* idx) {
+  unsigned ok = 1;
+  for (int j = 0; j < m; ++j) ok &= static_cast<unsigned>(valid_confidence(c[j]));
+  for (int j = 0; j < m; ++j) idx[j] = uniform_bin(static_cast<double>(c[j]), B);
+  return ok;
+}
+
+#ifdef PREFCAL_X86_DISPATCH
+// AVX2 + FMA versions (chosen at run time). The float32 one is uniform_bin_f32 with 8 lanes: the float32
+// product, clamped, truncated, and moved down by one where the exact residual fma(c, B, -i) is negative;
+// it equals the float64 rule for every float32 (tested through the CUDA path's shared function).
+__attribute__((target("avx2,fma"))) unsigned index_block_avx2(const float* c, int m, int32_t B, int32_t* idx) {
+  const __m256 b = _mm256_set1_ps(static_cast<float>(B));
+  const __m256 top = _mm256_set1_ps(static_cast<float>(B - 1));
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  int j = 0;
+  for (; j + 8 <= m; j += 8) {
+    const __m256 v = _mm256_loadu_ps(c + j);
+    ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(v, zero, _CMP_GE_OQ), _mm256_cmp_ps(v, one, _CMP_LE_OQ)));
+    const __m256 x = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v, b), zero), top);  // NaN -> 0
+    __m256i i = _mm256_cvttps_epi32(x);
+    const __m256 residual = _mm256_fmsub_ps(v, b, _mm256_cvtepi32_ps(i));
+    const __m256i down = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(residual, zero, _CMP_LT_OQ)),
+                                          _mm256_cmpgt_epi32(i, _mm256_setzero_si256()));
+    i = _mm256_add_epi32(i, down);  // down is -1 where the product was rounded up across an integer
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + j), i);
+  }
+  unsigned all = _mm256_movemask_ps(ok) == 0xff ? 1u : 0u;
+  return all & index_block_generic(c + j, m - j, B, idx + j);
+}
+
+__attribute__((target("avx2,fma"))) unsigned index_block_avx2(const double* c, int m, int32_t B, int32_t* idx) {
+  const __m256d b = _mm256_set1_pd(static_cast<double>(B));
+  const __m256d top = _mm256_set1_pd(static_cast<double>(B - 1));
+  const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+  __m256d ok = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  int j = 0;
+  for (; j + 4 <= m; j += 4) {
+    const __m256d v = _mm256_loadu_pd(c + j);
+    ok = _mm256_and_pd(ok, _mm256_and_pd(_mm256_cmp_pd(v, zero, _CMP_GE_OQ), _mm256_cmp_pd(v, one, _CMP_LE_OQ)));
+    const __m256d x = _mm256_min_pd(_mm256_max_pd(_mm256_mul_pd(v, b), zero), top);  // NaN -> 0
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(idx + j), _mm256_cvttpd_epi32(x));
+  }
+  unsigned all = _mm256_movemask_pd(ok) == 0xf ? 1u : 0u;
+  return all & index_block_generic(c + j, m - j, B, idx + j);
+}
+
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#endif
+
+template <class TC>
+unsigned index_block(const TC* c, int m, int32_t B, int32_t* idx) {
+#ifdef PREFCAL_X86_DISPATCH
+  if (have_avx2()) return index_block_avx2(c, m, B, idx);
+#endif
+  return index_block_generic(c, m, B, idx);
+}
+
+// Whether a block of outcomes are all 0 or 1 (one OR over the bytes for 1-byte types).
+template <class TY>
+unsigned outcomes_ok(const TY* t, int m) {
+  if constexpr (sizeof(TY) == 1) {
+    unsigned acc = 0;
+    for (int j = 0; j < m; ++j) acc |= static_cast<uint8_t>(t[j]);
+    return (acc & ~1u) == 0 ? 1u : 0u;
+  } else {
+    unsigned ok = 1;
+    for (int j = 0; j < m; ++j) ok &= static_cast<unsigned>(valid_binary(t[j]));
+    return ok;
+  }
+}
+
+unsigned weights_ok(const double* w, int m) {
+  unsigned ok = 1;
+  for (int j = 0; j < m; ++j) ok &= static_cast<unsigned>(valid_weight(w[j]));
+  return ok;
+}
+
 // Unweighted: cc[l * B + b] packs (count | sum_correct << 32), sc[l * B + b] sums confidences; L copies.
 template <int L, class TC, class TY>
 int64_t uniform_chunk(const TC* conf, const TY* y, int64_t lo, int64_t hi, int32_t B, uint64_t* cc, double* sc) {
@@ -97,11 +189,7 @@ int64_t uniform_chunk(const TC* conf, const TY* y, int64_t lo, int64_t hi, int32
     const int m = static_cast<int>(std::min<int64_t>(kBlock, hi - base));
     const TC* c = conf + base;
     const TY* t = y + base;
-    unsigned ok = 1;
-    for (int j = 0; j < m; ++j) {
-      ok &= static_cast<unsigned>(valid_confidence(c[j]) & valid_binary(t[j]));
-      idx[j] = uniform_bin(static_cast<double>(c[j]), B);
-    }
+    const unsigned ok = index_block(c, m, B, idx) & outcomes_ok(t, m);
     if (!ok) return base + first_invalid(c, t, static_cast<const double*>(nullptr), m);
     int j = 0;
     for (; j + L <= m; j += L) {
@@ -129,11 +217,7 @@ int64_t uniform_chunk_weighted(const TC* conf, const TY* y, const double* w, int
     const TC* c = conf + base;
     const TY* t = y + base;
     const double* v = w + base;
-    unsigned ok = 1;
-    for (int j = 0; j < m; ++j) {
-      ok &= static_cast<unsigned>(valid_confidence(c[j]) & valid_binary(t[j]) & valid_weight(v[j]));
-      idx[j] = uniform_bin(static_cast<double>(c[j]), B);
-    }
+    const unsigned ok = index_block(c, m, B, idx) & outcomes_ok(t, m) & weights_ok(v, m);
     if (!ok) return base + first_invalid(c, t, v, m);
     int j = 0;
     for (; j + L <= m; j += L) {
@@ -215,23 +299,24 @@ int64_t bin_uniform(const TC* conf, const TY* y, const double* w, int64_t n, int
   const int64_t nc = (n + chunk - 1) / chunk;
   const int nt = threads_for(nc);
   const size_t lane_bins = size_t(L) * size_t(B);
+  const size_t stride = padded(3 * lane_bins);
   std::vector<double> partial(size_t(nc) * size_t(width));
   std::vector<int64_t> bad(size_t(nc), kNoError);
   if (w == nullptr) {
-    std::vector<uint64_t> cc(size_t(nt) * lane_bins);
-    std::vector<double> sc(size_t(nt) * lane_bins);
+    std::vector<uint64_t> cc(size_t(nt) * stride);
+    std::vector<double> sc(size_t(nt) * stride);
     for_chunks(n, chunk, nt, [&](int tid, int64_t k, int64_t lo, int64_t hi) {
-      uint64_t* c1 = cc.data() + size_t(tid) * lane_bins;
-      double* s1 = sc.data() + size_t(tid) * lane_bins;
+      uint64_t* c1 = cc.data() + size_t(tid) * stride;
+      double* s1 = sc.data() + size_t(tid) * stride;
       std::fill(c1, c1 + lane_bins, uint64_t(0));
       std::fill(s1, s1 + lane_bins, 0.0);
       bad[size_t(k)] = L == 4 ? uniform_chunk<4>(conf, y, lo, hi, B, c1, s1) : uniform_chunk<1>(conf, y, lo, hi, B, c1, s1);
       unpack_lanes(c1, s1, L, B, partial.data() + size_t(k) * size_t(width));
     });
   } else {
-    std::vector<double> acc(size_t(nt) * 3 * lane_bins);
+    std::vector<double> acc(size_t(nt) * stride);
     for_chunks(n, chunk, nt, [&](int tid, int64_t k, int64_t lo, int64_t hi) {
-      double* a = acc.data() + size_t(tid) * 3 * lane_bins;
+      double* a = acc.data() + size_t(tid) * stride;
       std::fill(a, a + 3 * lane_bins, 0.0);
       double *cw = a, *scw = a + lane_bins, *syw = a + 2 * lane_bins;
       bad[size_t(k)] = L == 4 ? uniform_chunk_weighted<4>(conf, y, w, lo, hi, B, cw, scw, syw)
@@ -268,10 +353,11 @@ int64_t bin_quantile(const TC* conf, const TY* y, const double* w, int64_t n, in
   // Pass 1: validate and histogram the value buckets (per-thread histograms; integer counts are exact).
   const int64_t nc1 = (n + kChunk - 1) / kChunk;
   const int nt1 = threads_for(nc1);
-  std::vector<uint64_t> hist(size_t(nt1) * kBuckets, 0);
+  const size_t hstride = padded(kBuckets);
+  std::vector<uint64_t> hist(size_t(nt1) * hstride, 0);
   std::vector<int64_t> bad(size_t(nc1), kNoError);
   for_chunks(n, kChunk, nt1, [&](int tid, int64_t k, int64_t lo, int64_t hi) {
-    uint64_t* h = hist.data() + size_t(tid) * kBuckets;
+    uint64_t* h = hist.data() + size_t(tid) * hstride;
     const int64_t f = first_invalid(conf + lo, y + lo, w == nullptr ? nullptr : w + lo, hi - lo);
     if (f != kNoError) {
       bad[size_t(k)] = lo + f;
@@ -286,7 +372,7 @@ int64_t bin_quantile(const TC* conf, const TY* y, const double* w, int64_t n, in
   std::vector<int64_t> start(size_t(kBuckets) + 1, 0);
   for (int32_t k = 0; k < kBuckets; ++k) {
     uint64_t c = 0;
-    for (int t = 0; t < nt1; ++t) c += hist[size_t(t) * kBuckets + size_t(k)];
+    for (int t = 0; t < nt1; ++t) c += hist[size_t(t) * hstride + size_t(k)];
     start[size_t(k) + 1] = start[size_t(k)] + static_cast<int64_t>(c);
   }
   std::vector<int32_t> lut(kBuckets, 0);
@@ -364,11 +450,12 @@ int64_t multiclass_uniform(const TP* probs, const TL* labels, int64_t n, int32_t
   const int nt = threads_for(nc);
   std::vector<double> partial(size_t(nc) * size_t(width));
   std::vector<int64_t> bad(size_t(nc), kNoError);
-  std::vector<uint64_t> cc(size_t(nt) * size_t(gb));
-  std::vector<double> sc(size_t(nt) * size_t(gb));
+  const size_t stride = padded(size_t(gb));
+  std::vector<uint64_t> cc(size_t(nt) * stride);
+  std::vector<double> sc(size_t(nt) * stride);
   for_chunks(n, chunk, nt, [&](int tid, int64_t k, int64_t lo, int64_t hi) {
-    uint64_t* c1 = cc.data() + size_t(tid) * size_t(gb);
-    double* s1 = sc.data() + size_t(tid) * size_t(gb);
+    uint64_t* c1 = cc.data() + size_t(tid) * stride;
+    double* s1 = sc.data() + size_t(tid) * stride;
     std::fill(c1, c1 + gb, uint64_t(0));
     std::fill(s1, s1 + gb, 0.0);
     for (int64_t r = lo; r < hi; ++r) {
