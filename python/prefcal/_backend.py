@@ -135,8 +135,8 @@ class Call:
             if x is None:
                 continue
             w = _arrays.where(x)
-            if w.library == "numpy":
-                x = _arrays.to_numpy_input(x)
+            if not w.on_gpu:
+                x = _arrays.to_numpy_input(x)  # lists, torch CPU tensors (zero-copy through DLPack)
             present[name] = (x, w)
         place = _arrays.same_place(present)
         self.backend = choose(place.on_gpu)

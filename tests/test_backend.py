@@ -1,0 +1,149 @@
+"""Backend selection, fallback, zero-copy inputs, settings and the `prefcal info` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import binary_data
+
+import prefcal
+from prefcal import _backend, cli
+
+
+def _run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env, timeout=120
+    )
+
+
+def test_import_does_not_import_gpu_libraries():
+    out = _run(
+        """
+        import sys, prefcal, numpy as np
+        prefcal.ece(np.array([0.5, 0.9]), np.array([1, 0]))
+        prefcal.backends()
+        print(sorted(m for m in ("torch", "cupy") if m in sys.modules))
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_fallback_to_reference_warns_exactly_once():
+    out = _run(
+        """
+        import sys, warnings
+        sys.modules["prefcal._cpu"] = None   # simulate a build without the C++ module
+        import numpy as np, prefcal
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rng = np.random.default_rng(0)
+            c = rng.random(1000); y = rng.random(1000) < c
+            a = prefcal.ece(c, y); b = prefcal.ece(c, y, strategy="quantile"); prefcal.brier(c, y)
+        msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        print(len(msgs)); print(msgs[0]); print(repr(a))
+        print(prefcal.backends()["cpu"]["available"], prefcal.config.get_num_threads())
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "1"
+    assert "prefcal._cpu could not be imported" in lines[1] and "pure-NumPy reference" in lines[1]
+    rng = np.random.default_rng(0)
+    c = rng.random(1000)
+    y = rng.random(1000) < c
+    assert float(lines[2]) == pytest.approx(prefcal.ece(c, y), rel=1e-12)
+    assert lines[3] == "False 1"
+
+
+def test_forced_numpy_backend_gives_the_same_numbers(monkeypatch, rng):
+    conf, correct = binary_data(rng, 10**5, np.float32)
+    fast = prefcal.reliability(conf, correct)
+    monkeypatch.setenv("PREFCAL_BACKEND", "numpy")
+    assert prefcal.config.get_backend() == "numpy"
+    ref = prefcal.reliability(conf, correct)
+    np.testing.assert_array_equal(fast.count, ref.count)
+    np.testing.assert_allclose(fast.sum_confidence, ref.sum_confidence, rtol=1e-12)
+
+
+def test_forced_cuda_without_gpu_is_a_clear_error(monkeypatch):
+    if prefcal.backends()["cuda"]["available"]:
+        pytest.skip("this machine has a usable GPU")
+    monkeypatch.setenv("PREFCAL_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="PREFCAL_BACKEND=cuda but prefcal._cuda is not usable"):
+        prefcal.ece(np.array([0.5]), np.array([1]))
+
+
+def test_backends_report():
+    b = prefcal.backends()
+    assert set(b) == {"numpy", "cpu", "cuda"}
+    assert b["numpy"]["available"] is True
+    if b["cpu"]["available"]:
+        assert isinstance(b["cpu"]["openmp"], bool) and b["cpu"]["threads"] >= 1
+    else:
+        assert b["cpu"]["reason"]
+    if not b["cuda"]["available"]:
+        assert b["cuda"]["reason"]
+    else:
+        assert b["cuda"]["devices"]
+
+
+def test_set_num_threads_round_trip():
+    if _backend.cpu_module() is None:
+        pytest.skip("prefcal._cpu is not importable")
+    default = prefcal.config.get_num_threads()
+    try:
+        prefcal.config.set_num_threads(3)
+        assert prefcal.config.get_num_threads() == (3 if prefcal.backends()["cpu"]["openmp"] else 1)
+    finally:
+        prefcal.config.set_num_threads(None)
+    assert prefcal.config.get_num_threads() == default
+
+
+def test_torch_cpu_tensors_are_read_without_a_copy(rng):
+    torch = pytest.importorskip("torch")
+    conf, correct = binary_data(rng, 5000, np.float32)
+    t = torch.from_numpy(conf).requires_grad_(True)
+    view = prefcal._arrays.to_numpy_input(t)
+    assert view.ctypes.data == t.data_ptr()  # DLPack: same memory
+    got = prefcal.ece(t, torch.from_numpy(correct))
+    assert got == pytest.approx(prefcal.ece(conf, correct), rel=1e-13)
+    assert prefcal.ece(t.to(torch.bfloat16), torch.from_numpy(correct)) >= 0.0
+
+
+def test_cli_info(capsys):
+    assert cli.main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert f"prefcal {prefcal.__version__}" in text and "cpu" in text and "cuda" in text
+    if prefcal.backends()["cpu"]["available"] and prefcal.backends()["cpu"]["openmp"]:
+        assert "OpenMP" in text
+    assert cli.main(["info", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["prefcal"] == prefcal.__version__ and set(d["backends"]) == {"numpy", "cpu", "cuda"}
+
+
+def test_cli_without_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "info" in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "prefcal.cli", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "backends:" in out.stdout
+
+
+def test_doctests():
+    import doctest
+
+    import prefcal.calibration
+
+    result = doctest.testmod(prefcal.calibration, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
