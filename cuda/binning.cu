@@ -465,9 +465,10 @@ struct Result {
       : buf(align_up(size_t(width_) * sizeof(double)) + 256, st), width(width_) {}
   double* bins() const { return buf.as<double>(); }
   unsigned long long* bad() const { return buf.as<unsigned long long>(align_up(size_t(width) * sizeof(double))); }
-  void init(cudaStream_t st) const {
-    const unsigned long long none = static_cast<unsigned long long>(kNoError);
-    PREFCAL_CUDA_CHECK(cudaMemcpyAsync(bad(), &none, sizeof(none), cudaMemcpyHostToDevice, st));
+  // The device flag starts at all ones (UINT64_MAX) so that atomicMin finds the first bad row.
+  void init(cudaStream_t st) const { PREFCAL_CUDA_CHECK(cudaMemsetAsync(bad(), 0xff, sizeof(unsigned long long), st)); }
+  static int64_t first_bad(unsigned long long flag) {
+    return flag == ~0ull ? kNoError : static_cast<int64_t>(flag);
   }
   // Copies bins and flag to the host and waits. Returns the first bad row.
   int64_t fetch(double* host, cudaStream_t st) const {
@@ -477,13 +478,13 @@ struct Result {
     unsigned long long b;
     std::memcpy(&b, tmp.data() + align_up(size_t(width) * sizeof(double)), sizeof(b));
     if (host != nullptr) std::memcpy(host, tmp.data(), size_t(width) * sizeof(double));
-    return static_cast<int64_t>(b);
+    return first_bad(b);
   }
   int64_t fetch_bad(cudaStream_t st) const {
     unsigned long long b;
     PREFCAL_CUDA_CHECK(cudaMemcpyAsync(&b, bad(), sizeof(b), cudaMemcpyDeviceToHost, st));
     PREFCAL_CUDA_CHECK(cudaStreamSynchronize(st));
-    return static_cast<int64_t>(b);
+    return first_bad(b);
   }
 };
 

@@ -146,9 +146,8 @@ def device_pointer(x: object, cuda_module: Any) -> DevicePointer:
         info = cuda_module.dlpack_info(capsule)
         typestr = info["typestr"]
         return DevicePointer(int(info["ptr"]), typestr, (x, capsule))
-    cai = x.__cuda_array_interface__  # type: ignore[attr-defined]
-    typestr = cai["typestr"]
-    return DevicePointer(int(cai["data"][0]), "|" + typestr[1:], x)
+    # CuPy: read the pointer directly (exporting __cuda_array_interface__ would synchronise the stream).
+    return DevicePointer(int(x.data.ptr), "|" + x.dtype.str[1:], x)  # type: ignore[attr-defined]
 
 
 def current_stream(x: object, device: int) -> int:

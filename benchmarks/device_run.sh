@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: build, every test (GPU ones included), a compute-sanitizer pass over the
+# CUDA tests, then the GPU benchmark. Logs go to $OUT (or ./device-out).
+set -u -o pipefail
+OUT=${OUT:-device-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -1; python3 --version; } 2>&1 | tee "$OUT/env.log"
+t0=$(date +%s)
+python3 -m pip install --no-build-isolation --no-deps -e . -Ccmake.define.PREFCAL_WERROR=ON \
+  -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90-real > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+python3 -m prefcal.cli info
+t0=$(date +%s)
+timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests -q -rfEs -p no:cacheprovider --tb=short ${PYTEST_ARGS:-} 2>&1 \
+  | tee "$OUT/tests.log" | grep -vE "^SKIPPED|^tests/.*(PASSED|passed)" | tail -40
+echo "tests: $(( $(date +%s) - t0 )) s"
+if [ "${SANITIZE:-1}" = 1 ]; then
+  t0=$(date +%s)
+  timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest tests/test_calibration.py \
+    -q -p no:cacheprovider -x -k "cupy and (edges or kernel_path or ties or many_classes or outcome_dtypes or non_contiguous)" \
+    > "$OUT/sanitizer.log" 2>&1
+  echo "compute-sanitizer memcheck: exit $? ($(( $(date +%s) - t0 )) s); $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitizer.log") clean summaries"
+  grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer.log" | tail -3
+fi
+if [ "${BENCH:-1}" = 1 ]; then
+  python3 benchmarks/gpu.py --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log" | tail -40
+fi
