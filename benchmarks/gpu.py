@@ -107,6 +107,18 @@ def main() -> int:
     except ImportError:
         pass
 
+    # Fixed cost of one call (tiny input): Python layers, launch, result copy and synchronisation.
+    tiny_c, tiny_y = conf[:1024].clone(), correct[:1024].clone()
+    row("prefcal.ece(torch cuda) N=1024 (fixed cost)", wall_ms(torch, lambda: prefcal.ece(tiny_c, tiny_y), reps=200), 1024 * 5)
+    row(
+        "_cuda.bin_uniform N=1024 (no Python layers)",
+        wall_ms(torch, lambda: cuda.bin_uniform((tiny_c.data_ptr(), "|f4"), (tiny_y.data_ptr(), "|u1"), None, 1024, B,
+                                                 stream, 0), reps=200),
+        1024 * 5,
+    )
+    row("_cuda.bin_uniform N=1e8 (no Python layers)",
+        wall_ms(torch, lambda: cuda.bin_uniform(cptr, yptr, None, n, B, stream, 0)), nbytes)
+
     # Other dtypes and options (kernels only).
     conf64 = conf.double()
     w = torch.rand(n, device="cuda", generator=g, dtype=torch.float64)

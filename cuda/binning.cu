@@ -22,7 +22,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "launch.hpp"
@@ -150,8 +153,33 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t start = int64_t(blockIdx.x) * kThreads + t;
   int64_t tail = 0;
   if constexpr (kVec) {
+    // U vector loads in flight per thread before any is used: with 4-byte confidences one load per thread
+    // does not keep enough bytes in flight to saturate HBM at this kernel's occupancy.
+    constexpr int U = sizeof(TC) == 4 ? 4 : 2;
     const int64_t n4 = n / 4;
-    for (int64_t v = start; v < n4; v += stride) {
+    int64_t v = start;
+    for (; v + (U - 1) * stride < n4; v += U * stride) {
+      TC c[U][4];
+      TY yy[U][4];
+      double ww[U][4];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        load4(conf + 4 * (v + u * stride), c[u]);
+        load4(y + 4 * (v + u * stride), yy[u]);
+        if constexpr (kW) {
+          load4(w + 4 * (v + u * stride), ww[u]);
+        } else {
+#pragma unroll
+          for (int k = 0; k < 4; ++k) ww[u][k] = 1.0;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) add(c[u][k], yy[u][k], ww[u][k], 4 * (v + u * stride) + k);
+      }
+    }
+    for (; v < n4; v += stride) {
       TC c[4];
       TY yy[4];
       double ww[4] = {1.0, 1.0, 1.0, 1.0};
@@ -444,15 +472,25 @@ int64_t blocks_for(int64_t items, int64_t per_block, int64_t cap) {
   return std::max<int64_t>(1, std::min<int64_t>(cap, (items + per_block - 1) / per_block));
 }
 
-// Occupancy-limited persistent grid for a kernel with `smem` bytes of dynamic shared memory.
+// Occupancy-limited persistent grid for a kernel with `smem` bytes of dynamic shared memory (cached per
+// kernel, size and device: the attribute and occupancy queries cost more than a small launch).
 template <class Kernel>
 int64_t resident_blocks(Kernel kernel, size_t smem) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, size_t>, int64_t> cache;
+  const int device = current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, smem);
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
   if (smem > 48 * 1024) {
     PREFCAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   }
   int per_sm = 0;
   PREFCAL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  return int64_t(std::max(per_sm, 1)) * multiprocessors(current_device());
+  const int64_t blocks = int64_t(std::max(per_sm, 1)) * multiprocessors(device);
+  cache.emplace(key, blocks);
+  return blocks;
 }
 
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }

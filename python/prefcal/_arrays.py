@@ -111,9 +111,9 @@ def device_normalise(x: object, dtype: np.dtype) -> object:
         torch = sys.modules["torch"]
         target = getattr(torch, dtype.name if dtype.name != "bool" else "bool")
         x = x.detach()  # type: ignore[attr-defined]
-        if x.dtype != target or not x.is_contiguous():
-            x = x.to(dtype=target, memory_format=torch.contiguous_format)
-        return x
+        if x.dtype != target:
+            x = x.to(dtype=target)
+        return x if x.is_contiguous() else x.contiguous()
     cupy = sys.modules["cupy"]
     if x.dtype != dtype or not x.flags.c_contiguous:  # type: ignore[attr-defined]
         x = cupy.ascontiguousarray(x, dtype=dtype)
