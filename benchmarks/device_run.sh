@@ -13,7 +13,7 @@ python3 -m pip install --no-build-isolation --no-deps -e . -Ccmake.define.PREFCA
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -m prefcal.cli info
 t0=$(date +%s)
-timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests -q -rfEs -p no:cacheprovider --tb=short ${PYTEST_ARGS:-} 2>&1 \
+timeout ${TEST_TIMEOUT:-300} python3 -m pytest tests -q -rfEs -p no:cacheprovider --tb=short ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 \
   | tee "$OUT/tests.log" | grep -vE "^SKIPPED|^tests/.*(PASSED|passed)" | tail -40
 echo "tests: $(( $(date +%s) - t0 )) s"
 if [ "${SANITIZE:-1}" = 1 ]; then

@@ -53,7 +53,9 @@ __device__ __forceinline__ To bit_cast(From v) {
   return t;
 }
 
-__device__ __forceinline__ int32_t bin_of(float c, int32_t B) { return uniform_bin_f32(c, B); }
+__device__ __forceinline__ int32_t bin_of(float c, int32_t B) {
+  return B <= kMaxBinsF32 ? uniform_bin_f32(c, B) : uniform_bin(static_cast<double>(c), B);
+}
 __device__ __forceinline__ int32_t bin_of(double c, int32_t B) { return uniform_bin(c, B); }
 
 // Four consecutive elements from a pointer aligned to 4 * sizeof(T), with the widest loads.
@@ -136,25 +138,37 @@ __global__ void __launch_bounds__(kThreads)
     }
     s1[b * kThreads + t] = 0.0;
   }
-  int64_t first = kNoError;
-  auto add = [&](TC c, TY v, double wi, int64_t i) {
-    if (!row_ok(c, v, wi)) first = i < first ? i : first;
+  int64_t first = kNoError;  // this thread's first bad row (its rows come in increasing order)
+  // Adds one row; returns true when it is invalid. Invalid rows still land in a (clamped) bin: the call
+  // fails anyway, and nothing is read or written out of bounds.
+  auto add = [&](TC c, TY v, double wi) -> bool {
     const int k = bin_of(c, B) * kThreads + t;
     if constexpr (kW) {
       s0[k] += wi;
       s1[k] += wi * static_cast<double>(c);
       s2[k] += outcome(v) ? wi : 0.0;
     } else {
-      cc[k] += 1ull + (static_cast<uint64_t>(outcome(v)) << 32);
+      cc[k] += (static_cast<uint64_t>(outcome(v)) << 32) | 1ull;
       s1[k] += static_cast<double>(c);
+    }
+    return !row_ok(c, v, wi);
+  };
+  // Four rows starting at row i0: add them; on the rare bad block, find its first bad row.
+  auto add4 = [&](const TC (&c)[4], const TY (&v)[4], const double (&wv)[4], int64_t i0) {
+    bool bad4 = false;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) bad4 |= add(c[k], v[k], wv[k]);
+    if (bad4 && first == kNoError) {
+      for (int k = 3; k >= 0; --k) {
+        if (!row_ok(c[k], v[k], wv[k])) first = i0 + k;
+      }
     }
   };
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   const int64_t start = int64_t(blockIdx.x) * kThreads + t;
   int64_t tail = 0;
   if constexpr (kVec) {
-    // U vector loads in flight per thread before any is used: with 4-byte confidences one load per thread
-    // does not keep enough bytes in flight to saturate HBM at this kernel's occupancy.
+    // U vector loads in flight per thread before any is used.
     constexpr int U = sizeof(TC) == 4 ? 4 : 2;
     const int64_t n4 = n / 4;
     int64_t v = start;
@@ -174,10 +188,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-#pragma unroll
-        for (int k = 0; k < 4; ++k) add(c[u][k], yy[u][k], ww[u][k], 4 * (v + u * stride) + k);
-      }
+      for (int u = 0; u < U; ++u) add4(c[u], yy[u], ww[u], 4 * (v + u * stride));
     }
     for (; v < n4; v += stride) {
       TC c[4];
@@ -186,12 +197,14 @@ __global__ void __launch_bounds__(kThreads)
       load4(conf + 4 * v, c);
       load4(y + 4 * v, yy);
       if constexpr (kW) load4(w + 4 * v, ww);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) add(c[k], yy[k], ww[k], 4 * v + k);
+      add4(c, yy, ww, 4 * v);
     }
     tail = n4 * 4;
   }
-  for (int64_t i = tail + start; i < n; i += stride) add(conf[i], y[i], kW ? w[i] : 1.0, i);
+  for (int64_t i = tail + start; i < n; i += stride) {
+    const double wi = kW ? w[i] : 1.0;
+    if (add(conf[i], y[i], wi) && first == kNoError) first = i;
+  }
   report_bad(first, bad);
   __syncthreads();
 

@@ -4,9 +4,10 @@
 //   bin b is [b/B, (b+1)/B); the last bin is closed, so c = 1 lands in bin B - 1.
 //   SPEC §12 pins the arithmetic: the product is taken in float64 from the input value (a float32 input
 //   converted exactly). `uniform_bin` does exactly that. `uniform_bin_f32` is the GPU's fast path for
-//   float32 inputs: it never leaves float32 yet returns the same index for every float32 c and every
-//   B < 2^24 (the float32 product may round up across an integer; an exact fused multiply-add of the
-//   residual detects that). The CPU tests compare the two on every float32 near every edge.
+//   float32 inputs: it never leaves float32 and uses no conversion instruction, yet returns the same index
+//   for every float32 c and every B <= 2^22 (the float32 product may round up across an integer; an exact
+//   fused multiply-add of the residual detects that). The CPU tests compare the two near every edge, and
+//   the GPU tests check the GPU's bins of edge values against exact rational arithmetic.
 //
 // Quantile bins (N rows, B bins): rows sorted by confidence (stable: ties by row index); bin b holds the
 //   sort ranks [floor(b N / B), floor((b + 1) N / B)), so rank r is in bin ceil((r + 1) B / N) - 1.
@@ -28,6 +29,8 @@ namespace prefcal {
 
 // Largest n_bins accepted by every backend (keeps B exact in float32 and (r + 1) * B inside int64).
 constexpr int64_t kMaxBins = int64_t(1) << 24;
+// Largest n_bins for which the GPU bins float32 confidences with uniform_bin_f32 (above: uniform_bin).
+constexpr int64_t kMaxBinsF32 = int64_t(1) << 22;
 
 PREFCAL_HD int32_t uniform_bin(double c, int32_t n_bins) {
   double x = c * static_cast<double>(n_bins);
@@ -39,13 +42,20 @@ PREFCAL_HD int32_t uniform_bin(double c, int32_t n_bins) {
 
 PREFCAL_HD int32_t uniform_bin_f32(float c, int32_t n_bins) {
   const float b = static_cast<float>(n_bins);
-  float x = c * b;
-  x = x > 0.0f ? x : 0.0f;
-  x = x < b - 1.0f ? x : b - 1.0f;
-  int32_t i = static_cast<int32_t>(x);
-  // x may have been rounded up onto the integer i although c * B < i: the exact residual is negative then.
-  if (i > 0 && fmaf(c, b, -static_cast<float>(i)) < 0.0f) i -= 1;
-  return i;
+  const float x = fminf(fmaxf(c * b, 0.0f), b - 1.0f);  // NaN -> 0
+#if defined(__CUDA_ARCH__)
+  // floor(x) without a conversion instruction: adding 1.5 * 2^23 with round-toward-zero leaves floor(x) in
+  // the low mantissa bits (valid for 0 <= x < 2^22, i.e. n_bins <= kMaxBinsF32).
+  const float t = __fadd_rz(x, 12582912.0f);
+  const float fl = t - 12582912.0f;
+  int32_t i = __float_as_int(t) - 0x4B400000;
+#else
+  const float fl = floorf(x);
+  int32_t i = static_cast<int32_t>(fl);
+#endif
+  // x may have been rounded up onto the integer fl although c * B < fl: the exact residual is negative then.
+  i -= fmaf(c, b, -fl) < 0.0f ? 1 : 0;
+  return i > 0 ? i : 0;  // only an invalid (negative) c can reach -1
 }
 
 // Rank r (0-based, in sort order) of n rows -> quantile bin.
