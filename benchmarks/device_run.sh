@@ -25,5 +25,5 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer.log" | tail -3
 fi
 if [ "${BENCH:-1}" = 1 ]; then
-  python3 benchmarks/gpu.py --json "$OUT/gpu.json" 2>&1 | tee "$OUT/bench.log" | tail -40
+  python3 benchmarks/gpu.py --json "$OUT/gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -40
 fi

@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=10**8)
     ap.add_argument("--bins", type=int, default=15)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--profile", action="store_true", help="profile the Python layers of small calls")
     args = ap.parse_args()
 
     import torch
@@ -118,6 +119,13 @@ def main() -> int:
     )
     row("_cuda.bin_uniform N=1e8 (no Python layers)",
         wall_ms(torch, lambda: cuda.bin_uniform(cptr, yptr, None, n, B, stream, 0)), nbytes)
+
+    if "--profile" in sys.argv:
+        import cProfile
+        import pstats
+
+        cProfile.runctx("for _ in range(300): prefcal.ece(tiny_c, tiny_y)", globals(), locals(), "/tmp/prefcal.prof")
+        pstats.Stats("/tmp/prefcal.prof").sort_stats("tottime").print_stats(8)
 
     # Other dtypes and options (kernels only).
     conf64 = conf.double()

@@ -497,7 +497,8 @@ int64_t resident_blocks(Kernel kernel, size_t smem) {
   const auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (smem > 48 * 1024) {
-    PREFCAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    // The attribute is per kernel, not per launch size: always raise it to the whole budget.
+    PREFCAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBudget)));
   }
   int per_sm = 0;
   PREFCAL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));

@@ -63,10 +63,11 @@ def where(x: object) -> Where:
             index = dev.index if dev.index is not None else sys.modules["torch"].cuda.current_device()
             return Where("torch", int(index), "torch.Tensor")
         raise TypeError(f"torch tensors on device {dev} are not supported (use cpu or cuda)")
-    if hasattr(x, "__cuda_array_interface__"):
-        if module != "cupy":
-            raise TypeError(f"{_type_label(x)} is not supported; pass a CuPy array or a torch tensor")
+    if module == "cupy":
         return Where("cupy", int(x.device.id), _type_label(x))  # type: ignore[attr-defined]
+    # (checked on the type: reading the property of a CuPy array would synchronise its stream)
+    if hasattr(type(x), "__cuda_array_interface__"):
+        raise TypeError(f"{_type_label(x)} is not supported; pass a CuPy array or a torch tensor")
     return Where("numpy", "cpu", _type_label(x) if isinstance(x, np.ndarray) else "numpy.ndarray")
 
 
@@ -142,7 +143,8 @@ class DevicePointer:
 def device_pointer(x: object, cuda_module: Any) -> DevicePointer:
     """Pointer of a C-contiguous CuPy array or CUDA tensor (from device_normalise)."""
     if type(x).__module__.split(".")[0] == "torch":
-        capsule = x.__dlpack__()  # type: ignore[attr-defined]
+        # stream=-1: no synchronisation (prefcal runs on the tensor's current stream anyway).
+        capsule = x.__dlpack__(stream=-1)  # type: ignore[attr-defined]
         info = cuda_module.dlpack_info(capsule)
         typestr = info["typestr"]
         return DevicePointer(int(info["ptr"]), typestr, (x, capsule))
