@@ -285,11 +285,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t r = int64_t(blockIdx.x) * kThreads + threadIdx.x; r < n; r += stride) {
     const TP* p = probs + r * C;
     const TL lab = labels[r];
-    bool ok = (lab >= TL(0)) & (lab < TL(C));
+    TP best;
+    int32_t arg;
+    const bool ok = top_class(p, C, lab, best, arg);
     if (kind == 1) {
       for (int32_t c = 0; c < C; ++c) {
         const TP v = p[c];
-        ok &= valid_confidence(v);
         const int32_t b = bin_of(v, B);
         double* g = bins + int64_t(c) * 3 * B;
         atomicAdd(g + b, 1.0);
@@ -297,16 +298,6 @@ __global__ void __launch_bounds__(kThreads)
         if (TL(c) == lab) atomicAdd(g + 2 * B + b, 1.0);
       }
     } else {
-      TP best = p[0];
-      int32_t arg = 0;
-      for (int32_t c = 0; c < C; ++c) {
-        const TP v = p[c];
-        ok &= valid_confidence(v);
-        if (v > best) {
-          best = v;
-          arg = c;
-        }
-      }
       const int32_t b = bin_of(best, B);
       double* g = bins + (kind == 2 ? int64_t(arg) * 3 * B : 0);
       atomicAdd(g + b, 1.0);
@@ -331,20 +322,10 @@ __global__ void __launch_bounds__(kThreads)
   int64_t first = kNoError;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   for (int64_t r = int64_t(blockIdx.x) * kThreads + threadIdx.x; r < n; r += stride) {
-    const TP* p = probs + r * C;
     const TL lab = labels[r];
-    bool ok = (lab >= TL(0)) & (lab < TL(C));
-    TP best = p[0];
-    int32_t arg = 0;
-    for (int32_t c = 0; c < C; ++c) {
-      const TP v = p[c];
-      ok &= valid_confidence(v);
-      if (v > best) {
-        best = v;
-        arg = c;
-      }
-    }
-    if (!ok) first = r < first ? r : first;
+    TP best;
+    int32_t arg;
+    if (!top_class(probs + r * C, C, lab, best, arg)) first = r < first ? r : first;
     if (maxp != nullptr) maxp[r] = best;
     if (pred != nullptr) pred[r] = arg;
     if (hit != nullptr) hit[r] = TL(arg) == lab ? 1 : 0;

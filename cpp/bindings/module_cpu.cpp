@@ -42,12 +42,9 @@ void check_binary(const py::array& conf, const py::array& correct, int32_t n_bin
   if (n_bins < 1 || n_bins > prefcal::kMaxBins) throw std::invalid_argument("internal error: n_bins");
 }
 
-py::tuple bin_uniform(const py::array& conf, const py::array& correct, const py::object& weights, int32_t n_bins) {
-  check_binary(conf, correct, n_bins);
-  const int64_t n = conf.shape(0);
-  const double* w = weights_ptr(weights, n);
-  py::array_t<double> out({int64_t(3), int64_t(n_bins)});
-  double* o = out.mutable_data();
+// Runs f(conf_ptr, correct_ptr) with the pointers cast to the arrays' element types, without the GIL.
+template <class F>
+int64_t with_binary_types(const py::array& conf, const py::array& correct, F&& f) {
   const void* pc = conf.data();
   const void* py_ = correct.data();
   int64_t bad = 0;
@@ -56,9 +53,20 @@ py::tuple bin_uniform(const py::array& conf, const py::array& correct, const py:
     prefcal::bind::dispatch_outcome(dtype_of(correct), "correct", [&](auto ty) {
       using TY = decltype(ty);
       py::gil_scoped_release nogil;
-      bad = prefcal::cpu::bin_uniform(static_cast<const TC*>(pc), static_cast<const TY*>(py_), w, n, n_bins, o);
+      bad = f(static_cast<const TC*>(pc), static_cast<const TY*>(py_));
     });
   });
+  return bad;
+}
+
+py::tuple bin_uniform(const py::array& conf, const py::array& correct, const py::object& weights, int32_t n_bins) {
+  check_binary(conf, correct, n_bins);
+  const int64_t n = conf.shape(0);
+  const double* w = weights_ptr(weights, n);
+  py::array_t<double> out({int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  const int64_t bad = with_binary_types(
+      conf, correct, [&](const auto* c, const auto* y) { return prefcal::cpu::bin_uniform(c, y, w, n, n_bins, o); });
   return py::make_tuple(out, bad);
 }
 
@@ -70,17 +78,8 @@ py::tuple bin_quantile(const py::array& conf, const py::array& correct, const py
   py::array_t<double> edges(int64_t(n_bins) + 1);
   double* o = out.mutable_data();
   double* e = edges.mutable_data();
-  const void* pc = conf.data();
-  const void* py_ = correct.data();
-  int64_t bad = 0;
-  prefcal::bind::dispatch_float(dtype_of(conf), "confidence", [&](auto tc) {
-    using TC = decltype(tc);
-    prefcal::bind::dispatch_outcome(dtype_of(correct), "correct", [&](auto ty) {
-      using TY = decltype(ty);
-      py::gil_scoped_release nogil;
-      bad = prefcal::cpu::bin_quantile(static_cast<const TC*>(pc), static_cast<const TY*>(py_), w, n, n_bins, o, e);
-    });
-  });
+  const int64_t bad = with_binary_types(
+      conf, correct, [&](const auto* c, const auto* y) { return prefcal::cpu::bin_quantile(c, y, w, n, n_bins, o, e); });
   return py::make_tuple(out, edges, bad);
 }
 
@@ -123,17 +122,8 @@ py::tuple score_sums(const py::array& conf, const py::array& correct, const py::
   const double* w = weights_ptr(weights, n);
   py::array_t<double> out(3);
   double* o = out.mutable_data();
-  const void* pc = conf.data();
-  const void* py_ = correct.data();
-  int64_t bad = 0;
-  prefcal::bind::dispatch_float(dtype_of(conf), "confidence", [&](auto tc) {
-    using TC = decltype(tc);
-    prefcal::bind::dispatch_outcome(dtype_of(correct), "correct", [&](auto ty) {
-      using TY = decltype(ty);
-      py::gil_scoped_release nogil;
-      bad = prefcal::cpu::score_sums(static_cast<const TC*>(pc), static_cast<const TY*>(py_), w, n, eps, o);
-    });
-  });
+  const int64_t bad = with_binary_types(
+      conf, correct, [&](const auto* c, const auto* y) { return prefcal::cpu::score_sums(c, y, w, n, eps, o); });
   return py::make_tuple(out, bad);
 }
 
@@ -174,14 +164,14 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("weights").none(true), py::arg("n_bins"));
   m.def("bin_quantile", &bin_quantile, py::arg("conf").noconvert(), py::arg("correct").noconvert(),
         py::arg("weights").none(true), py::arg("n_bins"));
-  m.def(
-      "multiclass_uniform",
-      [](const py::array& p, const py::array& l, int32_t b, int kind) { return multiclass(p, l, b, kind, false); },
-      py::arg("probs").noconvert(), py::arg("labels").noconvert(), py::arg("n_bins"), py::arg("kind"));
-  m.def(
-      "multiclass_quantile",
-      [](const py::array& p, const py::array& l, int32_t b, int kind) { return multiclass(p, l, b, kind, true); },
-      py::arg("probs").noconvert(), py::arg("labels").noconvert(), py::arg("n_bins"), py::arg("kind"));
+  for (const bool quantile : {false, true}) {
+    m.def(
+        quantile ? "multiclass_quantile" : "multiclass_uniform",
+        [quantile](const py::array& p, const py::array& l, int32_t b, int kind) {
+          return multiclass(p, l, b, kind, quantile);
+        },
+        py::arg("probs").noconvert(), py::arg("labels").noconvert(), py::arg("n_bins"), py::arg("kind"));
+  }
   m.def("score_sums", &score_sums, py::arg("conf").noconvert(), py::arg("correct").noconvert(),
         py::arg("weights").none(true), py::arg("eps"));
   m.def("uniform_bin_index", &uniform_bin_index, py::arg("conf").noconvert(), py::arg("n_bins"),

@@ -43,23 +43,8 @@ void check_bins(int32_t n_bins) {
   if (n_bins < 1 || n_bins > prefcal::kMaxBins) throw std::invalid_argument("internal error: n_bins");
 }
 
-py::tuple bin_uniform(const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n,
-                      int32_t n_bins, uintptr_t stream, int device) {
-  check_bins(n_bins);
-  const pc::Binary in = binary(conf, correct, weights, n);
-  py::array_t<double> out({int64_t(3), int64_t(n_bins)});
-  double* o = out.mutable_data();
-  int64_t bad = 0;
-  {
-    py::gil_scoped_release nogil;
-    pc::DeviceGuard guard(device);
-    bad = pc::bin_uniform(in, n_bins, o, stream_of(stream));
-  }
-  return py::make_tuple(out, bad);
-}
-
-py::tuple bin_quantile(const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n,
-                       int32_t n_bins, uintptr_t stream, int device) {
+py::tuple binary_bins(const py::tuple& conf, const py::tuple& correct, const py::object& weights, int64_t n,
+                      int32_t n_bins, uintptr_t stream, int device, bool quantile) {
   check_bins(n_bins);
   const pc::Binary in = binary(conf, correct, weights, n);
   py::array_t<double> out({int64_t(3), int64_t(n_bins)});
@@ -70,9 +55,11 @@ py::tuple bin_quantile(const py::tuple& conf, const py::tuple& correct, const py
   {
     py::gil_scoped_release nogil;
     pc::DeviceGuard guard(device);
-    bad = pc::bin_quantile(in, n_bins, o, e, stream_of(stream));
+    bad = quantile ? pc::bin_quantile(in, n_bins, o, e, stream_of(stream))
+                   : pc::bin_uniform(in, n_bins, o, stream_of(stream));
   }
-  return py::make_tuple(out, edges, bad);
+  if (quantile) return py::make_tuple(out, edges, bad);
+  return py::make_tuple(out, bad);
 }
 
 py::tuple multiclass(const py::tuple& probs, const py::tuple& labels, int64_t n, int32_t n_classes, int32_t n_bins,
@@ -230,24 +217,22 @@ py::dict build_info() {
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "prefcal CUDA kernels";
   py::register_exception<std::runtime_error>(m, "CudaError", PyExc_RuntimeError);
-  m.def("bin_uniform", &bin_uniform, py::arg("conf"), py::arg("correct"), py::arg("weights").none(true), py::arg("n"),
-        py::arg("n_bins"), py::arg("stream"), py::arg("device"));
-  m.def("bin_quantile", &bin_quantile, py::arg("conf"), py::arg("correct"), py::arg("weights").none(true),
-        py::arg("n"), py::arg("n_bins"), py::arg("stream"), py::arg("device"));
-  m.def(
-      "multiclass_uniform",
-      [](const py::tuple& p, const py::tuple& l, int64_t n, int32_t c, int32_t b, int kind, uintptr_t s, int d) {
-        return multiclass(p, l, n, c, b, kind, s, d, false);
-      },
-      py::arg("probs"), py::arg("labels"), py::arg("n"), py::arg("n_classes"), py::arg("n_bins"), py::arg("kind"),
-      py::arg("stream"), py::arg("device"));
-  m.def(
-      "multiclass_quantile",
-      [](const py::tuple& p, const py::tuple& l, int64_t n, int32_t c, int32_t b, int kind, uintptr_t s, int d) {
-        return multiclass(p, l, n, c, b, kind, s, d, true);
-      },
-      py::arg("probs"), py::arg("labels"), py::arg("n"), py::arg("n_classes"), py::arg("n_bins"), py::arg("kind"),
-      py::arg("stream"), py::arg("device"));
+  for (const bool quantile : {false, true}) {
+    m.def(
+        quantile ? "bin_quantile" : "bin_uniform",
+        [quantile](const py::tuple& c, const py::tuple& y, const py::object& w, int64_t n, int32_t b, uintptr_t s,
+                   int d) { return binary_bins(c, y, w, n, b, s, d, quantile); },
+        py::arg("conf"), py::arg("correct"), py::arg("weights").none(true), py::arg("n"), py::arg("n_bins"),
+        py::arg("stream"), py::arg("device"));
+  }
+  for (const bool quantile : {false, true}) {
+    m.def(
+        quantile ? "multiclass_quantile" : "multiclass_uniform",
+        [quantile](const py::tuple& p, const py::tuple& l, int64_t n, int32_t c, int32_t b, int kind, uintptr_t s,
+                   int d) { return multiclass(p, l, n, c, b, kind, s, d, quantile); },
+        py::arg("probs"), py::arg("labels"), py::arg("n"), py::arg("n_classes"), py::arg("n_bins"), py::arg("kind"),
+        py::arg("stream"), py::arg("device"));
+  }
   m.def("score_sums", &score_sums, py::arg("conf"), py::arg("correct"), py::arg("weights").none(true), py::arg("n"),
         py::arg("eps"), py::arg("stream"), py::arg("device"));
   m.def(

@@ -461,32 +461,19 @@ int64_t multiclass_uniform(const TP* probs, const TL* labels, int64_t n, int32_t
     for (int64_t r = lo; r < hi; ++r) {
       const TP* p = probs + r * C;
       const TL lab = labels[r];
-      unsigned ok = static_cast<unsigned>((lab >= TL(0)) & (lab < TL(C)));
+      TP best;
+      int32_t arg;
+      if (!top_class(p, C, lab, best, arg)) {
+        bad[size_t(k)] = r;
+        return;
+      }
       if (kind == MulticlassKind::kClasswise) {
-        for (int32_t c = 0; c < C; ++c) ok &= static_cast<unsigned>(valid_confidence(p[c]));
-        if (!ok) {
-          bad[size_t(k)] = r;
-          return;
-        }
         for (int32_t c = 0; c < C; ++c) {
           const int64_t b = int64_t(c) * B + uniform_bin(static_cast<double>(p[c]), B);
           c1[b] += 1u + (uint64_t(TL(c) == lab) << 32);
           s1[b] += static_cast<double>(p[c]);
         }
       } else {
-        TP best = p[0];
-        int32_t arg = 0;
-        for (int32_t c = 0; c < C; ++c) {
-          ok &= static_cast<unsigned>(valid_confidence(p[c]));
-          if (p[c] > best) {
-            best = p[c];
-            arg = c;
-          }
-        }
-        if (!ok) {
-          bad[size_t(k)] = r;
-          return;
-        }
         const int64_t g = kind == MulticlassKind::kTopLabel ? arg : 0;
         const int64_t b = g * B + uniform_bin(static_cast<double>(best), B);
         c1[b] += 1u + (uint64_t(TL(arg) == lab) << 32);
@@ -521,19 +508,10 @@ int64_t multiclass_quantile(const TP* probs, const TL* labels, int64_t n, int32_
   std::vector<int64_t> bad(size_t(nc), kNoError);
   for_chunks(n, chunk, threads_for(nc), [&](int, int64_t k, int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
-      const TP* p = probs + r * C;
       const TL lab = labels[r];
-      unsigned ok = static_cast<unsigned>((lab >= TL(0)) & (lab < TL(C)));
-      TP best = p[0];
-      int32_t arg = 0;
-      for (int32_t c = 0; c < C; ++c) {
-        ok &= static_cast<unsigned>(valid_confidence(p[c]));
-        if (p[c] > best) {
-          best = p[c];
-          arg = c;
-        }
-      }
-      if (!ok) {
+      TP best;
+      int32_t arg;
+      if (!top_class(probs + r * C, C, lab, best, arg)) {
         bad[size_t(k)] = r;
         return;
       }

@@ -76,6 +76,24 @@ PREFCAL_HD bool valid_binary(T y) {
 
 PREFCAL_HD bool valid_weight(double w) { return (w >= 0.0) & (w <= DBL_MAX); }
 
+// Top class of one row of probabilities (lowest index on ties) and whether the row is valid: every
+// probability in [0, 1] and the label in [0, n_classes).
+template <class TP, class TL>
+PREFCAL_HD bool top_class(const TP* p, int32_t n_classes, TL label, TP& best, int32_t& arg) {
+  bool ok = (label >= TL(0)) & (label < TL(n_classes));
+  best = p[0];
+  arg = 0;
+  for (int32_t c = 0; c < n_classes; ++c) {
+    const TP v = p[c];
+    ok &= valid_confidence(v);
+    if (v > best) {
+      best = v;
+      arg = c;
+    }
+  }
+  return ok;
+}
+
 // 0/1 outcome of a validated `correct` value.
 template <class T>
 PREFCAL_HD uint32_t outcome(T y) {
