@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -42,6 +43,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr size_t kSmemBudget = 96 * 1024;  // dynamic shared memory a block may ask for
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int64_t kMaxRowsPerThread = 65000;  // < 2^16: 16-bit per-thread counters of the unweighted private kernel
 
 // ------------------------------------------------------------------------------------------- device helpers
 
@@ -117,17 +119,18 @@ __device__ __forceinline__ bool row_ok(TC c, TY y, double w) {
 
 // ------------------------------------------------------------------------------------------- uniform kernels
 
-// Thread-private bins in shared memory. Unweighted: u64 (count | correct << 32)[B][T] then f64 sum_conf[B][T].
-// Weighted: f64 sum_w[B][T], sum_wc[B][T], sum_wy[B][T].
+// Thread-private bins in shared memory. Unweighted: u32 (count | correct << 16)[B][T] then f64 sum_conf[B][T]
+// (12 bytes per bin and thread; the host caps the rows per thread at kMaxRowsPerThread so that the 16-bit
+// halves cannot overflow). Weighted: f64 sum_w[B][T], sum_wc[B][T], sum_wy[B][T].
 template <class TC, class TY, bool kW, bool kVec>
 __global__ void __launch_bounds__(kThreads)
     uniform_private(const TC* __restrict__ conf, const TY* __restrict__ y, const double* __restrict__ w, int64_t n,
                     int32_t B, double* __restrict__ partials, unsigned long long* __restrict__ bad) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int t = threadIdx.x;
-  uint64_t* cc = reinterpret_cast<uint64_t*>(smem);
+  uint32_t* cc = reinterpret_cast<uint32_t*>(smem);
   double* s0 = reinterpret_cast<double*>(smem);
-  double* s1 = s0 + size_t(B) * kThreads;
+  double* s1 = reinterpret_cast<double*>(smem + size_t(B) * kThreads * (kW ? sizeof(double) : sizeof(uint32_t)));
   double* s2 = s1 + size_t(B) * kThreads;
   for (int b = 0; b < B; ++b) {
     if constexpr (kW) {
@@ -148,7 +151,7 @@ __global__ void __launch_bounds__(kThreads)
       s1[k] += wi * static_cast<double>(c);
       s2[k] += outcome(v) ? wi : 0.0;
     } else {
-      cc[k] += (static_cast<uint64_t>(outcome(v)) << 32) | 1ull;
+      cc[k] += (outcome(v) << 16) | 1u;
       s1[k] += static_cast<double>(c);
     }
     return !row_ok(c, v, wi);
@@ -218,7 +221,7 @@ __global__ void __launch_bounds__(kThreads)
       if constexpr (kW) {
         s += f == 0 ? s0[k] : (f == 1 ? s1[k] : s2[k]);
       } else {
-        s += f == 1 ? s1[k] : static_cast<double>(f == 0 ? (cc[k] & 0xffffffffull) : (cc[k] >> 32));
+        s += f == 1 ? s1[k] : static_cast<double>(f == 0 ? (cc[k] & 0xffffu) : (cc[k] >> 16));
       }
     }
     s = warp_sum(s);
@@ -488,6 +491,14 @@ int64_t resident_blocks(Kernel kernel, size_t smem) {
   return blocks;
 }
 
+// Testing aid: PREFCAL_CUDA_GRID_CAP limits the resident grid of the private kernel (to exercise the
+// rows-per-thread limit on small inputs).
+int64_t grid_cap() {
+  const char* v = std::getenv("PREFCAL_CUDA_GRID_CAP");
+  const long long cap = v != nullptr ? std::atoll(v) : 0;
+  return cap > 0 ? cap : std::numeric_limits<int64_t>::max();
+}
+
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // Result of a launch: device scratch holding the final bins (width doubles) followed by the bad-row flag.
@@ -533,7 +544,7 @@ template <class TC, class TY>
 UniformPlan plan_uniform(const Binary& in, int32_t B) {
   UniformPlan p;
   const bool weighted = in.weights != nullptr;
-  const size_t private_bytes = size_t(B) * kThreads * (weighted ? 24 : 16);
+  const size_t private_bytes = size_t(B) * kThreads * (weighted ? 24 : 12);
   const size_t shared_bytes = size_t(3) * B * sizeof(double);
   const bool vec = aligned(in.conf, 4 * sizeof(TC)) && aligned(in.correct, 4 * sizeof(TY)) &&
                    (!weighted || aligned(in.weights, 32));
@@ -548,7 +559,9 @@ UniformPlan plan_uniform(const Binary& in, int32_t B) {
       cap = vec ? resident_blocks(uniform_private<TC, TY, false, true>, p.smem)
                 : resident_blocks(uniform_private<TC, TY, false, false>, p.smem);
     }
-    p.grid = blocks_for(in.n, int64_t(kThreads) * 4, cap);
+    // At least enough blocks that no thread bins more than kMaxRowsPerThread rows (extra blocks run in waves).
+    const int64_t min_blocks = (in.n + int64_t(kThreads) * kMaxRowsPerThread - 1) / (int64_t(kThreads) * kMaxRowsPerThread);
+    p.grid = std::max(blocks_for(in.n, int64_t(kThreads) * 4, std::min(cap, grid_cap())), min_blocks);
     p.rows = p.grid;
   } else if (shared_bytes <= kSmemBudget) {
     p.path = UniformPlan::kShared;
