@@ -259,13 +259,24 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// out[j] = sum over rows r (in order) of partials[r * width + j].
-__global__ void reduce_rows(const double* __restrict__ partials, int64_t rows, int64_t width, double* __restrict__ out) {
-  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < width; j += int64_t(gridDim.x) * blockDim.x) {
+// out[j] = sum over rows r of partials[r * width + j]: one block per column, each thread summing a fixed set
+// of rows, then block_sum's fixed tree, so the result is the same on every run. (A thread per column summing
+// all rows in sequence took ~20 us for 528 rows: a chain of dependent L2 reads.)
+__global__ void __launch_bounds__(kThreads)
+    reduce_rows(const double* __restrict__ partials, int64_t rows, int64_t width, double* __restrict__ out) {
+  __shared__ double scratch[kWarps];
+  for (int64_t j = blockIdx.x; j < width; j += gridDim.x) {
     double s = 0.0;
-    for (int64_t r = 0; r < rows; ++r) s += partials[r * width + j];
-    out[j] = s;
+    for (int64_t r = threadIdx.x; r < rows; r += kThreads) s += partials[r * width + j];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) out[j] = s;
   }
+}
+
+void launch_reduce_rows(const double* partials, int64_t rows, int64_t width, double* out, cudaStream_t st) {
+  const unsigned grid = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(width, 65535)));
+  reduce_rows<<<grid, kThreads, 0, st>>>(partials, rows, width, out);
+  PREFCAL_CUDA_LAUNCHED();
 }
 
 // ------------------------------------------------------------------------------------------- multiclass kernels
@@ -611,9 +622,7 @@ void enqueue_uniform(const Binary& in, int32_t B, const UniformPlan& p, double* 
   }
   PREFCAL_CUDA_LAUNCHED();
   const int64_t width = 3 * int64_t(B);
-  reduce_rows<<<static_cast<unsigned>(blocks_for(width, kThreads, 1024)), kThreads, 0, st>>>(partials, p.rows, width,
-                                                                                              res.bins());
-  PREFCAL_CUDA_LAUNCHED();
+  launch_reduce_rows(partials, p.rows, width, res.bins(), st);
 }
 
 template <class F>
@@ -806,8 +815,7 @@ int64_t score_sums(const Binary& in, double eps, double* out, Stream stream) {
                                                                       partials.as<double>(), res.bad());
     }
     PREFCAL_CUDA_LAUNCHED();
-    reduce_rows<<<1, kThreads, 0, st>>>(partials.as<double>(), grid, 3, res.bins());
-    PREFCAL_CUDA_LAUNCHED();
+    launch_reduce_rows(partials.as<double>(), grid, 3, res.bins(), st);
     return res.fetch(out, st);
   });
 }
@@ -837,9 +845,7 @@ int64_t multiclass_uniform(const Multiclass& in, int32_t B, int kind, double* ou
           static_cast<const TP*>(in.probs), static_cast<const TL*>(in.labels), in.n, in.n_classes, B, kind, in_shared,
           partials.as<double>(), res.bad());
       PREFCAL_CUDA_LAUNCHED();
-      reduce_rows<<<unsigned(blocks_for(width, kThreads, 1024)), kThreads, 0, st>>>(partials.as<double>(), rows, width,
-                                                                                   res.bins());
-      PREFCAL_CUDA_LAUNCHED();
+      launch_reduce_rows(partials.as<double>(), rows, width, res.bins(), st);
       return res.fetch(out, st);
     });
   });
