@@ -10,9 +10,8 @@ same number of bytes (the bandwidth floor). Inputs: float32 confidences + bool o
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
 import prefcal
+import pytest
 from prefcal import _reference
 
 SIZES = {"1e6": 10**6, "1e7": 10**7}

@@ -65,9 +65,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="profile the Python layers of small calls")
     args = ap.parse_args()
 
-    import torch
-
     import prefcal
+    import torch
     from prefcal import _backend
 
     if not torch.cuda.is_available() or not prefcal.backends()["cuda"]["available"]:

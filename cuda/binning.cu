@@ -546,6 +546,7 @@ struct Result {
 // The launch plan of bin_uniform for given inputs.
 struct UniformPlan {
   enum Path { kPrivate, kShared, kGlobal } path;
+  bool vec = false;  // every input aligned for 4-row vector loads
   int64_t grid = 1;
   size_t smem = 0;
   int64_t rows = 1;  // partial rows to reduce
@@ -559,6 +560,7 @@ UniformPlan plan_uniform(const Binary& in, int32_t B) {
   const size_t shared_bytes = size_t(3) * B * sizeof(double);
   const bool vec = aligned(in.conf, 4 * sizeof(TC)) && aligned(in.correct, 4 * sizeof(TY)) &&
                    (!weighted || aligned(in.weights, 32));
+  p.vec = vec;
   if (private_bytes <= kSmemBudget) {
     p.path = UniformPlan::kPrivate;
     p.smem = private_bytes;
@@ -597,8 +599,7 @@ void enqueue_uniform(const Binary& in, int32_t B, const UniformPlan& p, double* 
   const auto* y = static_cast<const TY*>(in.correct);
   const double* w = in.weights;
   const bool weighted = w != nullptr;
-  const bool vec = aligned(in.conf, 4 * sizeof(TC)) && aligned(in.correct, 4 * sizeof(TY)) &&
-                   (!weighted || aligned(in.weights, 32));
+  const bool vec = p.vec;
   const unsigned grid = static_cast<unsigned>(p.grid);
   res.init(st);
   if (p.path == UniformPlan::kPrivate) {

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pytest
-
 import prefcal
+import pytest
 from prefcal import _backend
 
 ALL_BACKENDS = ("reference", "cpu", "torch-cpu", "cupy", "torch-cuda", "cuda-staged")
@@ -86,11 +85,12 @@ class Backend:
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         forced = {"reference": "numpy", "cuda-staged": "cuda"}.get(self.name)
+        previous = _backend._forced  # the programmatic override only, not PREFCAL_BACKEND
         prefcal.config.set_backend(forced)
         try:
             yield
         finally:
-            prefcal.config.set_backend(None)
+            prefcal.config.set_backend(previous)
 
 
 def get_backend(name: str) -> Backend:

@@ -9,10 +9,9 @@ import sys
 import textwrap
 
 import numpy as np
+import prefcal
 import pytest
 from conftest import binary_data
-
-import prefcal
 from prefcal import _backend, cli
 
 

@@ -13,10 +13,9 @@ Where they differ (see README, "Conventions compared with other libraries"):
 from __future__ import annotations
 
 import numpy as np
+import prefcal
 import pytest
 from conftest import binary_data
-
-import prefcal
 
 torch = pytest.importorskip("torch")
 tm = pytest.importorskip("torchmetrics.functional.classification")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import prefcal
 import pytest
 from conftest import Backend
-
-import prefcal
 
 N = 3 * 65536 + 11  # crosses CPU chunks and GPU blocks
 

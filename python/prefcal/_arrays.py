@@ -110,7 +110,7 @@ def device_normalise(x: object, dtype: np.dtype) -> object:
     """A CuPy array or CUDA tensor with the kernel's dtype, C-contiguous (one copy at most)."""
     if type(x).__module__.split(".")[0] == "torch":
         torch = sys.modules["torch"]
-        target = getattr(torch, dtype.name if dtype.name != "bool" else "bool")
+        target = getattr(torch, dtype.name)  # NumPy and torch share the names of these dtypes
         x = x.detach()  # type: ignore[attr-defined]
         if x.dtype != target:
             x = x.to(dtype=target)

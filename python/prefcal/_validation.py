@@ -45,6 +45,14 @@ def option(name: str, value: object, allowed: Sequence[str]) -> str:
     return value
 
 
+def norm(value: object, debias: bool) -> str:
+    """Check a calibration-error norm, and that debiasing is only asked of the l2 norm."""
+    value = option("norm", value, ("l1", "l2", "max"))
+    if debias and value != "l2":
+        raise ValueError(f"debias=True needs norm='l2', got norm={value!r}")
+    return value
+
+
 def quantile_size(n: int, bins: int) -> None:
     """Rank arithmetic of quantile bins needs (n + 1) * n_bins inside int64."""
     if (n + 1) * bins >= 2**62:
@@ -118,10 +126,6 @@ def positive_total(total: float) -> None:
 # ----------------------------------------------------------------------------------------- rows
 
 
-def _fmt(v: object) -> str:
-    return str(v)
-
-
 def _nonfinite(name: str, where: str, v: float) -> str | None:
     if math.isnan(v):
         return f"{name} contains NaN at {where}"
@@ -137,7 +141,7 @@ def probability_problem(name: str, index: str, where: str, value: np.generic) ->
     if bad:
         return bad
     if not 0.0 <= v <= 1.0:
-        return f"{name}{index} = {_fmt(value)} is outside [0, 1]"
+        return f"{name}{index} = {value} is outside [0, 1]"
     return None
 
 
@@ -148,14 +152,14 @@ def binary_row_message(row: int, confidence: np.generic, correct: np.generic, we
         return msg
     c = float(correct)
     if not (c == 0.0 or c == 1.0):
-        return f"correct[{row}] = {_fmt(correct)} is not 0 or 1"
+        return f"correct[{row}] = {correct} is not 0 or 1"
     if weight is not None:
         w = float(weight)
         bad = _nonfinite("weights", f"index {row}", w)
         if bad:
             return bad
         if w < 0:
-            return f"weights[{row}] = {_fmt(weight)} is negative"
+            return f"weights[{row}] = {weight} is negative"
     return f"row {row} is invalid"  # unreachable when the kernel and this function agree
 
 

@@ -38,7 +38,6 @@ from . import _backend, _validation
 __all__ = ["Reliability", "reliability", "ece", "multiclass_ece", "brier", "log_loss"]
 
 STRATEGIES = ("uniform", "quantile")
-NORMS = ("l1", "l2", "max")
 MULTICLASS_KINDS = ("confidence", "classwise", "top_label")
 
 
@@ -46,9 +45,7 @@ def calibration_error(
     count: np.ndarray, sum_confidence: np.ndarray, sum_correct: np.ndarray, norm: str = "l1", debias: bool = False
 ) -> float:
     """ECE / RMSCE / MCE of one table of bins (the one place where bins become a number)."""
-    norm = _validation.option("norm", norm, NORMS)
-    if debias and norm != "l2":
-        raise ValueError(f"debias=True needs norm='l2', got norm={norm!r}")
+    norm = _validation.norm(norm, debias)
     total = float(np.sum(count))
     _validation.positive_total(total)
     nonempty = count > 0
@@ -319,9 +316,7 @@ def ece(
     >>> round(prefcal.ece(conf, hit, n_bins=10), 6)  # 0.8 * |0.75 - 0.9| + 0.2 * |1 - 0.6|
     0.2
     """
-    _validation.option("norm", norm, NORMS)
-    if debias and norm != "l2":
-        raise ValueError(f"debias=True needs norm='l2', got norm={norm!r}")
+    _validation.norm(norm, debias)  # before the pass over the data
     return reliability(confidence, correct, n_bins=n_bins, strategy=strategy, weights=weights).ece(norm, debias)
 
 
@@ -356,7 +351,7 @@ def multiclass_ece(
     kind = _validation.option("kind", kind, MULTICLASS_KINDS)
     bins = _validation.n_bins(n_bins)
     strategy = _validation.option("strategy", strategy, STRATEGIES)
-    norm = _validation.option("norm", norm, NORMS)
+    norm = _validation.norm(norm, False)
     call = _backend.Call(
         {"probs": probs, "labels": labels},
         {"probs": _validation.confidence_dtype, "labels": _validation.label_dtype},
