@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import prefcal
 import pytest
+from conftest import copy_bandwidth
 from prefcal import _reference
 
 SIZES = {"1e6": 10**6, "1e7": 10**7}
@@ -37,11 +38,7 @@ def tight_numpy(conf, correct):
 
 
 def test_copy_bandwidth(benchmark, recorder):
-    src = np.ones(50_000_000, dtype=np.uint8)
-    dst = np.empty_like(src)
-    benchmark.group = "copy"
-    benchmark(np.copyto, dst, src)
-    recorder(benchmark, "copy", "np.copyto 50 MB", src.size, 2 * src.nbytes)
+    copy_bandwidth(benchmark, recorder)
 
 
 @pytest.mark.parametrize(

@@ -49,3 +49,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def recorder():
     return record
+
+
+def copy_bandwidth(benchmark: Any, recorder: Any) -> None:
+    """The machine's memory copy bandwidth (the floor every bandwidth-bound kernel is compared with)."""
+    import numpy as np
+
+    src = np.ones(50_000_000, dtype=np.uint8)
+    dst = np.empty_like(src)
+    benchmark.group = "copy"
+    benchmark(np.copyto, dst, src)
+    recorder(benchmark, "copy", "np.copyto 50 MB", src.size, 2 * src.nbytes)

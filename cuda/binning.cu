@@ -31,18 +31,22 @@
 
 #include "launch.hpp"
 #include "prefcal/binning.hpp"
+#include "reduce.cuh"
 #include "runtime.cuh"
 
 namespace prefcal::cuda {
 
 namespace {
 
+using device::block_sum;
+using device::report_bad;
+using device::warp_sum;
+
 using bind::DType;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr size_t kSmemBudget = 96 * 1024;  // dynamic shared memory a block may ask for
-constexpr unsigned kFull = 0xffffffffu;
 constexpr int64_t kMaxRowsPerThread = 65000;  // < 2^16: 16-bit per-thread counters of the unweighted private kernel
 
 // ------------------------------------------------------------------------------------------- device helpers
@@ -84,33 +88,6 @@ __device__ __forceinline__ void load4(const T* __restrict__ p, T (&v)[4]) {
   }
 }
 
-__device__ __forceinline__ double warp_sum(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(kFull, v, o);
-  return v;
-}
-
-// Sum over the block in a fixed order; the result is valid in thread 0. `scratch` holds kWarps doubles.
-__device__ __forceinline__ double block_sum(double v, double* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  double s = 0.0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kWarps; ++w) s += scratch[w];
-  }
-  return s;
-}
-
-// Every thread of the block calls this: warp minimum, then one atomic per warp that saw a bad row.
-__device__ __forceinline__ void report_bad(int64_t first, unsigned long long* bad) {
-  long long f = first;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) f = min(f, __shfl_down_sync(kFull, f, o));
-  if ((threadIdx.x & 31) == 0 && f != kNoError) atomicMin(bad, static_cast<unsigned long long>(f));
-}
 
 template <class TC, class TY>
 __device__ __forceinline__ bool row_ok(TC c, TY y, double w) {
@@ -480,27 +457,6 @@ int64_t blocks_for(int64_t items, int64_t per_block, int64_t cap) {
   return std::max<int64_t>(1, std::min<int64_t>(cap, (items + per_block - 1) / per_block));
 }
 
-// Occupancy-limited persistent grid for a kernel with `smem` bytes of dynamic shared memory (cached per
-// kernel, size and device: the attribute and occupancy queries cost more than a small launch).
-template <class Kernel>
-int64_t resident_blocks(Kernel kernel, size_t smem) {
-  static std::mutex mutex;
-  static std::map<std::tuple<const void*, int, size_t>, int64_t> cache;
-  const int device = current_device();
-  std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, smem);
-  const auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  if (smem > 48 * 1024) {
-    // The attribute is per kernel, not per launch size: always raise it to the whole budget.
-    PREFCAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBudget)));
-  }
-  int per_sm = 0;
-  PREFCAL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-  const int64_t blocks = int64_t(std::max(per_sm, 1)) * multiprocessors(device);
-  cache.emplace(key, blocks);
-  return blocks;
-}
 
 // Testing aid: PREFCAL_CUDA_GRID_CAP limits the resident grid of the private kernel (to exercise the
 // rows-per-thread limit on small inputs).
@@ -566,11 +522,11 @@ UniformPlan plan_uniform(const Binary& in, int32_t B) {
     p.smem = private_bytes;
     int64_t cap = 0;
     if (weighted) {
-      cap = vec ? resident_blocks(uniform_private<TC, TY, true, true>, p.smem)
-                : resident_blocks(uniform_private<TC, TY, true, false>, p.smem);
+      cap = vec ? resident_blocks(uniform_private<TC, TY, true, true>, p.smem, kThreads, kSmemBudget)
+                : resident_blocks(uniform_private<TC, TY, true, false>, p.smem, kThreads, kSmemBudget);
     } else {
-      cap = vec ? resident_blocks(uniform_private<TC, TY, false, true>, p.smem)
-                : resident_blocks(uniform_private<TC, TY, false, false>, p.smem);
+      cap = vec ? resident_blocks(uniform_private<TC, TY, false, true>, p.smem, kThreads, kSmemBudget)
+                : resident_blocks(uniform_private<TC, TY, false, false>, p.smem, kThreads, kSmemBudget);
     }
     // At least enough blocks that no thread bins more than kMaxRowsPerThread rows (extra blocks run in waves).
     const int64_t min_blocks = (in.n + int64_t(kThreads) * kMaxRowsPerThread - 1) / (int64_t(kThreads) * kMaxRowsPerThread);
@@ -579,8 +535,8 @@ UniformPlan plan_uniform(const Binary& in, int32_t B) {
   } else if (shared_bytes <= kSmemBudget) {
     p.path = UniformPlan::kShared;
     p.smem = shared_bytes;
-    const int64_t cap = weighted ? resident_blocks(uniform_atomic<TC, TY, true>, p.smem)
-                                 : resident_blocks(uniform_atomic<TC, TY, false>, p.smem);
+    const int64_t cap = weighted ? resident_blocks(uniform_atomic<TC, TY, true>, p.smem, kThreads, kSmemBudget)
+                                 : resident_blocks(uniform_atomic<TC, TY, false>, p.smem, kThreads, kSmemBudget);
     p.grid = blocks_for(in.n, int64_t(kThreads) * 16, cap);
     p.rows = p.grid;
   } else {
@@ -833,7 +789,7 @@ int64_t multiclass_uniform(const Multiclass& in, int32_t B, int kind, double* ou
       const bool in_shared = table <= kSmemBudget;
       int64_t grid = 0;
       if (in_shared) {
-        grid = blocks_for(in.n, kThreads * 4, resident_blocks(multiclass_atomic<TP, TL>, table));
+        grid = blocks_for(in.n, kThreads * 4, resident_blocks(multiclass_atomic<TP, TL>, table, kThreads, kSmemBudget));
       } else {
         grid = blocks_for(in.n, kThreads * 4, int64_t(4) * multiprocessors(current_device()));
       }

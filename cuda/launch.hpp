@@ -50,6 +50,42 @@ double time_bin_uniform(const Binary& in, int32_t n_bins, int reps, Stream strea
 // Which kernel bin_uniform uses for these arguments ("private", "shared" or "global"), and its grid.
 std::string describe_bin_uniform(const Binary& in, int32_t n_bins);
 
+// ----------------------------------------------------------------------------------------- Plackett-Luce
+// Per-row math in prefcal/pl.hpp; semantics as the CPU kernels of prefcal/cpu/pl.hpp. All pointers are device
+// pointers unless marked host.
+
+// Rows of a PL call: scores (N, n) row-major, or (n,) shared by every row when global_scores (unused by the
+// fit); rankings (N, m) with -1 padding; mask null, (N, n), or (n,) when global_mask (nonzero = available).
+struct PLArgs {
+  const void* scores;
+  bind::DType scores_type;  // float32 / float64
+  bool global_scores;
+  const void* rankings;
+  bind::DType rankings_type;  // int32 / int64
+  const uint8_t* mask;
+  bool global_mask;
+  int64_t N, m, n;
+};
+
+// ll: (N,) and grad: null, (N, n), or (n,) summed over rows when global_scores; both in the scores dtype.
+int64_t pl_loglik(const PLArgs& args, void* ll, void* grad, Stream stream);
+// Benchmark hook: median milliseconds (CUDA events) of the device work of pl_loglik alone, over `reps`
+// launches after one warm-up.
+double time_pl_loglik(const PLArgs& args, void* ll, void* grad, int reps, Stream stream);
+// out (host): f, f', f'' of the summed log-likelihood of beta * scores.
+int64_t pl_temperature(const PLArgs& args, double beta, double* out, Stream stream);
+// Gumbel top-k orderings of scores (rows, n): out int32 (rows, size, k), -1 past the available items.
+int64_t pl_sample(const void* scores, bind::DType scores_type, int64_t rows, int64_t n, const uint8_t* mask,
+                  bool global_mask, int64_t size, int64_t k, uint64_t seed, bool noise, int32_t* out, Stream stream);
+// out (rows, n, n) in the scores dtype: sigmoid(s_i - s_j).
+void pl_pairwise(const void* scores, bind::DType scores_type, int64_t rows, int64_t n, void* out, Stream stream);
+// Fit setup: weights null or (N,) float64; wins (n,) and edges (n, n) are host arrays.
+int64_t pl_fit_setup(const PLArgs& args, const double* weights, double* wins, uint8_t* edges, Stream stream);
+// Fit pass at host log-worths theta (n,): host denom (n,), host q (n, n) or null; returns the log-likelihood
+// when want_ll (else 0). Rows must be valid (checked by pl_fit_setup).
+double pl_fit_pass(const PLArgs& args, const double* weights, const double* theta, double* denom, double* q,
+                   bool want_ll, Stream stream);
+
 // ----------------------------------------------------------------------------------------- runtime
 
 // Number of CUDA devices; on failure 0 and the reason in *error.
@@ -80,5 +116,6 @@ class DeviceGuard {
 void* device_malloc(size_t bytes);
 void device_free(void* ptr) noexcept;
 void copy_host_to_device(void* dst, const void* src, size_t bytes);
+void copy_device_to_host(void* dst, const void* src, size_t bytes);
 
 }  // namespace prefcal::cuda

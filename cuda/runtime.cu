@@ -115,4 +115,8 @@ void copy_host_to_device(void* dst, const void* src, size_t bytes) {
   if (bytes > 0) PREFCAL_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 
+void copy_device_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes > 0) PREFCAL_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
 }  // namespace prefcal::cuda

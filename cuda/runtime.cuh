@@ -4,6 +4,9 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -43,6 +46,29 @@ class PoolBuffer {
 
 int current_device();
 int multiprocessors(int device);
+
+// Resident blocks of `block` threads on the current device for `kernel` with `smem` bytes of dynamic shared
+// memory, raising the kernel's dynamic shared-memory limit to `smem_budget` when more than 48 KiB are asked
+// (cached per kernel, device, size and block: the queries cost more than a small launch).
+template <class Kernel>
+int64_t resident_blocks(Kernel kernel, size_t smem, int block, size_t smem_budget) {
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, size_t, int>, int64_t> cache;
+  const int device = current_device();
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), device, smem, block);
+  const auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  if (smem > 48 * 1024) {
+    // The attribute is per kernel, not per launch size: always raise it to the whole budget.
+    PREFCAL_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_budget)));
+  }
+  int per_sm = 0;
+  PREFCAL_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, smem));
+  const int64_t blocks = int64_t(per_sm > 1 ? per_sm : 1) * multiprocessors(device);
+  cache.emplace(key, blocks);
+  return blocks;
+}
 
 // Rounds up to a multiple of 256 bytes (keeps every sub-buffer of a PoolBuffer aligned).
 inline size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }

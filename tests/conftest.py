@@ -82,6 +82,18 @@ class Backend:
         t = torch.from_numpy(np.array(a, order="C", copy=True))
         return t.cuda() if self.name == "torch-cuda" else t
 
+    def numpy(self, x: Any) -> np.ndarray:
+        """A result of this backend as a NumPy array, after checking it has the backend's array type."""
+        module = type(x).__module__.split(".")[0]
+        expected = {"torch-cpu": "torch", "torch-cuda": "torch", "cupy": "cupy"}.get(self.name, "numpy")
+        assert module == expected, f"{self.name} returned {type(x)}"
+        if module == "torch":
+            assert (x.device.type == "cuda") == (self.name == "torch-cuda")
+            return x.detach().cpu().numpy()
+        if module == "cupy":
+            return x.get()
+        return np.asarray(x)
+
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         forced = {"reference": "numpy", "cuda-staged": "cuda"}.get(self.name)

@@ -139,10 +139,13 @@ def test_console_script_runs():
     assert "backends:" in out.stdout
 
 
-def test_doctests():
+@pytest.mark.parametrize("name", ["calibration", "pl", "recalibrate", "torch"])
+def test_doctests(name):
     import doctest
+    import importlib
 
-    import prefcal.calibration
-
-    result = doctest.testmod(prefcal.calibration, optionflags=doctest.NORMALIZE_WHITESPACE)
+    if name == "torch":
+        pytest.importorskip("torch")
+    module = importlib.import_module(f"prefcal.{name}")
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -8,10 +8,13 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "prefcal/dtypes.hpp"
 #include "prefcal/binning.hpp"
 #include "prefcal/cpu/binning.hpp"
+#include "prefcal/cpu/pl.hpp"
 
 namespace py = pybind11;
 using prefcal::bind::DType;
@@ -147,6 +150,168 @@ py::array_t<int32_t> uniform_bin_index(const py::array& conf, int32_t n_bins, bo
   return out;
 }
 
+// ------------------------------------------------------------------------------ Plackett-Luce (SPEC §2, §7)
+
+const uint8_t* mask_ptr(const py::object& mask, int64_t N, int64_t n, bool* global) {
+  *global = false;
+  if (mask.is_none()) return nullptr;
+  auto a = mask.cast<py::array>();
+  const DType d = dtype_of(a);
+  if (d != DType::kBool && d != DType::kU8) throw std::invalid_argument("internal error: mask dtype");
+  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("internal error: mask is not C-contiguous");
+  if (a.ndim() == 1 && a.shape(0) == n) {
+    *global = true;
+  } else if (a.ndim() != 2 || a.shape(0) != N || a.shape(1) != n) {
+    throw std::invalid_argument("internal error: mask shape");
+  }
+  return static_cast<const uint8_t*>(a.data());
+}
+
+prefcal::cpu::PLRows pl_rows(const py::array& scores, const py::array& rankings, const py::object& mask) {
+  require(rankings, 2, "rankings");
+  if (scores.ndim() != 1 && scores.ndim() != 2) throw std::invalid_argument("internal error: scores ndim");
+  if (!(scores.flags() & py::array::c_style)) throw std::invalid_argument("internal error: scores");
+  prefcal::cpu::PLRows sh{};
+  sh.N = rankings.shape(0);
+  sh.m = rankings.shape(1);
+  sh.global_scores = scores.ndim() == 1;
+  sh.n = scores.shape(scores.ndim() - 1);
+  if (!sh.global_scores && scores.shape(0) != sh.N) throw std::invalid_argument("internal error: scores rows");
+  if (sh.m > sh.n && sh.n > 0) throw std::invalid_argument("internal error: rankings wider than n");
+  sh.mask = mask_ptr(mask, sh.N, sh.n, &sh.global_mask);
+  return sh;
+}
+
+// f(scores as const T*, rankings as const I*) without the GIL.
+template <class F>
+void with_pl_types(const py::array& scores, const py::array& rankings, F&& f) {
+  const void* ps = scores.data();
+  const void* pr = rankings.data();
+  prefcal::bind::dispatch_float(dtype_of(scores), "scores", [&](auto ts) {
+    using T = decltype(ts);
+    prefcal::bind::dispatch_label(dtype_of(rankings), "rankings", [&](auto ti) {
+      using I = decltype(ti);
+      py::gil_scoped_release nogil;
+      f(static_cast<const T*>(ps), static_cast<const I*>(pr));
+    });
+  });
+}
+
+py::tuple pl_loglik(const py::array& scores, const py::array& rankings, const py::object& mask, bool want_grad) {
+  const auto sh = pl_rows(scores, rankings, mask);
+  py::array ll(scores.dtype(), std::vector<py::ssize_t>{sh.N});
+  py::object grad = py::none();
+  void* g = nullptr;
+  if (want_grad) {
+    py::array ga = sh.global_scores ? py::array(scores.dtype(), std::vector<py::ssize_t>{sh.n}) : py::array(scores.dtype(), {sh.N, sh.n});
+    g = ga.mutable_data();
+    grad = ga;
+  }
+  void* o = ll.mutable_data();
+  int64_t bad = 0;
+  with_pl_types(scores, rankings, [&](const auto* s, const auto* r) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(s)>>;
+    bad = prefcal::cpu::pl_loglik(s, r, sh, static_cast<T*>(o), static_cast<T*>(g));
+  });
+  return py::make_tuple(ll, grad, bad);
+}
+
+py::tuple pl_temperature(const py::array& scores, const py::array& rankings, const py::object& mask, double beta) {
+  const auto sh = pl_rows(scores, rankings, mask);
+  py::array_t<double> out(3);
+  double* o = out.mutable_data();
+  int64_t bad = 0;
+  with_pl_types(scores, rankings,
+                [&](const auto* s, const auto* r) { bad = prefcal::cpu::pl_temperature(s, r, sh, beta, o); });
+  return py::make_tuple(out, bad);
+}
+
+py::tuple pl_sample(const py::array& scores, const py::object& mask, int64_t size, int64_t k, uint64_t seed,
+                    bool noise) {
+  require(scores, 2, "scores");
+  const int64_t rows = scores.shape(0), n = scores.shape(1);
+  if (size < 0 || k < 0) throw std::invalid_argument("internal error: size or k");
+  bool global = false;
+  const uint8_t* mk = mask_ptr(mask, rows, n, &global);
+  py::array_t<int32_t> out({rows, size, k});
+  int32_t* o = out.mutable_data();
+  const void* ps = scores.data();
+  int64_t bad = 0;
+  prefcal::bind::dispatch_float(dtype_of(scores), "scores", [&](auto ts) {
+    using T = decltype(ts);
+    py::gil_scoped_release nogil;
+    bad = prefcal::cpu::pl_sample(static_cast<const T*>(ps), rows, n, mk, global, size, k, seed, noise, o);
+  });
+  return py::make_tuple(out, bad);
+}
+
+py::array pl_pairwise(const py::array& scores) {
+  require(scores, 2, "scores");
+  const int64_t rows = scores.shape(0), n = scores.shape(1);
+  py::array out(scores.dtype(), {rows, n, n});
+  void* o = out.mutable_data();
+  const void* ps = scores.data();
+  prefcal::bind::dispatch_float(dtype_of(scores), "scores", [&](auto ts) {
+    using T = decltype(ts);
+    py::gil_scoped_release nogil;
+    prefcal::cpu::pl_pairwise(static_cast<const T*>(ps), rows, n, static_cast<T*>(o));
+  });
+  return out;
+}
+
+prefcal::cpu::PLRows fit_rows(const py::array& rankings, const py::object& mask, int64_t n) {
+  require(rankings, 2, "rankings");
+  prefcal::cpu::PLRows sh{};
+  sh.N = rankings.shape(0);
+  sh.m = rankings.shape(1);
+  sh.n = n;
+  sh.global_scores = true;
+  sh.mask = mask_ptr(mask, sh.N, n, &sh.global_mask);
+  return sh;
+}
+
+py::tuple pl_fit_setup(const py::array& rankings, const py::object& mask, const py::object& weights, int64_t n) {
+  const auto sh = fit_rows(rankings, mask, n);
+  const double* w = weights_ptr(weights, sh.N);
+  py::array_t<double> wins(n);
+  py::array_t<uint8_t> edges({n, n});
+  double* pw = wins.mutable_data();
+  uint8_t* pe = edges.mutable_data();
+  const void* pr = rankings.data();
+  int64_t bad = 0;
+  prefcal::bind::dispatch_label(dtype_of(rankings), "rankings", [&](auto ti) {
+    using I = decltype(ti);
+    py::gil_scoped_release nogil;
+    bad = prefcal::cpu::pl_fit_setup(static_cast<const I*>(pr), sh, w, pw, pe);
+  });
+  return py::make_tuple(wins, edges, bad);
+}
+
+py::tuple pl_fit_pass(const py::array& rankings, const py::object& mask, const py::object& weights,
+                      const py::array_t<double, py::array::c_style>& theta, bool want_q, bool want_ll) {
+  const int64_t n = theta.shape(0);
+  const auto sh = fit_rows(rankings, mask, n);
+  const double* w = weights_ptr(weights, sh.N);
+  py::array_t<double> denom(n);
+  py::object q = py::none();
+  double* pq = nullptr;
+  if (want_q) {
+    py::array_t<double> qa({n, n});
+    pq = qa.mutable_data();
+    q = qa;
+  }
+  double* pd = denom.mutable_data();
+  const double* pt = theta.data();
+  const void* pr = rankings.data();
+  double ll = 0.0;
+  prefcal::bind::dispatch_label(dtype_of(rankings), "rankings", [&](auto ti) {
+    using I = decltype(ti);
+    py::gil_scoped_release nogil;
+    ll = prefcal::cpu::pl_fit_pass(static_cast<const I*>(pr), sh, w, pt, pd, pq, want_ll);
+  });
+  return py::make_tuple(denom, q, ll);
+}
+
 py::dict build_info() {
   py::dict d;
   d["version"] = PREFCAL_VERSION_INFO;
@@ -176,6 +341,17 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("weights").none(true), py::arg("eps"));
   m.def("uniform_bin_index", &uniform_bin_index, py::arg("conf").noconvert(), py::arg("n_bins"),
         py::arg("f32_path") = false);
+  m.def("pl_loglik", &pl_loglik, py::arg("scores").noconvert(), py::arg("rankings").noconvert(),
+        py::arg("mask").none(true), py::arg("want_grad"));
+  m.def("pl_temperature", &pl_temperature, py::arg("scores").noconvert(), py::arg("rankings").noconvert(),
+        py::arg("mask").none(true), py::arg("beta"));
+  m.def("pl_sample", &pl_sample, py::arg("scores").noconvert(), py::arg("mask").none(true), py::arg("size"),
+        py::arg("k"), py::arg("seed"), py::arg("noise"));
+  m.def("pl_pairwise", &pl_pairwise, py::arg("scores").noconvert());
+  m.def("pl_fit_setup", &pl_fit_setup, py::arg("rankings").noconvert(), py::arg("mask").none(true),
+        py::arg("weights").none(true), py::arg("n"));
+  m.def("pl_fit_pass", &pl_fit_pass, py::arg("rankings").noconvert(), py::arg("mask").none(true),
+        py::arg("weights").none(true), py::arg("theta").noconvert(), py::arg("want_q"), py::arg("want_ll"));
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &prefcal::cpu::num_threads);
   m.def("build_info", &build_info);

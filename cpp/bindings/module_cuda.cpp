@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "launch.hpp"
@@ -98,6 +99,134 @@ py::tuple score_sums(const py::tuple& conf, const py::tuple& correct, const py::
   return py::make_tuple(out, bad);
 }
 
+// ------------------------------------------------------------------ Plackett-Luce
+const uint8_t* mask_of(const py::object& mask) {
+  if (mask.is_none()) return nullptr;
+  const View v = view(mask.cast<py::tuple>());
+  if (v.type != DType::kBool && v.type != DType::kU8) throw std::invalid_argument("internal error: mask dtype");
+  return static_cast<const uint8_t*>(v.ptr);
+}
+
+template <class P>
+P* ptr_or_null(const py::object& o) {
+  return o.is_none() ? nullptr : reinterpret_cast<P*>(o.cast<uintptr_t>());
+}
+
+void check_pl_shape(int64_t N, int64_t m, int64_t n) {
+  if (N < 0 || m < 0 || n < 0) throw std::invalid_argument("internal error: negative PL shape");
+  if (m > n && n > 0) throw std::invalid_argument("internal error: rankings wider than n");
+}
+
+pc::PLArgs pl_args(const py::tuple& scores, bool global_scores, const py::tuple& rankings, const py::object& mask,
+                   bool global_mask, int64_t N, int64_t m, int64_t n) {
+  check_pl_shape(N, m, n);
+  const View s = view(scores), r = view(rankings);
+  return {s.ptr, s.type, global_scores, r.ptr, r.type, mask_of(mask), global_mask, N, m, n};
+}
+
+pc::PLArgs fit_args(const py::tuple& rankings, const py::object& mask, bool global_mask, int64_t N, int64_t m,
+                    int64_t n) {
+  check_pl_shape(N, m, n);
+  const View r = view(rankings);
+  return {nullptr, DType::kF64, true, r.ptr, r.type, mask_of(mask), global_mask, N, m, n};
+}
+
+int64_t pl_loglik(const py::tuple& scores, bool global_scores, const py::tuple& rankings, const py::object& mask,
+                  bool global_mask, int64_t N, int64_t m, int64_t n, uintptr_t ll, const py::object& grad,
+                  uintptr_t stream, int device) {
+  const pc::PLArgs a = pl_args(scores, global_scores, rankings, mask, global_mask, N, m, n);
+  void* g = ptr_or_null<void>(grad);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::pl_loglik(a, reinterpret_cast<void*>(ll), g, stream_of(stream));
+}
+
+double time_pl_loglik(const py::tuple& scores, bool global_scores, const py::tuple& rankings, const py::object& mask,
+                      bool global_mask, int64_t N, int64_t m, int64_t n, uintptr_t ll, const py::object& grad,
+                      int reps, uintptr_t stream, int device) {
+  const pc::PLArgs a = pl_args(scores, global_scores, rankings, mask, global_mask, N, m, n);
+  void* g = ptr_or_null<void>(grad);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::time_pl_loglik(a, reinterpret_cast<void*>(ll), g, reps, stream_of(stream));
+}
+
+py::tuple pl_temperature(const py::tuple& scores, bool global_scores, const py::tuple& rankings,
+                         const py::object& mask, bool global_mask, int64_t N, int64_t m, int64_t n, double beta,
+                         uintptr_t stream, int device) {
+  const pc::PLArgs a = pl_args(scores, global_scores, rankings, mask, global_mask, N, m, n);
+  py::array_t<double> out(3);
+  double* o = out.mutable_data();
+  int64_t bad = 0;
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    bad = pc::pl_temperature(a, beta, o, stream_of(stream));
+  }
+  return py::make_tuple(out, bad);
+}
+
+int64_t pl_sample(const py::tuple& scores, int64_t rows, int64_t n, const py::object& mask, bool global_mask,
+                  int64_t size, int64_t k, uint64_t seed, bool noise, uintptr_t out, uintptr_t stream, int device) {
+  if (rows < 0 || n < 0 || size < 0 || k < 0) throw std::invalid_argument("internal error: pl_sample shape");
+  const View s = view(scores);
+  const uint8_t* mk = mask_of(mask);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::pl_sample(s.ptr, s.type, rows, n, mk, global_mask, size, k, seed, noise, reinterpret_cast<int32_t*>(out),
+                       stream_of(stream));
+}
+
+void pl_pairwise(const py::tuple& scores, int64_t rows, int64_t n, uintptr_t out, uintptr_t stream, int device) {
+  if (rows < 0 || n < 0) throw std::invalid_argument("internal error: pl_pairwise shape");
+  const View s = view(scores);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  pc::pl_pairwise(s.ptr, s.type, rows, n, reinterpret_cast<void*>(out), stream_of(stream));
+}
+
+py::tuple pl_fit_setup(const py::tuple& rankings, const py::object& mask, bool global_mask, const py::object& weights,
+                       int64_t N, int64_t m, int64_t n, uintptr_t stream, int device) {
+  const pc::PLArgs a = fit_args(rankings, mask, global_mask, N, m, n);
+  const double* w = ptr_or_null<const double>(weights);
+  py::array_t<double> wins(n);
+  py::array_t<uint8_t> edges({n, n});
+  double* pw = wins.mutable_data();
+  uint8_t* pe = edges.mutable_data();
+  int64_t bad = 0;
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    bad = pc::pl_fit_setup(a, w, pw, pe, stream_of(stream));
+  }
+  return py::make_tuple(wins, edges, bad);
+}
+
+py::tuple pl_fit_pass(const py::tuple& rankings, const py::object& mask, bool global_mask, const py::object& weights,
+                      int64_t N, int64_t m, int64_t n, const py::array_t<double, py::array::c_style>& theta,
+                      bool want_q, bool want_ll, uintptr_t stream, int device) {
+  const pc::PLArgs a = fit_args(rankings, mask, global_mask, N, m, n);
+  if (theta.ndim() != 1 || theta.shape(0) != n) throw std::invalid_argument("internal error: theta shape");
+  const double* w = ptr_or_null<const double>(weights);
+  py::array_t<double> denom(n);
+  py::object q = py::none();
+  double* pq = nullptr;
+  if (want_q) {
+    py::array_t<double> qa({n, n});
+    pq = qa.mutable_data();
+    q = qa;
+  }
+  double* pd = denom.mutable_data();
+  const double* pt = theta.data();
+  double ll = 0.0;
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    ll = pc::pl_fit_pass(a, w, pt, pd, pq, want_ll, stream_of(stream));
+  }
+  return py::make_tuple(denom, q, ll);
+}
+
 // ------------------------------------------------------------------ DLPack (consumer side, no ownership taken)
 // The capsule keeps its producer's tensor alive; Python holds the capsule for the duration of the call and
 // never renames it, so the producer's own capsule destructor releases the tensor.
@@ -175,10 +304,25 @@ class DeviceArray {
       }
     }
   }
+  // Uninitialised device memory of `bytes` bytes (outputs of host inputs forced onto CUDA).
+  DeviceArray(size_t bytes, int device) : bytes_(bytes), device_(device) {
+    pc::DeviceGuard guard(device);
+    ptr_ = pc::device_malloc(bytes_);
+  }
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;
   uintptr_t ptr() const { return reinterpret_cast<uintptr_t>(ptr_); }
   int device() const { return device_; }
+  size_t nbytes() const { return bytes_; }
+  // Copies the device bytes into a C-contiguous writable NumPy array of the same size.
+  void to_host(py::array& a) const {
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("internal error: array is not C-contiguous");
+    if (static_cast<size_t>(a.nbytes()) != bytes_) throw std::invalid_argument("internal error: size mismatch");
+    void* dst = a.mutable_data();  // throws when the array is read-only
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device_);
+    pc::copy_device_to_host(dst, ptr_, bytes_);
+  }
 
  private:
   void* ptr_ = nullptr;
@@ -257,12 +401,40 @@ PYBIND11_MODULE(_cuda, m) {
       },
       py::arg("conf"), py::arg("correct"), py::arg("weights").none(true), py::arg("n"), py::arg("n_bins"),
       py::arg("device"));
+  m.def("pl_loglik", &pl_loglik, py::arg("scores"), py::arg("global_scores"), py::arg("rankings"),
+        py::arg("mask").none(true), py::arg("global_mask"), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("ll"),
+        py::arg("grad").none(true), py::arg("stream"), py::arg("device"));
+  m.def("pl_temperature", &pl_temperature, py::arg("scores"), py::arg("global_scores"), py::arg("rankings"),
+        py::arg("mask").none(true), py::arg("global_mask"), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("beta"),
+        py::arg("stream"), py::arg("device"));
+  m.def("pl_sample", &pl_sample, py::arg("scores"), py::arg("rows"), py::arg("n"), py::arg("mask").none(true),
+        py::arg("global_mask"), py::arg("size"), py::arg("k"), py::arg("seed"), py::arg("noise"), py::arg("out"),
+        py::arg("stream"), py::arg("device"));
+  m.def("pl_pairwise", &pl_pairwise, py::arg("scores"), py::arg("rows"), py::arg("n"), py::arg("out"),
+        py::arg("stream"), py::arg("device"));
+  m.def("pl_fit_setup", &pl_fit_setup, py::arg("rankings"), py::arg("mask").none(true), py::arg("global_mask"),
+        py::arg("weights").none(true), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("stream"), py::arg("device"));
+  m.def("pl_fit_pass", &pl_fit_pass, py::arg("rankings"), py::arg("mask").none(true), py::arg("global_mask"),
+        py::arg("weights").none(true), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("theta").noconvert(),
+        py::arg("want_q"), py::arg("want_ll"), py::arg("stream"), py::arg("device"));
+  m.def("time_pl_loglik", &time_pl_loglik, py::arg("scores"), py::arg("global_scores"), py::arg("rankings"),
+        py::arg("mask").none(true), py::arg("global_mask"), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("ll"),
+        py::arg("grad").none(true), py::arg("reps"), py::arg("stream"), py::arg("device"));
   m.def("dlpack_info", &dlpack_info, py::arg("capsule"));
   m.def("device_count", &device_count);
   m.def("device_props", &device_props, py::arg("device"));
   m.def("build_info", &build_info);
   py::class_<DeviceArray>(m, "DeviceArray")
       .def(py::init<const py::array&, int>(), py::arg("array"), py::arg("device"))
+      .def_static(
+          "empty",
+          [](int64_t nbytes, int device) {
+            if (nbytes < 0) throw std::invalid_argument("internal error: negative nbytes");
+            return std::make_unique<DeviceArray>(static_cast<size_t>(nbytes), device);
+          },
+          py::arg("nbytes"), py::arg("device"))
+      .def("to_host", &DeviceArray::to_host, py::arg("array").noconvert())
       .def_property_readonly("ptr", &DeviceArray::ptr)
+      .def_property_readonly("nbytes", &DeviceArray::nbytes)
       .def_property_readonly("device", &DeviceArray::device);
 }

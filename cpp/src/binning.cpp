@@ -22,6 +22,7 @@
 
 #include "prefcal/binning.hpp"
 #include "prefcal/common.hpp"
+#include "prefcal/cpu/parallel.hpp"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -42,14 +43,6 @@ constexpr int64_t kChunk = int64_t(1) << 16;  // rows per chunk: fixed, so resul
 constexpr int kBlock = 256;                    // rows per vectorised block inside a chunk
 constexpr int32_t kBuckets = 1 << 16;          // value buckets of the quantile selection
 
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 // Rows per chunk for kernels that keep `bins_per_chunk` float64 partial bins per chunk: large enough that the
 // partial bins stay a small fraction of the input.
 int64_t chunk_rows(int64_t bins_per_chunk, int64_t row_width = 1) {
@@ -59,31 +52,6 @@ int64_t chunk_rows(int64_t bins_per_chunk, int64_t row_width = 1) {
 
 // Per-thread scratch stride (elements of 8 bytes): padded so two threads never share a cache line.
 size_t padded(size_t elements) { return (elements + 15) / 8 * 8 + 16; }
-
-int threads_for(int64_t n_chunks) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n_chunks)));
-}
-
-// body(thread, chunk, lo, hi) for each fixed chunk [lo, hi) of [0, n), on up to nt threads. Exceptions (only
-// std::bad_alloc can occur) are carried out of the parallel region.
-template <class Body>
-void for_chunks(int64_t n, int64_t chunk, int nt, Body&& body) {
-  const int64_t nc = (n + chunk - 1) / chunk;
-  std::atomic<bool> failed{false};
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
-#else
-  (void)nt;
-#endif
-  for (int64_t k = 0; k < nc; ++k) {
-    try {
-      body(thread_id(), k, k * chunk, std::min(n, (k + 1) * chunk));
-    } catch (...) {
-      failed = true;
-    }
-  }
-  if (failed) throw std::bad_alloc();
-}
 
 template <class TC, class TY>
 int64_t first_invalid(const TC* c, const TY* y, const double* w, int64_t m) {

@@ -168,3 +168,37 @@ def element(x: object, index: int | tuple[int, ...]) -> Any:
         sub = x[i]  # type: ignore[index]
         return to_numpy_input(sub.reshape(-1).cpu()).reshape(tuple(sub.shape))[()]
     return x[index].get()[()]  # type: ignore[index]
+
+
+@dataclass
+class Output:
+    """A kernel output on a CUDA device: ``ptr`` for the kernel, ``result()`` for the caller."""
+
+    array: Any  # CuPy array, torch tensor, or a DeviceArray (staged)
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @classmethod
+    def new(cls, library: str | None, shape: tuple[int, ...], dtype: np.dtype, device: int,
+            cuda_module: Any) -> Output:
+        if library == "cupy":
+            cupy = sys.modules["cupy"]
+            with cupy.cuda.Device(device):
+                a = cupy.empty(shape, dtype=dtype)
+            return cls(a, int(a.data.ptr), shape, dtype)
+        if library == "torch":
+            torch = sys.modules["torch"]
+            t = torch.empty(shape, dtype=getattr(torch, dtype.name), device=f"cuda:{device}")
+            return cls(t, int(t.data_ptr()), shape, dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        staged = cuda_module.DeviceArray.empty(max(nbytes, 1), device)
+        return cls(staged, int(staged.ptr), shape, dtype)
+
+    def result(self) -> Any:
+        if type(self.array).__module__.split(".")[0] in ("cupy", "torch"):
+            return self.array
+        host = np.empty(self.shape, dtype=self.dtype)
+        if host.nbytes:
+            self.array.to_host(host)
+        return host

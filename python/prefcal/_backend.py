@@ -149,6 +149,7 @@ class Call:
             self.arrays[name] = (x, targets[name], w)
         self.shapes = {name: _arrays.shape_of(x) for name, (x, _, _) in self.arrays.items()}
         self._on_gpu = place.on_gpu
+        self.library = place.library
 
     def place(self) -> None:
         """Converts and moves the arrays for the chosen backend (call after the shape checks)."""
@@ -187,6 +188,18 @@ class Call:
     def element(self, name: str, index: int | tuple[int, ...]) -> Any:
         entry = self.arrays.get(name)
         return None if entry is None else _arrays.element(entry[0], index)
+
+    def output(self, shape: tuple[int, ...], dtype: Any) -> _arrays.Output:
+        """A new uninitialised array for a CUDA kernel to write: in the caller's library on its device, or
+        staged device memory copied back to NumPy for host inputs forced onto CUDA."""
+        return _arrays.Output.new(self.library if self._on_gpu else None, shape, np.dtype(dtype), self.device,
+                                  cuda_module())
+
+    def wrap(self, host: np.ndarray) -> Any:
+        """A host result in the caller's array type (torch CPU tensors give tensors; NumPy otherwise)."""
+        if self.library == "torch" and not self._on_gpu:
+            return sys.modules["torch"].from_numpy(np.ascontiguousarray(host))
+        return host
 
     def module(self) -> Any:
         return {"reference": _reference, "cpu": cpu_module(), "cuda": cuda_module()}[self.backend]

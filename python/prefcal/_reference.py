@@ -136,3 +136,255 @@ def score_sums(conf, correct, weights, eps):
     clipped = np.clip(c, eps, 1.0 - eps)
     log_loss = -(y * np.log(clipped) + (1.0 - y) * np.log1p(-clipped))
     return np.array([w.sum(), (w * (c - y) ** 2).sum(), (w * log_loss).sum()]), NO_ERROR
+
+
+# ================================================================================ Plackett-Luce (SPEC §2, §7)
+#
+# Arguments as the _cpu twins: scores (N, n) or (n,) float32/float64, rankings (N, m) int32/int64 with -1
+# padding, mask None or uint8 (N, n) / (n,). A row's "stage" j picks r_j among R_j (available items not
+# listed before j); only stages with two or more remaining items count (Lc = min(L, |A| - 1)).
+
+_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_W0, _W1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+_LO = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32_10(counter: np.ndarray, key: tuple[int, int]) -> np.ndarray:
+    """Philox4x32-10 of counters (..., 4) uint32 under key (k0, k1): (..., 4) uint32 (cpp/include/prefcal/philox.hpp)."""
+    c = [counter[..., i].astype(np.uint64) for i in range(4)]
+    k0, k1 = np.uint64(key[0]), np.uint64(key[1])
+    for _ in range(10):
+        p0 = _M0 * c[0]
+        p1 = _M1 * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ k0, p1 & _LO, (p0 >> np.uint64(32)) ^ c[3] ^ k1, p0 & _LO]
+        k0 = (k0 + _W0) & _LO
+        k1 = (k1 + _W1) & _LO
+    return np.stack(c, axis=-1).astype(np.uint32)
+
+
+def gumbel(seed: int, rows: np.ndarray, samples: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Gumbel noise keyed by (seed, row, sample, item), broadcast over the three index arrays
+    (cpp/include/prefcal/philox.hpp: one Philox block per item pair, 52 bits per item)."""
+    rows, samples, items = np.broadcast_arrays(
+        np.asarray(rows, np.uint64), np.asarray(samples, np.uint64), np.asarray(items, np.uint64)
+    )
+    counter = np.stack([(items >> np.uint64(1)) & _LO, samples & _LO, rows & _LO, rows >> np.uint64(32)], axis=-1)
+    x = philox4x32_10(counter, (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)).astype(np.uint64)
+    odd = (items & np.uint64(1)).astype(bool)
+    hi = np.where(odd, x[..., 2], x[..., 0])
+    lo = np.where(odd, x[..., 3], x[..., 1])
+    bits = (hi << np.uint64(20)) | (lo >> np.uint64(12))
+    u = (bits.astype(np.float64) + 0.5) * 2.0**-52
+    return -np.log(-np.log(u))
+
+
+def _rows(scores: np.ndarray, n_rows: int) -> np.ndarray:
+    return np.broadcast_to(scores, (n_rows, scores.shape[-1])) if scores.ndim == 1 else scores
+
+
+def _avail(mask: np.ndarray | None, n_rows: int, n: int) -> np.ndarray:
+    if mask is None:
+        return np.ones((n_rows, n), dtype=bool)
+    return np.broadcast_to(mask.astype(bool), (n_rows, n))
+
+
+def parse_rankings(rankings: np.ndarray, avail: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(listed (N, m) bool, items (N, m) with 0 for padding, listed-item indicator (N, n), bad rows (N,))."""
+    n_rows, n = avail.shape
+    r = rankings.astype(np.int64)
+    pad = r == -1
+    after = np.cumsum(pad, axis=1) > 0
+    listed = ~after
+    bad = (after & ~pad).any(axis=1) | (listed & ((r < 0) | (r >= n))).any(axis=1)
+    ok = listed & (r >= 0) & (r < n)
+    items = np.where(ok, r, 0)
+    rows = np.arange(n_rows)[:, None]
+    bad |= (ok & ~avail[rows, items]).any(axis=1)
+    order = np.sort(np.where(ok, r, -2 - np.arange(r.shape[1])), axis=1)
+    bad |= ((order[:, 1:] == order[:, :-1]) & (order[:, 1:] >= 0)).any(axis=1)
+    indicator = np.zeros((n_rows, n), dtype=bool)
+    np.logical_or.at(indicator, (np.broadcast_to(rows, items.shape)[ok], items[ok]), True)
+    return listed, items, indicator, bad
+
+
+def _pl_rows(scores, rankings, mask):
+    """Per-row float64 scores, availability and the parsed rankings; bad rows include non-finite scores."""
+    n_rows, n = rankings.shape[0], scores.shape[-1]
+    s = _rows(scores, n_rows).astype(np.float64)
+    avail = _avail(mask, n_rows, n)
+    parsed = parse_rankings(rankings, avail)
+    if scores.ndim == 2:
+        parsed[3][...] |= ~np.isfinite(s).all(axis=1)
+    return s, avail, parsed
+
+
+def _stages(listed: np.ndarray, avail: np.ndarray) -> np.ndarray:
+    """(N, m) bool: the counted stages (j < min(L, |A| - 1))."""
+    lc = np.minimum(listed.sum(axis=1), avail.sum(axis=1) - 1)
+    return np.arange(listed.shape[1])[None, :] < lc[:, None]
+
+
+def _log_denominators(s: np.ndarray, listed: np.ndarray, items: np.ndarray, indicator: np.ndarray,
+                      avail: np.ndarray) -> np.ndarray:
+    """log D_j for every position (N, m), stable for any score range (reverse log-add-exp accumulation)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unlisted = np.where(avail & ~indicator, s, -np.inf)
+        top = np.max(unlisted, axis=1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        u = np.log(np.sum(np.exp(unlisted - top), axis=1)) + top[:, 0]
+        x = np.where(listed, np.take_along_axis(s, items, axis=1), -np.inf)
+        seq = np.concatenate([u[:, None], x[:, ::-1]], axis=1)
+        acc = np.logaddexp.accumulate(seq, axis=1)
+    m = listed.shape[1]
+    return acc[:, m - np.arange(m)]
+
+
+def pl_loglik(scores, rankings, mask, want_grad):
+    """(loglik (N,), grad (N, n) or (n,) for global scores or None, first bad row)."""
+    n_rows, n = rankings.shape[0], scores.shape[-1]
+    s, avail, (listed, items, indicator, bad) = _pl_rows(scores, rankings, mask)
+    first = _first(bad)
+    if first != NO_ERROR:
+        return None, None, first
+    counted = _stages(listed, avail)
+    log_d = _log_denominators(s, listed, items, indicator, avail)
+    x = np.take_along_axis(s, items, axis=1)
+    ll = np.where(counted, x - np.where(counted, log_d, 0.0), 0.0).sum(axis=1)
+    grad = None
+    if want_grad:
+        g = np.zeros((n_rows, n))
+        remaining = avail.copy()
+        rows = np.arange(n_rows)
+        for j in range(rankings.shape[1]):
+            c = counted[:, j]
+            with np.errstate(invalid="ignore", over="ignore"):
+                p = np.where(remaining & c[:, None], np.exp(s - np.where(c, log_d[:, j], 0.0)[:, None]), 0.0)
+            g -= p
+            g[rows, items[:, j]] += c
+            remaining[rows[listed[:, j]], items[listed[:, j], j]] = False
+        grad = g.sum(axis=0) if scores.ndim == 1 else g
+        grad = grad.astype(scores.dtype)
+    return ll.astype(scores.dtype), grad, NO_ERROR
+
+
+def pl_sample(scores, mask, size, k, seed, noise):
+    """int32 (N, size, k) Gumbel top-k orderings (noise=False: the mode), -1 past the available items."""
+    n_rows = scores.shape[0] if scores.ndim == 2 else 1
+    n = scores.shape[-1]
+    s = _rows(scores, n_rows).astype(np.float64)
+    if scores.ndim == 2 and not np.isfinite(s).all():
+        return None, int(np.argmax(~np.isfinite(s).all(axis=1)))
+    avail = _avail(mask, n_rows, n)
+    keys = np.broadcast_to(s[:, None, :], (n_rows, size, n)).copy()
+    if noise:
+        keys += gumbel(seed, np.arange(n_rows)[:, None, None], np.arange(size)[None, :, None],
+                       np.arange(n)[None, None, :])
+    keys = np.where(avail[:, None, :], keys, -np.inf)
+    order = np.argsort(-keys, axis=2, kind="stable")[:, :, :k]
+    taken = np.take_along_axis(avail[:, None, :].repeat(size, axis=1), order, axis=2)
+    return np.where(taken, order, -1).astype(np.int32), NO_ERROR
+
+
+def pl_pairwise(scores):
+    """P(i before j) = sigmoid(s_i - s_j), (N, n, n) in the scores' dtype, diagonal exactly 0.5."""
+    s = scores.astype(np.float64)
+    d = s[..., :, None] - s[..., None, :]
+    with np.errstate(over="ignore"):
+        p = np.where(d >= 0, 1.0 / (1.0 + np.exp(-np.abs(d))), np.exp(-np.abs(d)) / (1.0 + np.exp(-np.abs(d))))
+    return p.astype(scores.dtype)
+
+
+def _fit_parse(rankings, mask, weights, n):
+    n_rows = rankings.shape[0]
+    avail = _avail(mask, n_rows, n)
+    listed, items, indicator, bad = parse_rankings(rankings, avail)
+    wt = np.ones(n_rows) if weights is None else weights.astype(np.float64)
+    bad |= ~((wt >= 0) & (wt <= np.finfo(np.float64).max))
+    return avail, listed, items, indicator, wt, bad
+
+
+def pl_fit_setup(rankings, mask, weights, n):
+    """(weighted wins (n,), edges (n, n) uint8: [a, b] = 1 when a was ranked above b, first bad row)."""
+    avail, listed, items, indicator, wt, bad = _fit_parse(rankings, mask, weights, n)
+    first = _first(bad)
+    if first != NO_ERROR:
+        return None, None, first
+    counted = _stages(listed, avail) & (wt > 0)[:, None]
+    wins = np.bincount(items[counted], weights=np.broadcast_to(wt[:, None], items.shape)[counted], minlength=n)
+    edges = np.zeros((n, n), dtype=np.uint8)
+    active = counted[:, 0]
+    consecutive = listed[:, 1:] & active[:, None]
+    edges[items[:, :-1][consecutive], items[:, 1:][consecutive]] = 1
+    lengths = listed.sum(axis=1)
+    last = items[np.arange(len(items)), np.maximum(lengths - 1, 0)]
+    below = avail & ~indicator & active[:, None]
+    rows, cols = np.nonzero(below)
+    edges[last[rows], cols] = 1
+    return wins.astype(np.float64), edges, NO_ERROR
+
+
+def pl_fit_pass(rankings, mask, weights, theta, want_q, want_ll):
+    """(MM denominators (n,), Q (n, n) of one orientation per pair or None, weighted log-likelihood)."""
+    n = theta.shape[0]
+    avail, listed, items, indicator, wt, _ = _fit_parse(rankings, mask, weights, n)
+    counted = _stages(listed, avail) & (wt > 0)[:, None]
+    top = float(np.max(theta))
+    w = np.exp(theta - top)
+    wl = np.where(listed, w[items], 0.0)
+    unlisted = (avail & ~indicator).astype(np.float64)
+    d = (unlisted @ w)[:, None] + np.cumsum(wl[:, ::-1], axis=1)[:, ::-1]
+    inv = np.where(counted, 1.0 / np.where(counted, d, 1.0), 0.0)
+    c = np.cumsum(inv, axis=1)
+    denom = np.bincount(items[listed], weights=(wt[:, None] * c)[listed], minlength=n)
+    denom += unlisted.T @ (wt * c[:, -1])
+    q = None
+    if want_q:
+        e = np.cumsum(inv * inv, axis=1)
+        # E at min(P_i, P_k); P = position for listed items, the last counted stage for unlisted ones.
+        lc = counted.sum(axis=1)
+        pos = np.full(avail.shape, -1)
+        rows = np.broadcast_to(np.arange(len(items))[:, None], items.shape)
+        pos[avail] = 10**9
+        pos[rows[listed], items[listed]] = np.broadcast_to(np.arange(items.shape[1]), items.shape)[listed]
+        clipped = np.minimum(pos, np.maximum(lc - 1, 0)[:, None])
+        both = (pos[:, :, None] >= 0) & (pos[:, None, :] >= 0) & (lc > 0)[:, None, None]
+        ev = np.take_along_axis(e, np.minimum(clipped[:, :, None], clipped[:, None, :]).reshape(len(items), -1)
+                                .clip(0), axis=1).reshape(both.shape)
+        q = np.einsum("r,rik->ik", wt, np.where(both, ev, 0.0))
+        q = np.triu(q)  # one orientation per pair, as the kernels
+    ll = 0.0
+    if want_ll:
+        with np.errstate(divide="ignore"):
+            terms = np.where(counted, theta[items] - top - np.log(np.where(counted, d, 1.0)), 0.0)
+        ll = float(np.sum(wt * terms.sum(axis=1)))
+    return denom, q, ll
+
+
+def pl_temperature(scores, rankings, mask, beta):
+    """((f, f', f'') of the summed log-likelihood of beta * scores, first bad row)."""
+    n_rows, n = rankings.shape[0], scores.shape[-1]
+    s, avail, (listed, items, indicator, bad) = _pl_rows(scores, rankings, mask)
+    first = _first(bad)
+    if first != NO_ERROR:
+        return None, first
+    counted = _stages(listed, avail)
+    remaining = avail.copy()
+    rows = np.arange(n_rows)
+    f = d1 = d2 = 0.0
+    for j in range(rankings.shape[1]):
+        c = counted[:, j]
+        z = np.where(remaining, beta * s, -np.inf)
+        top = np.max(z, axis=1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)
+        e = np.where(remaining, np.exp(z - top), 0.0)
+        z0 = e.sum(axis=1)
+        sref = np.where(remaining, s - np.max(np.where(avail, s, -np.inf), axis=1, keepdims=True), 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (e * sref).sum(axis=1) / z0
+            var = np.maximum((e * sref * sref).sum(axis=1) / z0 - mean**2, 0.0)
+            x = s[rows, items[:, j]]
+            f += np.sum(np.where(c, beta * x - (top[:, 0] + np.log(z0)), 0.0))
+        d1 += np.sum(np.where(c, sref[rows, items[:, j]] - mean, 0.0))
+        d2 -= np.sum(np.where(c, var, 0.0))
+        remaining[rows[listed[:, j]], items[listed[:, j], j]] = False
+    return np.array([f, d1, d2]), NO_ERROR

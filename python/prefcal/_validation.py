@@ -145,6 +145,17 @@ def probability_problem(name: str, index: str, where: str, value: np.generic) ->
     return None
 
 
+def weight_problem(row: int, weight: np.generic) -> str | None:
+    """Message for a weight that is not finite and non-negative, or None."""
+    w = float(weight)
+    bad = _nonfinite("weights", f"index {row}", w)
+    if bad:
+        return bad
+    if w < 0:
+        return f"weights[{row}] = {weight} is negative"
+    return None
+
+
 def binary_row_message(row: int, confidence: np.generic, correct: np.generic, weight: np.generic | None) -> str:
     """Says what is wrong with row `row` of (confidence, correct, weights)."""
     msg = probability_problem("confidence", f"[{row}]", f"index {row}", confidence)
@@ -154,12 +165,9 @@ def binary_row_message(row: int, confidence: np.generic, correct: np.generic, we
     if not (c == 0.0 or c == 1.0):
         return f"correct[{row}] = {correct} is not 0 or 1"
     if weight is not None:
-        w = float(weight)
-        bad = _nonfinite("weights", f"index {row}", w)
-        if bad:
-            return bad
-        if w < 0:
-            return f"weights[{row}] = {weight} is negative"
+        msg = weight_problem(row, weight)
+        if msg:
+            return msg
     return f"row {row} is invalid"  # unreachable when the kernel and this function agree
 
 
@@ -172,4 +180,121 @@ def multiclass_row_message(row: int, probs_row: np.ndarray, label: np.generic, n
     lab = int(label)
     if not 0 <= lab < n_classes:
         return f"labels[{row}] = {lab} is out of range for n_classes={n_classes}"
+    return f"row {row} is invalid"  # unreachable when the kernel and this function agree
+
+
+# ----------------------------------------------------------------------------------------- rankings (SPEC §1, §2)
+
+_INDEX_KEEP = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def ranking_dtype(name: str, dtype: np.dtype) -> np.dtype:
+    """Kernel dtype for orderings: int32/int64 as they are; narrower integers become int32, wider int64."""
+    if dtype in _INDEX_KEEP:
+        return dtype
+    if dtype.kind in "iu":
+        return np.dtype(np.int32) if dtype.itemsize < 4 else np.dtype(np.int64)
+    raise TypeError(f"{name} must contain integers (item indices), got dtype {dtype}")
+
+
+def mask_dtype(name: str, dtype: np.dtype) -> np.dtype:
+    """Masks are bool (True = available); anything else is a TypeError."""
+    if dtype == np.bool_:
+        return dtype
+    raise TypeError(f"{name} must be a bool array (True = item available), got dtype {dtype}")
+
+
+def integer(name: str, value: object, low: int, high: int | None = None) -> int:
+    """An integer option in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def real(name: str, value: object, *, positive: bool = False, nonnegative: bool = False) -> float:
+    """A finite real option (optionally > 0 or >= 0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if positive and not v > 0:
+        raise ValueError(f"{name} must be positive, got {v}")
+    if nonnegative and not v >= 0:
+        raise ValueError(f"{name} must be non-negative, got {v}")
+    return v
+
+
+def seed(value: object) -> int:
+    """A seed for the Philox generator: None (fresh entropy) or an integer in [0, 2**64)."""
+    if value is None:
+        return int(np.random.SeedSequence().entropy) % 2**64
+    return integer("seed", value, 0, 2**64 - 1)
+
+
+def scores_shape(shape: tuple[int, ...], n_rows: int | None = None) -> int:
+    """scores must be (n,) or (N, n) with N == n_rows; returns n."""
+    if len(shape) not in (1, 2):
+        raise ValueError(f"scores must be 1-dimensional (n_items,) or 2-dimensional (N, n_items), got shape {shape}")
+    n = shape[-1]
+    if n == 0:
+        raise ValueError("scores has no items: at least one item is needed")
+    if n_rows is not None and len(shape) == 2 and shape[0] != n_rows:
+        raise ValueError(f"scores and rankings have different numbers of rows: {shape[0]} vs {n_rows}")
+    return n
+
+
+def rankings_shape(shape: tuple[int, ...], n: int) -> tuple[int, int]:
+    if len(shape) != 2:
+        raise ValueError(f"rankings must be 2-dimensional (N, m), got shape {shape}")
+    if shape[1] > n:
+        raise ValueError(f"rankings have {shape[1]} positions but there are only n_items={n} items")
+    return shape[0], shape[1]
+
+
+def mask_shape(shape: tuple[int, ...], n_rows: int, n: int) -> None:
+    if shape not in ((n,), (n_rows, n)):
+        raise ValueError(f"mask must have shape ({n},) or ({n_rows}, {n}), got {shape}")
+
+
+def nonfinite_scores(values: np.ndarray, prefix: str = "") -> str | None:
+    """Message for the first non-finite score of `values` (a row or a global model), or None."""
+    bad = ~np.isfinite(values.astype(np.float64))
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    where = f"[{prefix}{i}]" if prefix else f"index {i}"
+    return _nonfinite("scores", where, float(values[i]))
+
+
+def ranking_row_message(row: int, ranking: np.ndarray, n: int, mask_row: np.ndarray | None,
+                        scores_row: np.ndarray | None = None, weight: object = None) -> str:
+    """Says what is wrong with row `row` of (rankings, mask, scores, weights)."""
+    first_seen: dict[int, int] = {}
+    pad = None
+    for j, v in enumerate(int(x) for x in ranking):
+        if v == -1:
+            pad = j if pad is None else pad
+            continue
+        if pad is not None:
+            return f"rankings[{row}, {j}] = {v} follows padding (-1) at position {pad}"
+        if not 0 <= v < n:
+            return f"rankings[{row}, {j}] = {v} is out of range for n_items={n}"
+        if mask_row is not None and not bool(mask_row[v]):
+            return f"rankings[{row}, {j}] = {v} is not available in row {row} (its mask is False)"
+        if v in first_seen:
+            return f"rankings[{row}] repeats item {v} (positions {first_seen[v]} and {j})"
+        first_seen[v] = j
+    if scores_row is not None:
+        msg = nonfinite_scores(scores_row, f"{row}, ")
+        if msg:
+            return msg
+    if weight is not None:
+        msg = weight_problem(row, weight)
+        if msg:
+            return msg
     return f"row {row} is invalid"  # unreachable when the kernel and this function agree

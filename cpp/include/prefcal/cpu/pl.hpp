@@ -1,0 +1,47 @@
+// OpenMP CPU kernels of the Plackett-Luce model (SPEC §2, §7). Per-row math: prefcal/pl.hpp.
+//
+// Common arguments: scores (N, n) per row, or (n,) shared by every row when `global_scores`; rankings (N, m)
+// with -1 padding; mask null, (N, n) per row, or (n,) when `global_mask` (1 = available). Every kernel returns
+// the first offending row (kNoError when all are valid). Reductions are float64, summed per fixed chunk and
+// merged in chunk order: results do not depend on the number of threads.
+#pragma once
+
+#include <cstdint>
+
+namespace prefcal::cpu {
+
+struct PLRows {
+  int64_t N, m, n;
+  bool global_scores;
+  const uint8_t* mask;  // may be null
+  bool global_mask;
+};
+
+// ll: (N,). grad: null, (N, n), or (n,) summed over rows when global_scores.
+template <class T, class I>
+int64_t pl_loglik(const T* scores, const I* rankings, const PLRows& shape, T* ll, T* grad);
+
+// out: (3,) = f, f', f'' of the summed log-likelihood of beta * scores.
+template <class T, class I>
+int64_t pl_temperature(const T* scores, const I* rankings, const PLRows& shape, double beta, double* out);
+
+// Gumbel top-k orderings (noise = false: the mode) of `rows` rows of scores (rows, n), out (rows, size, k),
+// -1 past the available items. Only non-finite scores make a row bad.
+template <class T>
+int64_t pl_sample(const T* scores, int64_t rows, int64_t n, const uint8_t* mask, bool global_mask, int64_t size,
+                  int64_t k, uint64_t seed, bool noise, int32_t* out);
+
+// P(i before j) = sigmoid(s_i - s_j): out (rows, n, n).
+template <class T>
+void pl_pairwise(const T* scores, int64_t rows, int64_t n, T* out);
+
+// Fit (global model over n items): weights null or (N,) float64.
+// setup: wins (n,), edges (n, n) bytes; validates rankings and weights.
+template <class I>
+int64_t pl_fit_setup(const I* rankings, const PLRows& shape, const double* weights, double* wins, uint8_t* edges);
+// One pass at log-worths theta (n,): denom (n,), q (n, n) or null, returns the log-likelihood when want_ll.
+template <class I>
+double pl_fit_pass(const I* rankings, const PLRows& shape, const double* weights, const double* theta, double* denom,
+                   double* q, bool want_ll);
+
+}  // namespace prefcal::cpu

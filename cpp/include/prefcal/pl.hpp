@@ -1,0 +1,412 @@
+// Plackett-Luce per-row arithmetic shared by the CPU and CUDA kernels (SPEC §1, §2, §7).
+//
+// A row: scores s (n,), a ranking r (m,) whose first L entries list items and whose tail is -1 padding,
+// and optionally a mask (n,) of available items (A; default all). The L listed items are the top-L of A in
+// that order; the rest of A is below them in unobserved order. With R_j = A minus {r_0 .. r_{j-1}} and
+// D_j = sum_{i in R_j} exp(s_i):
+//
+//   log P(r) = sum_{j < Lc} s_{r_j} - log D_j,       Lc = min(L, |A| - 1)
+//
+// (a stage with a single remaining item has probability 1, so it is not counted: a ranking that lists every
+// available item and one that lists all but one have the same likelihood). The gradient:
+//
+//   d log P / d s_i = [i = r_p for some p < Lc] - exp(s_i) * sum_{j < Lc, j <= P_i} 1 / D_j
+//
+// with P_i the position of i when listed and Lc - 1 for an unlisted available item; 0 for unavailable items.
+//
+// Numerics. Every D_j is a suffix sum taken from the last listed item backwards (all terms positive: no
+// cancellation). Fast path, when the available scores of a row span at most kSpan<C> (80 in float32, 300 in
+// float64): w_i = exp(s_i - max) in the compute type C, D_j accumulated in C, the logs of the D_j summed as
+// the log of a float64 product renormalised before it can underflow (one log per ~100 stages instead of one
+// per stage). Otherwise (scores up to +-1e4 and beyond): an online log-sum-exp in float64 per stage. The
+// float32 path of the CPU and the GPU is the same code.
+//
+// Validation (fused): an item outside [0, n), a repeated item, a value other than -1 after the first -1, a
+// listed item outside the mask, a non-finite score. The kernels report the first bad row; Python words the
+// message (prefcal/_validation.py).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "prefcal/common.hpp"
+#include "prefcal/fastmath.hpp"
+
+namespace prefcal::pl {
+
+// A strided view: element i at p[i * stride] (stride 1 on the CPU; the GPU interleaves its threads).
+template <class T>
+struct Strided {
+  T* p;
+  int64_t stride;
+  PREFCAL_HD T& operator[](int64_t i) const { return p[i * stride]; }
+};
+
+// Set of listed items for n <= 64, in a register.
+struct Bits64 {
+  uint64_t v = 0;
+  PREFCAL_HD bool test(int64_t i) const { return (v >> i) & 1u; }
+  PREFCAL_HD void set(int64_t i) { v |= uint64_t(1) << i; }
+  PREFCAL_HD void clear_word(int64_t) { v = 0; }
+};
+
+// Set of listed items of any size, in (strided) memory; words of 32 bits.
+struct BitsRef {
+  Strided<uint32_t> w;
+  PREFCAL_HD bool test(int64_t i) const { return (w[i >> 5] >> (i & 31)) & 1u; }
+  PREFCAL_HD void set(int64_t i) { w[i >> 5] |= uint32_t(1) << (i & 31); }
+  PREFCAL_HD void clear_word(int64_t i) { w[i >> 5] = 0; }
+};
+
+template <class C>
+struct Span;
+template <>
+struct Span<float> {
+  static constexpr double value = 80.0;
+};
+template <>
+struct Span<double> {
+  static constexpr double value = 300.0;
+};
+
+// exp of x in [-Span<C>, 0] (the fast path's only use): the device's exp, the host's inline polynomial.
+PREFCAL_HD double exp_c(double x) {
+#if defined(__CUDA_ARCH__)
+  return exp(x);
+#else
+  return fastmath::exp_neg(x);
+#endif
+}
+PREFCAL_HD float exp_c(float x) {
+#if defined(__CUDA_ARCH__)
+  return __expf(x);
+#else
+  return fastmath::exp_neg(x);
+#endif
+}
+
+// Logistic function, exact at 0 (0.5) and without overflow for any argument.
+PREFCAL_HD double sigmoid(double d) {
+  if (d >= 0.0) return 1.0 / (1.0 + std::exp(-d));
+  const double e = std::exp(d);
+  return e / (1.0 + e);
+}
+
+// Reads the ranking: returns L (the number of listed items) or -1 when the row is invalid. Sets the bit of
+// every listed item; the caller clears them afterwards with clear_listed (also after an invalid row).
+template <class I, class Bits>
+PREFCAL_HD int64_t parse_ranking(const I* r, int64_t m, int64_t n, const uint8_t* mask, Bits& bits) {
+  int64_t L = m;
+  bool ended = false;
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t v = static_cast<int64_t>(r[j]);
+    if (v == -1) {
+      if (!ended) L = j;
+      ended = true;
+      continue;
+    }
+    if (ended || v < 0 || v >= n) return -1;
+    if (mask != nullptr && !mask[v]) return -1;
+    if (bits.test(v)) return -1;
+    bits.set(v);
+  }
+  return L;
+}
+
+template <class I, class Bits>
+PREFCAL_HD void clear_listed(const I* r, int64_t m, int64_t n, Bits& bits) {
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t v = static_cast<int64_t>(r[j]);
+    if (v >= 0 && v < n) bits.clear_word(v);
+  }
+}
+
+template <class T>
+PREFCAL_HD bool finite_row(const T* s, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= s[i] - s[i] == T(0);  // NaN and +-inf give NaN (no early exit: vectorises)
+  return ok;
+}
+
+PREFCAL_HD bool available(const uint8_t* mask, int64_t i) { return mask == nullptr || mask[i] != 0; }
+
+// Number of available items, and the largest and smallest available score.
+template <class T>
+struct RowStats {
+  int64_t n_avail;
+  double mx, mn;
+};
+
+template <class T>
+PREFCAL_HD RowStats<T> row_stats(const T* s, int64_t n, const uint8_t* mask) {
+  RowStats<T> st{0, -INFINITY, INFINITY};
+  if (mask == nullptr && n > 0) {
+    T hi = s[0], lo = s[0];
+    for (int64_t i = 1; i < n; ++i) {
+      hi = s[i] > hi ? s[i] : hi;
+      lo = s[i] < lo ? s[i] : lo;
+    }
+    return RowStats<T>{n, static_cast<double>(hi), static_cast<double>(lo)};
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (!available(mask, i)) continue;
+    const double x = static_cast<double>(s[i]);
+    st.n_avail += 1;
+    st.mx = x > st.mx ? x : st.mx;
+    st.mn = x < st.mn ? x : st.mn;
+  }
+  return st;
+}
+
+// Accumulates sum_j log D_j as the log of a float64 product, renormalised before it underflows.
+struct LogProduct {
+  double prod = 1.0, logs = 0.0;
+  PREFCAL_HD void mul(double d) {
+    prod *= d;
+    if (prod < 1e-150) {
+      logs += std::log(prod);
+      prod = 1.0;
+    }
+  }
+  PREFCAL_HD double value() const { return logs + std::log(prod); }
+};
+
+// Online log-sum-exp in float64 (the wide-range path).
+struct OnlineLse {
+  double m = -INFINITY, acc = 0.0;
+  PREFCAL_HD void add(double x) {
+    if (x > m) {
+      acc = acc * std::exp(m - x) + 1.0;
+      m = x;
+    } else {
+      acc += std::exp(x - m);
+    }
+  }
+  PREFCAL_HD double value() const { return m + std::log(acc); }
+};
+
+// Rows of at most this many items keep their worths in a local buffer on the host.
+constexpr int64_t kLocalItems = 64;
+
+// log P(r) of one valid row (bits hold the listed items). With grad != nullptr also the gradient, written
+// to grad[0 .. n) (which doubles as storage for the worths), using inv (m entries) as scratch.
+template <class C, class T, class I, class Bits>
+PREFCAL_HD double row_loglik(const T* s, const I* r, int64_t L, int64_t n, const uint8_t* mask, const Bits& bits,
+                             T* grad, Strided<double> inv) {
+  static_assert(std::is_same<C, T>::value, "the compute type is the scores' type");
+  const RowStats<T> st = row_stats(s, n, mask);
+  const int64_t Lc = L < st.n_avail - 1 ? L : st.n_avail - 1;
+  if (grad != nullptr) {
+    for (int64_t i = 0; i < n; ++i) grad[i] = T(0);
+  }
+  if (Lc <= 0) return 0.0;
+  double ll = 0.0;
+  if (st.mx - st.mn <= Span<C>::value) {
+    const C mx = static_cast<C>(st.mx);
+    // The worths, kept in the gradient row when there is one (and on the host in a local buffer for small
+    // rows, in a loop the compiler vectorises); else recomputed where needed.
+#if defined(__CUDA_ARCH__)
+    C* w = nullptr;
+#else
+    C wloc[kLocalItems];
+    C* w = n <= kLocalItems ? wloc : nullptr;
+#endif
+    if (grad != nullptr) w = reinterpret_cast<C*>(grad);  // C == T
+    C acc = C(0);  // worth of the unlisted available items
+    if (w != nullptr && mask == nullptr) {
+      for (int64_t i = 0; i < n; ++i) w[i] = exp_c(static_cast<C>(s[i]) - mx);
+      for (int64_t i = 0; i < n; ++i) acc += bits.test(i) ? C(0) : w[i];
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        if (!available(mask, i)) {
+          if (w != nullptr) w[i] = C(0);
+          continue;
+        }
+        const C wi = exp_c(static_cast<C>(s[i]) - mx);
+        if (w != nullptr) w[i] = wi;
+        if (!bits.test(i)) acc += wi;
+      }
+    }
+    LogProduct logd;
+    for (int64_t j = L - 1; j >= 0; --j) {
+      const int64_t item = static_cast<int64_t>(r[j]);
+      acc += w != nullptr ? w[item] : exp_c(static_cast<C>(s[item]) - mx);
+      if (j < Lc) {
+        ll += static_cast<double>(static_cast<C>(s[item]) - mx);
+        logd.mul(static_cast<double>(acc));
+        if (grad != nullptr) inv[j] = 1.0 / static_cast<double>(acc);
+      }
+    }
+    ll -= logd.value();
+    if (grad != nullptr) {
+      double c = 0.0;  // sum_{j <= p} 1 / D_j
+      for (int64_t p = 0; p < L; ++p) {
+        const int64_t item = static_cast<int64_t>(r[p]);
+        if (p < Lc) c += inv[p];
+        grad[item] = static_cast<T>((p < Lc ? 1.0 : 0.0) - static_cast<double>(grad[item]) * c);
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        if (available(mask, i) && !bits.test(i)) grad[i] = static_cast<T>(-static_cast<double>(grad[i]) * c);
+      }
+    }
+    return ll;
+  }
+  // Wide range: float64 log-sum-exp per stage; inv[j] keeps log D_j.
+  OnlineLse lse;
+  for (int64_t i = 0; i < n; ++i) {
+    if (available(mask, i) && !bits.test(i)) lse.add(static_cast<double>(s[i]));
+  }
+  for (int64_t j = L - 1; j >= 0; --j) {
+    const double x = static_cast<double>(s[static_cast<int64_t>(r[j])]);
+    lse.add(x);
+    if (j < Lc) {
+      const double log_d = lse.value();
+      ll += x - log_d;
+      if (grad != nullptr) inv[j] = log_d;
+    }
+  }
+  if (grad != nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (!available(mask, i) || bits.test(i)) continue;
+      double g = 0.0;
+      for (int64_t j = 0; j < Lc; ++j) g += std::exp(static_cast<double>(s[i]) - inv[j]);
+      grad[i] = static_cast<T>(-g);
+    }
+    for (int64_t p = 0; p < L; ++p) {
+      const int64_t item = static_cast<int64_t>(r[p]);
+      const int64_t last = p < Lc ? p : Lc - 1;
+      double g = 0.0;
+      for (int64_t j = 0; j <= last; ++j) g += std::exp(static_cast<double>(s[item]) - inv[j]);
+      grad[item] = static_cast<T>((p < Lc ? 1.0 : 0.0) - g);
+    }
+  }
+  return ll;
+}
+
+// Accumulator of the fit pass on the host: p[i] += v.
+struct AddTo {
+  double* p;
+  PREFCAL_HD void operator()(int64_t i, double v) const { p[i] += v; }
+  PREFCAL_HD bool active() const { return p != nullptr; }
+};
+
+// Setup pass of the fit over one weighted ranking: weighted wins (choices at stages with two or more items)
+// and the edges of the comparison graph that keep its reachability (r_p beats r_{p+1}; the last listed item
+// beats every unlisted available item); edge(a, b) means "a was ranked above b".
+template <class I, class Bits, class Acc, class Edge>
+PREFCAL_HD void setup_row(const I* r, int64_t L, int64_t n, const uint8_t* mask, const Bits& bits, double weight,
+                          Acc wins, Edge edge) {
+  int64_t n_avail = 0;
+  for (int64_t i = 0; i < n; ++i) n_avail += available(mask, i) ? 1 : 0;
+  const int64_t Lc = L < n_avail - 1 ? L : n_avail - 1;
+  if (Lc <= 0 || weight == 0.0) return;
+  for (int64_t p = 0; p < Lc; ++p) wins(static_cast<int64_t>(r[p]), weight);
+  for (int64_t p = 0; p + 1 < L; ++p) edge(static_cast<int64_t>(r[p]), static_cast<int64_t>(r[p + 1]));
+  const int64_t last = static_cast<int64_t>(r[L - 1]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (available(mask, i) && !bits.test(i)) edge(last, i);
+  }
+}
+
+// Temperature: f(beta) = log P(r | beta * s) and its first two derivatives in beta,
+//   f' = sum_j s_{r_j} - E_j[s],  f'' = -sum_j Var_j[s]  (moments under softmax(beta * s) over R_j),
+// in float64 with an online (rescaled) accumulation of the three moments per stage.
+struct Moments {
+  double f = 0.0, d1 = 0.0, d2 = 0.0;
+};
+
+template <class T, class I, class Bits>
+PREFCAL_HD Moments row_temperature(const T* s, const I* r, int64_t L, int64_t n, const uint8_t* mask, const Bits& bits,
+                                   double beta) {
+  Moments out;
+  const RowStats<T> st = row_stats(s, n, mask);
+  const int64_t Lc = L < st.n_avail - 1 ? L : st.n_avail - 1;
+  if (Lc <= 0) return out;
+  const double ref = st.mx;  // moments of d = s - ref, shift-invariant variance
+  double m = -INFINITY, a0 = 0.0, a1 = 0.0, a2 = 0.0;
+  auto add = [&](double x) {
+    const double d = x - ref, z = beta * d;
+    if (z > m) {
+      const double scale = std::exp(m - z);
+      a0 *= scale;
+      a1 *= scale;
+      a2 *= scale;
+      m = z;
+    }
+    const double e = std::exp(z - m);
+    a0 += e;
+    a1 += e * d;
+    a2 += e * d * d;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    if (available(mask, i) && !bits.test(i)) add(static_cast<double>(s[i]));
+  }
+  for (int64_t j = L - 1; j >= 0; --j) {
+    const double x = static_cast<double>(s[static_cast<int64_t>(r[j])]);
+    add(x);
+    if (j < Lc) {
+      const double mean = a1 / a0;
+      double var = a2 / a0 - mean * mean;
+      var = var > 0.0 ? var : 0.0;
+      out.f += beta * (x - ref) - (m + std::log(a0));
+      out.d1 += (x - ref) - mean;
+      out.d2 -= var;
+    }
+  }
+  return out;
+}
+
+// One pass of the global fit (SPEC §2 fit) over one weighted ranking, with worths w = exp(theta - max theta):
+// adds weight * sum_{j <= P_i} 1 / D_j to denom[i] (the MM denominator; the gradient is wins - w * denom) and,
+// with q != nullptr, weight * sum_{j <= min(P_i, P_k)} 1 / D_j^2 to q[i * n + k] for one orientation of
+// every pair (the caller symmetrises; Hessian = w w^T * Q - diag(w * denom)). Returns the weighted log-likelihood
+// when want_ll (else 0). `inv` (m entries) and `order` (n entries) are scratch.
+template <class I, class Bits, class Acc>
+PREFCAL_HD double fit_row(const double* w, const double* theta, double theta_max, const I* r, int64_t L, int64_t n,
+                          const uint8_t* mask, const Bits& bits, double weight, Acc denom, Acc q, bool want_ll,
+                          Strided<double> inv, Strided<int64_t> order) {
+  int64_t n_avail = 0;
+  double acc = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!available(mask, i)) continue;
+    n_avail += 1;
+    if (!bits.test(i)) acc += w[i];
+  }
+  const int64_t Lc = L < n_avail - 1 ? L : n_avail - 1;
+  if (Lc <= 0 || weight == 0.0) return 0.0;
+  double ll = 0.0;
+  for (int64_t j = L - 1; j >= 0; --j) {
+    const int64_t item = static_cast<int64_t>(r[j]);
+    acc += w[item];
+    if (j < Lc) {
+      inv[j] = 1.0 / acc;
+      if (want_ll) ll += theta[item] - theta_max - std::log(acc);
+    }
+  }
+  double c = 0.0;
+  for (int64_t p = 0; p < L; ++p) {
+    if (p < Lc) c += inv[p];
+    denom(static_cast<int64_t>(r[p]), weight * c);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    if (available(mask, i) && !bits.test(i)) denom(i, weight * c);
+  }
+  if (q.active()) {
+    // Items in order of P (listed by position, then the unlisted), E_p = sum_{j <= p} 1 / D_j^2.
+    int64_t k = 0;
+    for (int64_t p = 0; p < L; ++p) order[k++] = static_cast<int64_t>(r[p]);
+    for (int64_t i = 0; i < n; ++i) {
+      if (available(mask, i) && !bits.test(i)) order[k++] = i;
+    }
+    double e = 0.0;
+    for (int64_t a = 0; a < k; ++a) {
+      if (a < Lc) e += inv[a] * inv[a];
+      const int64_t ia = order[a];
+      for (int64_t b = a; b < k; ++b) q(ia * n + order[b], weight * e);
+    }
+  }
+  return weight * ll;
+}
+
+}  // namespace prefcal::pl

@@ -1,0 +1,398 @@
+// OpenMP CPU kernels of the Plackett-Luce model. Declarations: prefcal/cpu/pl.hpp; math: prefcal/pl.hpp.
+#include "prefcal/cpu/pl.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "prefcal/common.hpp"
+#include "prefcal/cpu/parallel.hpp"
+#include "prefcal/fastmath.hpp"
+#include "prefcal/philox.hpp"
+#include "prefcal/pl.hpp"
+
+namespace prefcal::cpu {
+
+namespace {
+
+using pl::Bits64;
+using pl::BitsRef;
+using pl::Strided;
+
+constexpr int64_t kRowChunk = 2048;  // rows per chunk of the per-row kernels
+constexpr int64_t kMaxSlabs = 64;     // reduction slabs: fixed for a given input, whatever the thread count
+
+// Per-thread scratch of the row kernels.
+struct Scratch {
+  std::vector<double> inv;
+  std::vector<uint32_t> words;
+  std::vector<int64_t> order;
+  Scratch(int64_t m, int64_t n)
+      : inv(static_cast<size_t>(std::max<int64_t>(m, 1))),
+        words(static_cast<size_t>(n / 32 + 1), 0u),
+        order(static_cast<size_t>(std::max<int64_t>(n, 1))) {}
+  Strided<double> inv_view() { return {inv.data(), 1}; }
+  BitsRef bits() { return BitsRef{{words.data(), 1}}; }
+};
+
+const uint8_t* mask_row(const PLRows& sh, int64_t b) {
+  if (sh.mask == nullptr) return nullptr;
+  return sh.global_mask ? sh.mask : sh.mask + b * sh.n;
+}
+
+// row(b, bits) for b in [lo, hi) with the register bit set when n <= 64, else the thread's memory one; stops
+// at and returns the first row for which it returns false (kNoError when none).
+template <class F>
+int64_t for_rows(int64_t n, Scratch& sc, int64_t lo, int64_t hi, F&& row) {
+  if (n <= 64) {
+    Bits64 bits;
+    for (int64_t b = lo; b < hi; ++b) {
+      if (!row(b, bits)) return b;
+    }
+    return kNoError;
+  }
+  BitsRef bits = sc.bits();
+  for (int64_t b = lo; b < hi; ++b) {
+    if (!row(b, bits)) return b;
+  }
+  return kNoError;
+}
+
+// Slabs of a reduction whose partial result takes `bytes` per slab (at most ~256 MiB of partials in all).
+int64_t slab_count(int64_t rows, int64_t bytes) {
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t(256) << 20) / std::max<int64_t>(bytes, 1));
+  const int64_t by_rows = std::max<int64_t>(1, rows / 1024);
+  return std::max<int64_t>(1, std::min({kMaxSlabs, by_memory, by_rows}));
+}
+
+int64_t min_of(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *std::min_element(v.begin(), v.end()); }
+
+}  // namespace
+
+template <class T, class I>
+int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
+  const int64_t N = sh.N, m = sh.m, n = sh.n;
+  const bool global_grad = grad != nullptr && sh.global_scores;
+  // Global gradients are summed per slab (float64) and the slabs added in order.
+  const int64_t slabs = global_grad ? slab_count(N, n * 8) : 1;
+  const int64_t chunk = global_grad ? std::max<int64_t>(1, (N + slabs - 1) / slabs) : kRowChunk;
+  const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
+  std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
+  std::vector<double> partial(global_grad ? static_cast<size_t>(n_chunks * n) : 0, 0.0);
+  const int nt = threads_for(n_chunks);
+  for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
+    Scratch sc(m, n);
+    std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
+    double* acc = global_grad ? partial.data() + k * n : nullptr;
+    const bool global_scores = sh.global_scores;
+    const pl::Strided<double> inv = sc.inv_view();
+    bad[static_cast<size_t>(k)] = for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
+      const T* sr = global_scores ? s : s + b * n;
+      const I* rr = r + b * m;
+      const uint8_t* mk = mask_row(sh, b);
+      const int64_t L = pl::parse_ranking(rr, m, n, mk, bits);
+      const bool good = L >= 0 && (global_scores || pl::finite_row(sr, n));
+      if (good) {
+        T* g = grad == nullptr ? nullptr : (global_grad ? row_grad.data() : grad + b * n);
+        ll[b] = static_cast<T>(pl::row_loglik<T>(sr, rr, L, n, mk, bits, g, inv));
+        if (global_grad) {
+          for (int64_t i = 0; i < n; ++i) acc[i] += static_cast<double>(row_grad[static_cast<size_t>(i)]);
+        }
+      }
+      pl::clear_listed(rr, m, n, bits);
+      return good;
+    });
+  });
+  const int64_t first = min_of(bad);
+  if (first == kNoError && global_grad) {
+    for (int64_t i = 0; i < n; ++i) {
+      double t = 0.0;
+      for (int64_t c = 0; c < n_chunks; ++c) t += partial[static_cast<size_t>(c * n + i)];
+      grad[i] = static_cast<T>(t);
+    }
+    if (N == 0) std::fill(grad, grad + n, T(0));
+  }
+  return first;
+}
+
+template <class T, class I>
+int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, double* out) {
+  const int64_t N = sh.N, m = sh.m, n = sh.n;
+  const int64_t slabs = slab_count(N, 24);
+  const int64_t chunk = std::max<int64_t>(1, (N + slabs - 1) / slabs);
+  const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
+  std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
+  std::vector<pl::Moments> part(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)));
+  for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t k, int64_t lo, int64_t hi) {
+    Scratch sc(m, n);
+    pl::Moments& acc = part[static_cast<size_t>(k)];
+    bad[static_cast<size_t>(k)] = for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
+      const T* sr = sh.global_scores ? s : s + b * n;
+      const I* rr = r + b * m;
+      const uint8_t* mk = mask_row(sh, b);
+      const int64_t L = pl::parse_ranking(rr, m, n, mk, bits);
+      const bool good = L >= 0 && (sh.global_scores || pl::finite_row(sr, n));
+      if (good) {
+        const pl::Moments mo = pl::row_temperature(sr, rr, L, n, mk, bits, beta);
+        acc.f += mo.f;
+        acc.d1 += mo.d1;
+        acc.d2 += mo.d2;
+      }
+      pl::clear_listed(rr, m, n, bits);
+      return good;
+    });
+  });
+  out[0] = out[1] = out[2] = 0.0;
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    out[0] += part[static_cast<size_t>(c)].f;
+    out[1] += part[static_cast<size_t>(c)].d1;
+    out[2] += part[static_cast<size_t>(c)].d2;
+  }
+  return min_of(bad);
+}
+
+// Vectorised Gumbel noise: Philox blocks for a list of (sample, item pair) of one row, then -log(-log(u))
+// with the inline log; compiled for AVX-512, AVX2 and the baseline, picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(PREFCAL_NO_CLONES)
+#define PREFCAL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PREFCAL_CLONES
+#endif
+
+namespace {
+
+PREFCAL_CLONES void noise_bits(uint64_t seed, const uint64_t* row_of, const uint32_t* sample_of,
+                               const uint32_t* pair_of, int64_t count, uint64_t* out) {
+  for (int64_t p = 0; p < count; ++p) {
+    const philox::U32x4 x = philox::block(seed, row_of[p], sample_of[p], pair_of[p]);
+    out[2 * p] = philox::bits52(x.v[0], x.v[1]);
+    out[2 * p + 1] = philox::bits52(x.v[2], x.v[3]);
+  }
+}
+
+PREFCAL_CLONES void gumbel_of_bits(int64_t count, const uint64_t* bits, double* out) {
+  for (int64_t i = 0; i < count; ++i) {
+    const uint64_t one = 0x3FF0000000000000ull | bits[i];  // 1 + bits * 2^-52, exactly
+    double d;
+    std::memcpy(&d, &one, sizeof d);
+    const double u = (d - 1.0) + 0x1.0p-53;  // == philox::to_uniform(bits), exactly
+    out[i] = -fastmath::log_pos(-fastmath::log_pos(u));
+  }
+}
+
+// Selection of few keys by counting ranks (branch-free, vectorised): the rank of q is the number of keys before
+// it in the order (larger key, or equal key and lower item; items are in increasing order here).
+PREFCAL_CLONES void rank_select(const double* keys, const int32_t* items, int64_t count, int64_t take, int32_t* out) {
+  for (int64_t q = 0; q < count; ++q) {
+    const double key = keys[q];
+    int64_t rank = 0;
+    for (int64_t j = 0; j < count; ++j) rank += (keys[j] > key) | ((keys[j] == key) & (j < q));
+    if (rank < take) out[rank] = items[q];
+  }
+}
+
+// The k largest (key, item) of keys[0 .. count) in decreasing key order, lower item first on ties: ranks by
+// counting for up to 32 keys, a partial heap selection (std::partial_sort) beyond.
+void top_k(const double* keys, const int32_t* items, int64_t count, int64_t k, int32_t* out,
+           std::vector<std::pair<double, int32_t>>& pairs) {
+  const int64_t take = std::min(k, count);
+  if (count <= 32) {
+    rank_select(keys, items, count, take, out);
+  } else {
+    pairs.resize(static_cast<size_t>(count));
+    for (int64_t q = 0; q < count; ++q) pairs[static_cast<size_t>(q)] = {keys[q], items[q]};
+    std::partial_sort(pairs.begin(), pairs.begin() + take, pairs.end(),
+                      [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
+                        return a.first > b.first || (a.first == b.first && a.second < b.second);
+                      });
+    for (int64_t j = 0; j < take; ++j) out[j] = pairs[static_cast<size_t>(j)].second;
+  }
+  for (int64_t j = take; j < k; ++j) out[j] = -1;
+}
+
+}  // namespace
+
+template <class T>
+int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool global_mask, int64_t size,
+                  int64_t k, uint64_t seed, bool noise, int32_t* out) {
+  const int64_t pairs = (n + 1) / 2, n2 = 2 * pairs;
+  // Draws are batched (across rows and samples) so that the vectorised noise loops run over thousands of values.
+  const int64_t batch = std::max<int64_t>(1, 4096 / n2);
+  const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(size * n, 1));
+  const int64_t n_chunks = rows == 0 ? 0 : (rows + chunk - 1) / chunk;
+  std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
+  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
+    const size_t values = static_cast<size_t>(batch * n2), blocks = static_cast<size_t>(batch * pairs);
+    std::vector<uint64_t> bits(values), row_of(blocks);
+    std::vector<uint32_t> sample_of(blocks), pair_of(blocks);
+    std::vector<double> g(values, 0.0), keys(static_cast<size_t>(n));
+    std::vector<int32_t> items(static_cast<size_t>(n));
+    std::vector<std::pair<double, int32_t>> scratch;
+    std::vector<std::pair<int64_t, int64_t>> draws;  // (row, sample) of the batch
+    draws.reserve(static_cast<size_t>(batch));
+    auto flush = [&]() {
+      const int64_t count = static_cast<int64_t>(draws.size());
+      if (noise) {
+        for (int64_t q = 0; q < count; ++q) {
+          for (int64_t j = 0; j < pairs; ++j) {
+            const size_t at = static_cast<size_t>(q * pairs + j);
+            row_of[at] = static_cast<uint64_t>(draws[static_cast<size_t>(q)].first);
+            sample_of[at] = static_cast<uint32_t>(draws[static_cast<size_t>(q)].second);
+            pair_of[at] = static_cast<uint32_t>(j);
+          }
+        }
+        noise_bits(seed, row_of.data(), sample_of.data(), pair_of.data(), count * pairs, bits.data());
+        gumbel_of_bits(count * n2, bits.data(), g.data());
+      }
+      for (int64_t q = 0; q < count; ++q) {
+        const int64_t b = draws[static_cast<size_t>(q)].first, t = draws[static_cast<size_t>(q)].second;
+        const T* sr = s + b * n;
+        const uint8_t* mk = mask == nullptr ? nullptr : (global_mask ? mask : mask + b * n);
+        const double* gt = g.data() + q * n2;
+        int64_t avail = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          if (!pl::available(mk, i)) continue;
+          keys[static_cast<size_t>(avail)] = static_cast<double>(sr[i]) + gt[i];
+          items[static_cast<size_t>(avail++)] = static_cast<int32_t>(i);
+        }
+        top_k(keys.data(), items.data(), avail, k, out + (b * size + t) * k, scratch);
+      }
+      draws.clear();
+    };
+    for (int64_t b = lo; b < hi; ++b) {
+      if (!pl::finite_row(s + b * n, n)) {
+        bad[static_cast<size_t>(c)] = b;
+        return;
+      }
+      for (int64_t t = 0; t < size; ++t) {
+        draws.emplace_back(b, t);
+        if (static_cast<int64_t>(draws.size()) == batch) flush();
+      }
+    }
+    flush();
+  });
+  return min_of(bad);
+}
+
+template <class T>
+void pl_pairwise(const T* s, int64_t rows, int64_t n, T* out) {
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(n * n, 1));
+  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t, int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const T* sr = s + b * n;
+      T* o = out + b * n * n;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < n; ++j) o[i * n + j] = static_cast<T>(pl::sigmoid(static_cast<double>(sr[i]) - sr[j]));
+      }
+    }
+  });
+}
+
+template <class I>
+int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double* wins, uint8_t* edges) {
+  const int64_t N = sh.N, m = sh.m, n = sh.n;
+  const int64_t slabs = slab_count(N, n * 8 + n * n);
+  const int64_t chunk = std::max<int64_t>(1, (N + slabs - 1) / slabs);
+  const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
+  std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
+  std::vector<double> part(static_cast<size_t>(n_chunks * n), 0.0);
+  std::vector<uint8_t> part_edges(static_cast<size_t>(n_chunks * n * n), 0);
+  for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
+    Scratch sc(m, n);
+    double* w = part.data() + c * n;
+    uint8_t* e = part_edges.data() + c * n * n;
+    const pl::AddTo add{w};
+    auto edge = [e, n](int64_t a, int64_t b) { e[a * n + b] = 1; };
+    bad[static_cast<size_t>(c)] = for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
+      const I* rr = r + b * m;
+      const uint8_t* mk = mask_row(sh, b);
+      const double wt = weights == nullptr ? 1.0 : weights[b];
+      const int64_t L = pl::parse_ranking(rr, m, n, mk, bits);
+      const bool good = L >= 0 && wt >= 0.0 && wt <= 1.7976931348623157e308;
+      if (good) pl::setup_row(rr, L, n, mk, bits, wt, add, edge);
+      pl::clear_listed(rr, m, n, bits);
+      return good;
+    });
+  });
+  std::fill(wins, wins + n, 0.0);
+  std::fill(edges, edges + n * n, uint8_t(0));
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    for (int64_t i = 0; i < n; ++i) wins[i] += part[static_cast<size_t>(c * n + i)];
+    for (int64_t i = 0; i < n * n; ++i) edges[i] |= part_edges[static_cast<size_t>(c * n * n + i)];
+  }
+  return min_of(bad);
+}
+
+template <class I>
+double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const double* theta, double* denom, double* q,
+                   bool want_ll) {
+  const int64_t N = sh.N, m = sh.m, n = sh.n;
+  const bool want_q = q != nullptr;
+  const int64_t slabs = slab_count(N, n * 8 + (want_q ? n * n * 8 : 0));
+  const int64_t chunk = std::max<int64_t>(1, (N + slabs - 1) / slabs);
+  const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
+  const int64_t qn = want_q ? n * n : 0;
+  std::vector<double> part(static_cast<size_t>(n_chunks * (n + qn)), 0.0);
+  std::vector<double> part_ll(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), 0.0);
+  const double top = *std::max_element(theta, theta + n);
+  std::vector<double> w(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) w[static_cast<size_t>(i)] = std::exp(theta[i] - top);
+  for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
+    Scratch sc(m, n);
+    double* base = part.data() + c * (n + qn);
+    const pl::AddTo add_d{base};
+    const pl::AddTo add_q{want_q ? base + n : nullptr};
+    double ll = 0.0;
+    const pl::Strided<double> inv = sc.inv_view();
+    const Strided<int64_t> order{sc.order.data(), 1};
+    for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
+      const I* rr = r + b * m;
+      const uint8_t* mk = mask_row(sh, b);
+      const double wt = weights == nullptr ? 1.0 : weights[b];
+      const int64_t L = pl::parse_ranking(rr, m, n, mk, bits);  // valid: checked by the setup pass
+      ll += pl::fit_row(w.data(), theta, top, rr, L, n, mk, bits, wt, add_d, add_q, want_ll, inv, order);
+      pl::clear_listed(rr, m, n, bits);
+      return true;
+    });
+    part_ll[static_cast<size_t>(c)] = ll;
+  });
+  std::fill(denom, denom + n, 0.0);
+  if (want_q) std::fill(q, q + qn, 0.0);
+  double ll = 0.0;
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    const double* base = part.data() + c * (n + qn);
+    for (int64_t i = 0; i < n; ++i) denom[i] += base[i];
+    for (int64_t i = 0; i < qn; ++i) q[i] += base[n + i];
+    ll += part_ll[static_cast<size_t>(c)];
+  }
+  return ll;
+}
+
+#define PREFCAL_PL_TI(T, I)                                                                                  \
+  template int64_t pl_loglik<T, I>(const T*, const I*, const PLRows&, T*, T*);                            \
+  template int64_t pl_temperature<T, I>(const T*, const I*, const PLRows&, double, double*);
+PREFCAL_PL_TI(float, int32_t)
+PREFCAL_PL_TI(float, int64_t)
+PREFCAL_PL_TI(double, int32_t)
+PREFCAL_PL_TI(double, int64_t)
+#undef PREFCAL_PL_TI
+
+template int64_t pl_sample<float>(const float*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
+                                  bool, int32_t*);
+template int64_t pl_sample<double>(const double*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
+                                   bool, int32_t*);
+template void pl_pairwise<float>(const float*, int64_t, int64_t, float*);
+template void pl_pairwise<double>(const double*, int64_t, int64_t, double*);
+template int64_t pl_fit_setup<int32_t>(const int32_t*, const PLRows&, const double*, double*, uint8_t*);
+template int64_t pl_fit_setup<int64_t>(const int64_t*, const PLRows&, const double*, double*, uint8_t*);
+template double pl_fit_pass<int32_t>(const int32_t*, const PLRows&, const double*, const double*, double*, double*,
+                                     bool);
+template double pl_fit_pass<int64_t>(const int64_t*, const PLRows&, const double*, const double*, double*, double*,
+                                     bool);
+
+}  // namespace prefcal::cpu

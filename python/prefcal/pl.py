@@ -1,0 +1,596 @@
+"""The Plackett-Luce model: likelihoods, gradients, sampling, modes and fitting (SPEC §2).
+
+A PL model over n items has log-worths (scores) s; an ordering pi has probability
+
+    P(pi) = prod_j exp(s_{pi_j}) / sum_{l >= j} exp(s_{pi_l}).
+
+Conventions (SPEC §1): ``scores`` is ``(N, n)`` (one model per row) or ``(n,)`` (one model shared by all
+rows); ``rankings`` is ``(N, m)`` integer with ``-1`` padding at the end (a partial ranking lists the top of
+the available items); ``mask`` is bool ``(N, n)`` or ``(n,)`` (True = item available). NumPy in, NumPy out
+(C++ kernels); CuPy arrays and torch CUDA tensors run on the GPU and give arrays of the same kind; torch CPU
+tensors give tensors.
+
+Numerics: every normaliser is a suffix sum taken from the last listed item backwards (no cancellation);
+rows whose scores span more than 80 (float32) or 300 (float64) take a float64 log-sum-exp path, so scores up
+to +-1e4 are exact to rounding. Validation happens inside the same pass; a bad row raises ``ValueError``
+naming the row and the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _arrays, _backend, _validation
+
+__all__ = [
+    "PLFit",
+    "log_likelihood",
+    "log_likelihood_grad",
+    "sample",
+    "mode",
+    "mode_log_prob",
+    "pairwise",
+    "fit",
+]
+
+REDUCTIONS = ("none", "sum", "mean")
+FIT_METHODS = ("mm", "newton")
+
+
+# ----------------------------------------------------------------------------------------- plumbing
+
+
+def _row_call(scores: Any, rankings: Any, mask: Any) -> _backend.Call:
+    call = _backend.Call(
+        {"scores": scores, "rankings": rankings, "mask": mask},
+        {
+            "scores": _validation.confidence_dtype,
+            "rankings": _validation.ranking_dtype,
+            "mask": _validation.mask_dtype,
+        },
+    )
+    n = _validation.scores_shape(call.shapes["scores"])
+    n_rows, _ = _validation.rankings_shape(call.shapes["rankings"], n)
+    _validation.scores_shape(call.shapes["scores"], n_rows)
+    if "mask" in call.shapes:
+        _validation.mask_shape(call.shapes["mask"], n_rows, n)
+    call.place()
+    if len(call.shapes["scores"]) == 1:
+        _check_global_scores(call)
+    return call
+
+
+def _check_global_scores(call: _backend.Call) -> None:
+    """A global model is n values: checked once here instead of in every row."""
+    msg = _validation.nonfinite_scores(np.asarray(call.element("scores", slice(None))))
+    if msg:
+        raise ValueError(msg)
+
+
+def _raise_row(call: _backend.Call, bad: int, n: int, weights: bool = False) -> None:
+    if bad == _validation.NO_ERROR:
+        return
+    mask = call.element("mask", bad if len(call.shapes.get("mask", ())) == 2 else slice(None))
+    scores = call.element("scores", bad) if len(call.shapes.get("scores", ())) == 2 else None
+    ranking = call.element("rankings", bad) if "rankings" in call.shapes else np.array([], dtype=np.int64)
+    weight = call.element("weights", bad) if weights else None
+    raise ValueError(_validation.ranking_row_message(bad, ranking, n, mask, scores, weight))
+
+
+def _cuda_rows(call: _backend.Call) -> tuple:
+    n_rows, m = call.shapes["rankings"]
+    n = call.shapes["scores"][-1]
+    mask = call.pointer("mask")
+    return (
+        call.pointer("scores"),
+        len(call.shapes["scores"]) == 1,
+        call.pointer("rankings"),
+        mask,
+        len(call.shapes.get("mask", ())) == 1,
+        n_rows,
+        m,
+        n,
+    )
+
+
+def _loglik(call: _backend.Call, want_grad: bool) -> tuple[Any, Any]:
+    n_rows, _ = call.shapes["rankings"]
+    n = call.shapes["scores"][-1]
+    dtype = call.arrays["scores"][1]
+    mod = call.module()
+    if call.backend == "cuda":
+        ll = call.output((n_rows,), dtype)
+        grad = None
+        if want_grad:
+            grad = call.output((n,) if len(call.shapes["scores"]) == 1 else (n_rows, n), dtype)
+        bad = mod.pl_loglik(
+            *_cuda_rows(call), ll.ptr, None if grad is None else grad.ptr, call.stream, call.device
+        )
+        _raise_row(call, bad, n)
+        return ll.result(), None if grad is None else grad.result()
+    ll, g, bad = mod.pl_loglik(call.host("scores"), call.host("rankings"), call.host("mask"), want_grad)
+    _raise_row(call, bad, n)
+    return call.wrap(ll), None if g is None else call.wrap(g)
+
+
+def _reduce(ll: Any, reduction: str, n_rows: int) -> Any:
+    if reduction == "none":
+        return ll
+    if reduction == "mean":
+        _validation.nonempty("rankings", n_rows)
+    host = _arrays.host_copy(ll) if _is_device(ll) else np.asarray(ll)
+    total = float(host.astype(np.float64).sum())
+    return total / n_rows if reduction == "mean" else total
+
+
+def _is_device(x: Any) -> bool:
+    return _arrays.where(x).on_gpu
+
+
+# ----------------------------------------------------------------------------------------- likelihood
+
+
+def log_likelihood(scores: Any, rankings: Any, *, mask: Any = None, reduction: str = "none") -> Any:
+    """Log-probability of each (partial) ranking under PL(scores).
+
+    Parameters
+    ----------
+    scores : array (N, n) or (n,)
+        Log-worths per row, or one model shared by all rows; float32 or float64 (read natively).
+    rankings : int array (N, m), m <= n
+        ``rankings[b, j]`` is the item at position j; trailing ``-1`` pad partial rankings, whose listed items
+        are the top of the row's available items.
+    mask : bool array (N, n) or (n,), optional
+        Available items (default all).
+    reduction : {"none", "sum", "mean"}
+
+    Returns
+    -------
+    array (N,) in the scores' dtype and array type, or a float for ``"sum"`` / ``"mean"`` (summed in float64).
+
+    Notes
+    -----
+    With A the available items, L the listed count, R_j the items of A not listed before j:
+    ``log P = sum_{j < min(L, |A| - 1)} s_{r_j} - log sum_{i in R_j} exp(s_i)``.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> s = np.log(np.array([[3.0, 2.0, 1.0]]))
+    >>> round(float(np.exp(prefcal.pl.log_likelihood(s, np.array([[0, 1, 2]]))[0])), 12)  # 3/6 * 2/3
+    0.333333333333
+    >>> round(float(np.exp(prefcal.pl.log_likelihood(s, np.array([[1, -1, -1]]))[0])), 12)  # top-1: 2/6
+    0.333333333333
+    """
+    reduction = _validation.option("reduction", reduction, REDUCTIONS)
+    call = _row_call(scores, rankings, mask)
+    ll, _ = _loglik(call, want_grad=False)
+    return _reduce(ll, reduction, call.shapes["rankings"][0])
+
+
+def log_likelihood_grad(scores: Any, rankings: Any, *, mask: Any = None) -> tuple[Any, Any]:
+    """Log-likelihood per row and its gradient with respect to the scores, from one fused pass.
+
+    Returns ``(loglik (N,), grad)`` with ``grad`` of shape (N, n), or (n,) summed over the rows when
+    ``scores`` is one global model (n,). Unavailable items get 0.
+
+    Notes
+    -----
+    ``d log P / d s_i = [i chosen at a counted stage] - exp(s_i) * sum_{stages j with i in R_j} 1 / D_j``.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> ll, g = prefcal.pl.log_likelihood_grad(np.zeros((1, 2)), np.array([[1, 0]]))
+    >>> g.tolist()  # P = sigmoid(s_1 - s_0)
+    [[-0.5, 0.5]]
+    """
+    call = _row_call(scores, rankings, mask)
+    return _loglik(call, want_grad=True)
+
+
+# ----------------------------------------------------------------------------------------- sampling and modes
+
+
+def _selection(scores: Any, size: int, k: int | None, mask: Any, seed: int, noise: bool) -> Any:
+    one = len(_arrays.shape_of(scores)) == 1 if hasattr(scores, "shape") else np.ndim(scores) == 1
+    if not hasattr(scores, "shape"):
+        scores = np.asarray(scores)
+    if one:
+        scores = scores.reshape(1, -1)
+    call = _backend.Call(
+        {"scores": scores, "mask": mask},
+        {"scores": _validation.confidence_dtype, "mask": _validation.mask_dtype},
+    )
+    n_rows, n = call.shapes["scores"][0], _validation.scores_shape(call.shapes["scores"])
+    if "mask" in call.shapes:
+        _validation.mask_shape(call.shapes["mask"], n_rows, n)
+    k = n if k is None else _validation.integer("k", k, 1, n)
+    call.place()
+    mod = call.module()
+    if call.backend == "cuda":
+        out = call.output((n_rows, size, k), np.int32)
+        bad = mod.pl_sample(
+            call.pointer("scores"),
+            n_rows,
+            n,
+            call.pointer("mask"),
+            len(call.shapes.get("mask", ())) == 1,
+            size,
+            k,
+            seed,
+            noise,
+            out.ptr,
+            call.stream,
+            call.device,
+        )
+        result = None if bad != _validation.NO_ERROR else out.result()
+    else:
+        result, bad = mod.pl_sample(call.host("scores"), call.host("mask"), size, k, seed, noise)
+        result = None if result is None else call.wrap(result)
+    if bad != _validation.NO_ERROR:
+        msg = _validation.nonfinite_scores(np.asarray(call.element("scores", bad)), "" if one else f"{bad}, ")
+        raise ValueError(msg)
+    return result[0] if one else result
+
+
+def sample(
+    scores: Any, size: int = 1, *, k: int | None = None, mask: Any = None, seed: int | None = None
+) -> Any:
+    """Draw orderings from PL(scores) with the Gumbel top-k trick.
+
+    Returns int32 ``(N, size, k)`` (``(size, k)`` for a 1-D ``scores``): the top-k of ``scores + Gumbel``
+    per draw, found by partial selection. Positions past the available items are ``-1``.
+
+    The Gumbel noise of (row, draw, item) comes from Philox4x32-10 keyed by ``seed``, so the samples do not
+    depend on the thread count, and the CPU, CUDA and NumPy backends give the same samples for the same seed.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> draws = prefcal.pl.sample(np.array([5.0, 0.0, -5.0]), size=3, seed=0)
+    >>> draws.shape, draws.dtype.name
+    ((3, 3), 'int32')
+    >>> bool((prefcal.pl.sample(np.array([5.0, 0.0, -5.0]), size=3, seed=0) == draws).all())
+    True
+    """
+    size = _validation.integer("size", size, 1)
+    return _selection(scores, size, k, mask, _validation.seed(seed), noise=True)
+
+
+def mode(scores: Any, *, k: int | None = None, mask: Any = None) -> Any:
+    """The most probable ordering (top-k prefix): items by decreasing score, lower index first on ties.
+
+    Returns int32 ``(N, k)`` (``(k,)`` for a 1-D ``scores``); positions past the available items are ``-1``.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> prefcal.pl.mode(np.array([0.1, 2.0, 0.1, -1.0]), k=3).tolist()
+    [1, 0, 2]
+    """
+    out = _selection(scores, 1, k, mask, 0, noise=False)
+    return out[0] if out.ndim == 2 else out[:, 0]
+
+
+def mode_log_prob(scores: Any, *, k: int | None = None, mask: Any = None) -> Any:
+    """Log-probability of the mode ordering (or top-k prefix): ``(N,)``, or a float for a 1-D ``scores``.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> round(float(np.exp(prefcal.pl.mode_log_prob(np.log(np.array([1.0, 3.0])), k=1))), 6)
+    0.75
+    """
+    top = mode(scores, k=k, mask=mask)
+    if top.ndim == 1:  # one global model: its mode as a single ranking, with the global mask
+        ll = log_likelihood(scores, top.reshape(1, -1), mask=mask)
+        return float(_arrays.host_copy(ll)[0] if _is_device(ll) else np.asarray(ll)[0])
+    return log_likelihood(scores, top, mask=mask)
+
+
+def pairwise(scores: Any) -> Any:
+    """P(item i before item j) = sigmoid(s_i - s_j): ``(N, n, n)`` (``(n, n)`` for 1-D scores), diagonal 0.5.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> prefcal.pl.pairwise(np.array([0.0, np.log(3.0)])).round(6).tolist()
+    [[0.5, 0.25], [0.75, 0.5]]
+    """
+    one = (len(_arrays.shape_of(scores)) if hasattr(scores, "shape") else np.ndim(scores)) == 1
+    if not hasattr(scores, "shape"):
+        scores = np.asarray(scores)
+    if one:
+        scores = scores.reshape(1, -1)
+    call = _backend.Call({"scores": scores}, {"scores": _validation.confidence_dtype})
+    n_rows, n = call.shapes["scores"][0], _validation.scores_shape(call.shapes["scores"])
+    call.place()
+    for b in _nonfinite_rows(call):
+        raise ValueError(
+            _validation.nonfinite_scores(np.asarray(call.element("scores", b)), "" if one else f"{b}, ")
+        )
+    mod = call.module()
+    dtype = call.arrays["scores"][1]
+    if call.backend == "cuda":
+        out = call.output((n_rows, n, n), dtype)
+        mod.pl_pairwise(call.pointer("scores"), n_rows, n, out.ptr, call.stream, call.device)
+        result = out.result()
+    else:
+        result = call.wrap(mod.pl_pairwise(call.host("scores")))
+    return result[0] if one else result
+
+
+def _nonfinite_rows(call: _backend.Call) -> list[int]:
+    """The first row with a non-finite score, if any (one vectorised check in the array's library)."""
+    x = call.arrays["scores"][0]
+    if isinstance(x, np.ndarray):
+        bad = ~np.isfinite(x).all(axis=1)
+        return [int(np.argmax(bad))] if bad.any() else []
+    lib = type(x).__module__.split(".")[0]
+    if lib == "torch":
+        bad = ~sys_modules("torch").isfinite(x).all(dim=1)
+        return [int(bad.int().argmax())] if bool(bad.any()) else []
+    bad = ~sys_modules("cupy").isfinite(x).all(axis=1)
+    return [int(bad.argmax())] if bool(bad.any()) else []
+
+
+def sys_modules(name: str) -> Any:
+    import sys
+
+    return sys.modules[name]
+
+
+# ----------------------------------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class PLFit:
+    """Result of :func:`fit`.
+
+    Attributes
+    ----------
+    scores : ndarray (n,) float64
+        Centred log-worths (mean 0).
+    log_likelihood : float
+        Weighted log-likelihood of the data at ``scores`` (without the ``alpha`` pseudo-comparisons).
+    n_iter : int
+    converged : bool
+        Whether the largest change of the centred log-worths fell below ``tol`` within ``max_iter``.
+    method : str
+    """
+
+    scores: np.ndarray
+    log_likelihood: float
+    n_iter: int
+    converged: bool
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scores": self.scores.tolist(),
+            "log_likelihood": self.log_likelihood,
+            "n_iter": self.n_iter,
+            "converged": self.converged,
+            "method": self.method,
+        }
+
+
+class _FitData:
+    """The rankings of a fit placed once on their backend; each pass is one kernel over all of them."""
+
+    def __init__(self, rankings: Any, n_items: int, mask: Any, weights: Any):
+        call = _backend.Call(
+            {"rankings": rankings, "mask": mask, "weights": weights},
+            {
+                "rankings": _validation.ranking_dtype,
+                "mask": _validation.mask_dtype,
+                "weights": _validation.weight_dtype,
+            },
+        )
+        n_rows, _ = _validation.rankings_shape(call.shapes["rankings"], n_items)
+        if "mask" in call.shapes:
+            _validation.mask_shape(call.shapes["mask"], n_rows, n_items)
+        if "weights" in call.shapes:
+            _validation.ndim("weights", call.shapes["weights"], 1)
+            _validation.same_length("rankings", n_rows, "weights", call.shapes["weights"][0])
+        _validation.nonempty("rankings", n_rows)
+        call.place()
+        self.call, self.n, self.n_rows = call, n_items, n_rows
+
+    def _cuda_args(self) -> tuple:
+        c = self.call
+        return (
+            c.pointer("rankings"),
+            c.pointer("mask"),
+            len(c.shapes.get("mask", ())) == 1,
+            c.weight_pointer("weights"),
+            self.n_rows,
+            c.shapes["rankings"][1],
+            self.n,
+        )
+
+    def setup(self) -> tuple[np.ndarray, np.ndarray]:
+        c = self.call
+        if c.backend == "cuda":
+            wins, edges, bad = c.module().pl_fit_setup(*self._cuda_args(), c.stream, c.device)
+        else:
+            wins, edges, bad = c.module().pl_fit_setup(
+                c.host("rankings"), c.host("mask"), c.host("weights"), self.n
+            )
+        _raise_row(c, bad, self.n, weights="weights" in c.shapes)
+        return wins, edges
+
+    def run(
+        self, theta: np.ndarray, want_q: bool, want_ll: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, float]:
+        c = self.call
+        theta = np.ascontiguousarray(theta, dtype=np.float64)
+        if c.backend == "cuda":
+            denom, q, ll = c.module().pl_fit_pass(
+                *self._cuda_args(), theta, want_q, want_ll, c.stream, c.device
+            )
+        else:
+            denom, q, ll = c.module().pl_fit_pass(
+                c.host("rankings"), c.host("mask"), c.host("weights"), theta, want_q, want_ll
+            )
+        if q is not None:
+            q = q + q.T - np.diag(np.diag(q))
+        return denom, q, float(ll)
+
+
+def _strongly_connected(edges: np.ndarray) -> tuple[bool, np.ndarray]:
+    """Whether the comparison graph is strongly connected; the items not reachable both ways from item 0."""
+    n = edges.shape[0]
+    adj = edges.astype(bool)
+
+    def reach(a: np.ndarray) -> np.ndarray:
+        seen = np.zeros(n, dtype=bool)
+        seen[0] = True
+        frontier = seen.copy()
+        while frontier.any():
+            nxt = a[frontier].any(axis=0) & ~seen
+            seen |= nxt
+            frontier = nxt
+        return seen
+
+    both = reach(adj) & reach(adj.T)
+    return bool(both.all()), np.nonzero(~both)[0]
+
+
+def fit(
+    rankings: Any,
+    n_items: int,
+    *,
+    mask: Any = None,
+    weights: Any = None,
+    alpha: float = 0.0,
+    method: str = "mm",
+    max_iter: int = 1000,
+    tol: float = 1e-8,
+) -> PLFit:
+    """Maximum-likelihood PL model of many (partial, masked, weighted) rankings.
+
+    Parameters
+    ----------
+    rankings : int array (M, m)
+        Orderings with ``-1`` padding (SPEC §1); on any backend (the data stay where they are; every
+        iteration is one kernel pass over them).
+    n_items : int
+    mask : bool array (M, n_items) or (n_items,), optional
+        Choice sets (a ranking that lists all its available items is a full ranking of its choice set).
+    weights : array (M,), optional
+        Non-negative weights of the rankings.
+    alpha : float, default 0
+        Pseudo-comparisons: every item gets ``alpha`` wins and ``alpha`` losses against a virtual item of
+        log-worth 0 (as R's PlackettLuce ``npseudo``), so the estimate exists for any data.
+    method : {"mm", "newton"}
+        ``"mm"``: Hunter's (2004) minorise-maximise updates, O(M m) per pass. ``"newton"``: Newton's method on
+        the log-worths with the exact Hessian, O(M n^2) per pass and few passes; steps are halved until the
+        likelihood increases.
+    max_iter : int, default 1000
+    tol : float, default 1e-8
+        Stop when the largest change of the centred log-worths is below ``tol``.
+
+    Returns
+    -------
+    PLFit
+
+    Raises
+    ------
+    ValueError
+        With ``alpha=0`` when the comparison graph is not strongly connected (some group of items is never
+        ranked below, or never above, the others): the maximum-likelihood estimate does not exist.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> r = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [2, 0, 1]])
+    >>> f = prefcal.pl.fit(r, 3)
+    >>> f.converged, int(np.argmax(f.scores))
+    (True, 0)
+    """
+    n = _validation.integer("n_items", n_items, 1)
+    alpha = _validation.real("alpha", alpha, nonnegative=True)
+    method = _validation.option("method", method, FIT_METHODS)
+    max_iter = _validation.integer("max_iter", max_iter, 1)
+    tol = _validation.real("tol", tol, positive=True)
+    data = _FitData(rankings, n, mask, weights)
+    wins, edges = data.setup()
+    if alpha == 0.0 and n > 1:
+        ok, stray = _strongly_connected(edges)
+        if not ok:
+            shown = ", ".join(str(int(i)) for i in stray[:10]) + (", ..." if len(stray) > 10 else "")
+            raise ValueError(
+                "the comparison graph of the rankings is not strongly connected (items "
+                f"{shown} are not both above and below the others through chains of comparisons), so "
+                "the maximum-likelihood estimate does not exist; pass alpha > 0 (e.g. alpha=0.1) to add "
+                "pseudo-comparisons"
+            )
+    theta = np.zeros(n)
+    if n == 1:
+        return PLFit(theta, 0.0, 0, True, method)
+    step = _mm_step if method == "mm" else _newton_step
+    converged = False
+    it = 0
+    ll = None
+    while it < max_iter:
+        it += 1
+        new, ll = step(data, theta, wins, alpha, ll)
+        change = float(np.max(np.abs((new - new.mean()) - (theta - theta.mean()))))
+        theta = new
+        if not np.isfinite(theta).all():
+            raise ValueError("the fit diverged (non-finite log-worths); pass alpha > 0 to regularise it")
+        if change < tol:
+            converged = True
+            break
+    _, _, ll_final = data.run(theta, False, True)
+    return PLFit(theta - theta.mean(), ll_final, it, converged, method)
+
+
+def _pseudo(theta: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Gradient, Hessian diagonal and log-likelihood of the alpha pseudo-comparisons with the virtual item."""
+    if alpha == 0.0:
+        return np.zeros_like(theta), np.zeros_like(theta), 0.0
+    p = 1.0 / (1.0 + np.exp(-theta))
+    ll = float(np.sum(alpha * theta - 2.0 * alpha * np.logaddexp(0.0, theta)))
+    return alpha - 2.0 * alpha * p, -2.0 * alpha * p * (1.0 - p), ll
+
+
+def _mm_step(
+    data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: float, _ll: Any
+) -> tuple[np.ndarray, None]:
+    denom, _, _ = data.run(theta, False, False)
+    top = float(np.max(theta))
+    w = np.exp(theta - top)  # the kernel's scaled worths; the virtual item has worth exp(-top)
+    if alpha > 0.0:
+        denom = denom + 2.0 * alpha / (w + np.exp(-top))
+    new = np.log((wins + alpha) / denom) + top
+    return (new if alpha > 0.0 else new - new.mean()), None
+
+
+def _newton_step(
+    data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: float, ll: float | None
+) -> tuple[np.ndarray, float]:
+    denom, q, ll_data = data.run(theta, True, True)
+    g_p, h_p, ll_p = _pseudo(theta, alpha)
+    w = np.exp(theta - np.max(theta))
+    grad = wins - w * denom + g_p
+    hess = np.outer(w, w) * q - np.diag(w * denom) + np.diag(h_p)
+    neg = -hess
+    if alpha == 0.0:
+        neg = neg + np.full_like(neg, np.trace(neg) / len(theta) ** 2)  # the gauge direction (all ones)
+    delta = np.linalg.solve(neg, grad)
+    current = ll_data + ll_p
+    for _ in range(60):  # halve the step until the penalised likelihood does not decrease
+        cand = theta + delta
+        if alpha == 0.0:
+            cand = cand - cand.mean()
+        _, _, ll_c = data.run(cand, False, True)
+        if ll_c + _pseudo(cand, alpha)[2] >= current - 1e-12 * abs(current):
+            return cand, ll_c
+        delta = delta / 2.0
+    return theta, ll_data

@@ -1,0 +1,637 @@
+"""prefcal.pl on every backend: against the NumPy reference, brute-force enumeration, finite differences,
+exact sampling probabilities and choix."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+
+import numpy as np
+import prefcal
+import pytest
+from conftest import ALL_BACKENDS, Backend, get_backend
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prefcal import _reference, pl
+
+NO_ERROR = prefcal._validation.NO_ERROR
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def pl_data(
+    rng,
+    n_rows,
+    n,
+    *,
+    partial=False,
+    masked=None,
+    dtype=np.float64,
+    idtype=np.int32,
+    spread=2.0,
+    global_scores=False,
+):
+    """Scores, rankings drawn from PL(scores) (partial: random top-L prefixes), and an optional mask
+    ("row" or "global") with rankings restricted to it."""
+    scores = (rng.normal(size=(n,) if global_scores else (n_rows, n)) * spread).astype(dtype)
+    s = np.broadcast_to(scores, (n_rows, n)).astype(np.float64)
+    mask = None
+    avail = np.ones((n_rows, n), dtype=bool)
+    if masked == "row":
+        mask = rng.random((n_rows, n)) < 0.75
+        avail = mask
+    elif masked == "global":
+        mask = rng.random(n) < 0.75
+        mask[rng.integers(n)] = True
+        avail = np.broadcast_to(mask, (n_rows, n))
+    keys = np.where(avail, s + rng.gumbel(size=(n_rows, n)), -np.inf)
+    order = np.argsort(-keys, axis=1, kind="stable")
+    ranked = np.where(np.take_along_axis(avail, order, axis=1), order, -1)
+    if partial:
+        lengths = rng.integers(0, n + 1, size=n_rows)
+        ranked = np.where(np.arange(n)[None, :] < lengths[:, None], ranked, -1)
+    return scores, ranked.astype(idtype), mask
+
+
+def args(backend: Backend, scores, rankings, mask):
+    return (backend.array(scores), backend.array(rankings)), {
+        "mask": None if mask is None else backend.array(mask)
+    }
+
+
+# ----------------------------------------------------------------------------------------- likelihood
+
+
+@pytest.mark.parametrize("n_rows,n", [(1, 1), (1, 2), (3, 5), (257, 10), (2100, 7), (64, 70)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("masked", [None, "row", "global"])
+def test_loglik_and_grad_match_reference(backend: Backend, rng, n_rows, n, dtype, partial, masked):
+    scores, rankings, mask = pl_data(rng, n_rows, n, partial=partial, masked=masked, dtype=dtype)
+    a, kw = args(backend, scores, rankings, mask)
+    ll, grad = pl.log_likelihood_grad(*a, **kw)
+    ll2 = pl.log_likelihood(*a, **kw)
+    ref_ll, ref_grad, bad = _reference.pl_loglik(scores, rankings, None if mask is None else mask, True)
+    assert bad == NO_ERROR
+    ll, grad, ll2 = backend.numpy(ll), backend.numpy(grad), backend.numpy(ll2)
+    assert ll.dtype == dtype and grad.dtype == dtype and grad.shape == (n_rows, n)
+    tol = 1e-5 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(ll, ref_ll, rtol=tol, atol=tol)
+    np.testing.assert_allclose(ll2, ll, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("masked", [None, "global"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_scores_grad_is_summed(backend: Backend, rng, masked, dtype):
+    scores, rankings, mask = pl_data(
+        rng, 3000, 9, partial=True, masked=masked, global_scores=True, dtype=dtype
+    )
+    a, kw = args(backend, scores, rankings, mask)
+    ll, grad = pl.log_likelihood_grad(*a, **kw)
+    per_row = np.broadcast_to(scores, (3000, 9)).copy()
+    ref_ll, ref_grad, _ = _reference.pl_loglik(per_row, rankings, None if mask is None else mask, True)
+    assert backend.numpy(grad).shape == (9,)
+    tol = 2e-5 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(backend.numpy(ll), ref_ll, rtol=tol, atol=tol)
+    np.testing.assert_allclose(backend.numpy(grad), ref_grad.sum(axis=0), rtol=tol, atol=tol * 3000)
+    total = pl.log_likelihood(*a, **kw, reduction="sum")
+    assert isinstance(total, float)
+    assert total == pytest.approx(float(ref_ll.sum()), rel=tol)
+    assert pl.log_likelihood(*a, **kw, reduction="mean") == pytest.approx(float(ref_ll.mean()), rel=tol)
+
+
+@pytest.mark.parametrize("idtype", [np.int8, np.int16, np.int32, np.int64, np.uint8])
+def test_ranking_dtypes(backend: Backend, rng, idtype):
+    scores, rankings, _ = pl_data(rng, 50, 6, partial=True)
+    if np.dtype(idtype).kind == "u":
+        rankings = np.where(rankings < 0, 0, rankings)[:, :1]  # unsigned: no padding
+    ll = backend.numpy(pl.log_likelihood(backend.array(scores), backend.array(rankings.astype(idtype))))
+    ref, _, _ = _reference.pl_loglik(scores, rankings.astype(np.int64), None, False)
+    np.testing.assert_allclose(ll, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_close_to_float64(rng):
+    scores, rankings, _ = pl_data(rng, 5000, 10, partial=True, dtype=np.float64)
+    ref, _, _ = _reference.pl_loglik(scores, rankings, None, False)
+    ll32 = pl.log_likelihood(scores.astype(np.float32), rankings)
+    np.testing.assert_allclose(ll32, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spread", [50.0, 400.0, 1e4])
+def test_wide_score_ranges_are_exact(backend: Backend, rng, spread):
+    scores, rankings, mask = pl_data(rng, 300, 8, partial=True, masked="row", spread=spread)
+    a, kw = args(backend, scores, rankings, mask)
+    ll, grad = pl.log_likelihood_grad(*a, **kw)
+    ref_ll, ref_grad, _ = _reference.pl_loglik(scores, rankings, mask, True)
+    assert np.isfinite(backend.numpy(ll)).all()
+    np.testing.assert_allclose(backend.numpy(ll), ref_ll, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(backend.numpy(grad), ref_grad, atol=1e-9)
+
+
+def _orderings(items, length):
+    return [list(p) for p in itertools.permutations(items, length)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6])
+def test_probabilities_sum_to_one_by_enumeration(backend: Backend, rng, n):
+    scores = rng.normal(size=(3, n)) * 1.5
+    for length in range(1, n + 1):
+        orders = _orderings(range(n), length)
+        r = np.full((len(orders), n), -1, dtype=np.int32)
+        for i, o in enumerate(orders):
+            r[i, :length] = o
+        for b in range(3):
+            s = np.repeat(scores[b : b + 1], len(orders), axis=0)
+            p = np.exp(backend.numpy(pl.log_likelihood(backend.array(s), backend.array(r))))
+            assert p.sum() == pytest.approx(1.0, abs=1e-12)
+            # the prefix probability equals the sum over its completions (brute force over full orderings)
+            if length == n - 1 and n <= 5:
+                full = {tuple(o): p[i] for i, o in enumerate(orders)}
+                for o, q in full.items():
+                    rest = [x for x in range(n) if x not in o]
+                    assert q == pytest.approx(full.get(o, q), abs=1e-12) and len(rest) == 1
+
+
+def test_masked_probabilities_sum_to_one_by_enumeration(backend: Backend, rng):
+    n = 6
+    scores = rng.normal(size=n)
+    mask = np.array([True, False, True, True, False, True])
+    items = np.nonzero(mask)[0]
+    for length in (1, 2, 4):
+        orders = _orderings(items, length)
+        r = np.full((len(orders), n), -1, dtype=np.int64)
+        for i, o in enumerate(orders):
+            r[i, :length] = o
+        p = np.exp(
+            backend.numpy(
+                pl.log_likelihood(backend.array(scores), backend.array(r), mask=backend.array(mask))
+            )
+        )
+        assert p.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_brute_force_probability_of_one_ordering():
+    w = np.array([4.0, 1.0, 2.0, 3.0])
+    s = np.log(w)
+    expected = (2 / 10) * (4 / 8) * (3 / 4)  # 2, 0, 3, then 1
+    ll = pl.log_likelihood(s[None], np.array([[2, 0, 3, 1]]))
+    assert math.exp(float(ll[0])) == pytest.approx(expected, rel=1e-14)
+    top2 = pl.log_likelihood(s[None], np.array([[2, 0, -1, -1]]))
+    assert math.exp(float(top2[0])) == pytest.approx((2 / 10) * (4 / 8), rel=1e-14)
+    # listing all items or all but one gives the same likelihood
+    assert pl.log_likelihood(s[None], np.array([[2, 0, 3, -1]]))[0] == pytest.approx(ll[0], rel=1e-14)
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "cpu"])
+def test_gradient_against_finite_differences(rng, backend_name):
+    b = get_backend(backend_name)
+    scores, rankings, mask = pl_data(rng, 20, 7, partial=True, masked="row")
+    with b.active():
+        _, grad = pl.log_likelihood_grad(scores, rankings, mask=mask)
+        h = 1e-6
+        for i in range(7):
+            up, down = scores.copy(), scores.copy()
+            up[:, i] += h
+            down[:, i] -= h
+            fd = (
+                pl.log_likelihood(up, rankings, mask=mask) - pl.log_likelihood(down, rankings, mask=mask)
+            ) / (2 * h)
+            np.testing.assert_allclose(grad[:, i], fd, atol=1e-7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 9), shift=st.floats(-50, 50))
+def test_properties_nonpositive_and_shift_invariant(seed, n, shift):
+    rng = np.random.default_rng(seed)
+    scores, rankings, mask = pl_data(rng, 30, n, partial=True, masked="row")
+    ll = pl.log_likelihood(scores, rankings, mask=mask)
+    assert (ll <= 1e-12).all()
+    np.testing.assert_allclose(pl.log_likelihood(scores + shift, rankings, mask=mask), ll, atol=1e-9)
+    perm = rng.permutation(30)
+    np.testing.assert_array_equal(pl.log_likelihood(scores[perm], rankings[perm], mask=mask[perm]), ll[perm])
+
+
+def test_thread_count_does_not_change_results(rng):
+    if prefcal.backends()["cpu"]["available"] is False:
+        pytest.skip("no C++ module")
+    scores, rankings, _ = pl_data(rng, 20000, 8, partial=True, global_scores=True)
+    out = []
+    for threads in (1, 2, 3):
+        prefcal.config.set_num_threads(threads)
+        try:
+            ll, g = pl.log_likelihood_grad(scores, rankings)
+            out.append((ll, g, pl.fit(rankings, 8, max_iter=5).scores, pl.sample(scores, 3, seed=7)))
+        finally:
+            prefcal.config.set_num_threads(0)
+    for other in out[1:]:
+        for a, b in zip(out[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("masked", [None, "row", "global"])
+@pytest.mark.parametrize("k", [None, 1, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_samples_are_the_same_on_every_backend(backend: Backend, rng, masked, k, dtype):
+    scores, _, mask = pl_data(rng, 300, 6, masked=masked, dtype=dtype)
+    got = backend.numpy(
+        pl.sample(
+            backend.array(scores), 4, k=k, mask=None if mask is None else backend.array(mask), seed=12345
+        )
+    )
+    ref, bad = _reference.pl_sample(scores, mask, 4, 6 if k is None else k, 12345, True)
+    assert bad == NO_ERROR and got.dtype == np.int32
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_sample_shapes_seeds_and_masks(rng):
+    s = rng.normal(size=(5, 6))
+    a = pl.sample(s, 3, seed=1)
+    assert a.shape == (5, 3, 6)
+    np.testing.assert_array_equal(np.sort(a, axis=2), np.broadcast_to(np.arange(6), (5, 3, 6)))
+    np.testing.assert_array_equal(pl.sample(s, 3, seed=1), a)
+    assert not np.array_equal(pl.sample(s, 3, seed=2), a)
+    assert pl.sample(s[0], 3, seed=1).shape == (3, 6)
+    assert pl.sample(s, 3, k=2, seed=1).shape == (5, 3, 2)
+    np.testing.assert_array_equal(pl.sample(s, 3, k=2, seed=1), a[:, :, :2])  # a prefix of the full draw
+    mask = np.zeros(6, dtype=bool)
+    mask[[1, 4]] = True
+    m = pl.sample(s, 2, k=4, mask=mask, seed=3)
+    assert set(m[:, :, :2].ravel()) == {1, 4} and (m[:, :, 2:] == -1).all()
+    fresh = [pl.sample(s, 1) for _ in range(3)]
+    assert not all(np.array_equal(fresh[0], f) for f in fresh[1:])  # seed=None draws fresh entropy
+
+
+def test_sampling_frequencies_match_exact_probabilities(backend: Backend):
+    """Chi-square test of 4! orderings (and top-2 prefixes) against the exact PL probabilities."""
+    scores = np.array([1.0, 0.2, -0.5, 0.6])
+    draws = backend.numpy(pl.sample(backend.array(scores[None]), 40000, seed=2024))[0]
+    orders = _orderings(range(4), 4)
+    probs = np.exp(pl.log_likelihood(np.repeat(scores[None], 24, 0), np.array(orders)))
+    codes = draws @ np.array([64, 16, 4, 1])
+    counts = np.array([(codes == np.dot(o, [64, 16, 4, 1])).sum() for o in orders])
+    expected = probs * len(draws)
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 49.7  # 23 degrees of freedom: P(chi2 > 49.7) ~ 0.001
+    top2 = backend.numpy(pl.sample(backend.array(scores[None]), 40000, k=2, seed=99))[0]
+    pairs = _orderings(range(4), 2)
+    p2 = np.exp(
+        pl.log_likelihood(np.repeat(scores[None], 12, 0), np.array([list(p) + [-1, -1] for p in pairs]))
+    )
+    c2 = np.array([((top2[:, 0] == a) & (top2[:, 1] == b)).sum() for a, b in pairs])
+    chi2 = float(((c2 - p2 * 40000) ** 2 / (p2 * 40000)).sum())
+    assert chi2 < 31.3  # 11 degrees of freedom, P ~ 0.001
+
+
+def test_philox_known_answers():
+    """Random123's known-answer vectors for Philox4x32-10."""
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ]
+    for counter, key, expected in cases:
+        out = _reference.philox4x32_10(np.array([counter], dtype=np.uint32), key)[0]
+        assert tuple(int(x) for x in out) == expected
+
+
+# ----------------------------------------------------------------------------------------- mode, pairwise
+
+
+def test_mode_and_mode_log_prob(backend: Backend, rng):
+    scores = np.round(rng.normal(size=(40, 5)), 1)  # rounding makes ties
+    scores[0] = [1.0, 2.0, 1.0, 2.0, 0.0]
+    m = backend.numpy(pl.mode(backend.array(scores)))
+    np.testing.assert_array_equal(m, np.argsort(-scores, axis=1, kind="stable"))
+    assert m[0].tolist() == [1, 3, 0, 2, 4]
+    for k in (1, 2, 5):
+        lp = backend.numpy(pl.mode_log_prob(backend.array(scores), k=k))
+        orders = _orderings(range(5), k)
+        for b in range(0, 40, 7):
+            r = np.full((len(orders), 5), -1)
+            r[:, :k] = orders
+            best = pl.log_likelihood(np.repeat(scores[b : b + 1], len(orders), 0), r).max()
+            assert lp[b] == pytest.approx(best, abs=1e-12)
+
+
+def test_mode_with_mask_pads_with_minus_one():
+    s = np.array([[3.0, 1.0, 2.0, 0.0]])
+    mask = np.array([[False, True, True, False]])
+    assert pl.mode(s, mask=mask).tolist() == [[2, 1, -1, -1]]
+    assert pl.mode(s[0], k=2).tolist() == [0, 2]
+    assert isinstance(pl.mode_log_prob(s[0], k=2), float)
+
+
+def test_pairwise(backend: Backend, rng):
+    scores = rng.normal(size=(6, 5)) * 30
+    p = backend.numpy(pl.pairwise(backend.array(scores)))
+    ref = 1.0 / (1.0 + np.exp(-(scores[:, :, None] - scores[:, None, :])))
+    np.testing.assert_allclose(p, ref, rtol=1e-12, atol=1e-300)
+    assert (np.diagonal(p, axis1=1, axis2=2) == 0.5).all()
+    np.testing.assert_allclose(p + p.transpose(0, 2, 1), 1.0, rtol=1e-15)
+    assert backend.numpy(pl.pairwise(backend.array(scores[0]))).shape == (5, 5)
+
+
+# ----------------------------------------------------------------------------------------- fitting
+
+
+def _sum_ll(theta, rankings, mask=None, weights=None):
+    ll = pl.log_likelihood(theta, rankings, mask=mask)
+    return float(np.sum(ll if weights is None else ll * weights))
+
+
+@pytest.mark.parametrize("method", ["mm", "newton"])
+@pytest.mark.parametrize("masked", [None, "row"])
+def test_fit_reaches_the_mle(backend: Backend, rng, method, masked):
+    truth = rng.normal(size=8)
+    scores = np.repeat(truth[None], 600, axis=0)
+    _, rankings, mask = pl_data(rng, 600, 8, partial=True, masked=masked, global_scores=False)
+    _, rankings, mask = pl_data(
+        np.random.default_rng(rng.integers(2**32)), 600, 8, partial=True, masked=masked
+    )
+    del scores
+    weights = rng.random(600) + 0.5
+    f = pl.fit(
+        backend.array(rankings),
+        8,
+        mask=None if mask is None else backend.array(mask),
+        weights=backend.array(weights),
+        method=method,
+        tol=1e-10,
+    )
+    assert f.converged and abs(f.scores.mean()) < 1e-12
+    # stationarity: the gradient of the weighted log-likelihood vanishes at the estimate
+    ll, g = _reference.pl_loglik(np.broadcast_to(f.scores, (600, 8)).copy(), rankings, mask, True)[:2]
+    np.testing.assert_allclose((g * weights[:, None]).sum(axis=0), 0.0, atol=1e-6)
+    assert f.log_likelihood == pytest.approx(float((ll * weights).sum()), rel=1e-10)
+
+
+def test_mm_and_newton_agree_and_weights_mean_repetition(rng):
+    _, rankings, _ = pl_data(rng, 400, 6, partial=True)
+    a = pl.fit(rankings, 6, method="mm", tol=1e-11)
+    b = pl.fit(rankings, 6, method="newton", tol=1e-11)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-8)
+    assert b.n_iter < a.n_iter
+    w = rng.integers(0, 3, size=400).astype(float)
+    rep = np.repeat(rankings, w.astype(int), axis=0)
+    np.testing.assert_allclose(
+        pl.fit(rankings, 6, weights=w, tol=1e-11).scores, pl.fit(rep, 6, tol=1e-11).scores, atol=1e-8
+    )
+
+
+def test_fit_passes_match_reference(rng):
+    _, rankings, mask = pl_data(rng, 500, 7, partial=True, masked="row")
+    theta = rng.normal(size=7)
+    weights = rng.random(500)
+    cpu = prefcal._backend.cpu_module()
+    if cpu is None:
+        pytest.skip("no C++ module")
+    for q in (False, True):
+        d1, q1, l1 = cpu.pl_fit_pass(rankings, mask, weights, theta, q, True)
+        d2, q2, l2 = _reference.pl_fit_pass(rankings, mask, weights, theta, q, True)
+        np.testing.assert_allclose(d1, d2, rtol=1e-12)
+        assert l1 == pytest.approx(l2, rel=1e-12)
+        if q:
+            sym = lambda x: x + x.T - np.diag(np.diag(x))  # noqa: E731
+            np.testing.assert_allclose(sym(q1), sym(q2), rtol=1e-12)
+    w1, e1, _ = cpu.pl_fit_setup(rankings, mask, weights, 7)
+    w2, e2, _ = _reference.pl_fit_setup(rankings, mask, weights, 7)
+    np.testing.assert_allclose(w1, w2, rtol=1e-12)
+    np.testing.assert_array_equal(e1, e2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("choix") is None, reason="choix is not installed")
+def test_fit_matches_choix(rng):
+    import choix
+
+    n = 6
+    truth = rng.normal(size=n)
+    mask = rng.random((300, n)) < 0.7
+    mask[:, :2] = True
+    _, rankings, _ = pl_data(rng, 300, n)
+    keys = np.where(mask, truth + rng.gumbel(size=(300, n)), -np.inf)
+    order = np.argsort(-keys, axis=1)
+    rankings = np.where(np.take_along_axis(mask, order, 1), order, -1)
+    data = [[int(x) for x in r if x >= 0] for r in rankings]
+    ours = pl.fit(rankings, n, mask=mask, tol=1e-12).scores
+    theirs = choix.ilsr_rankings(n, data, tol=1e-14, max_iter=10000)
+    np.testing.assert_allclose(ours, theirs - theirs.mean(), atol=1e-6)
+
+
+def test_fit_disconnected_needs_alpha():
+    # items {0, 1} always beat {2, 3}: no maximum-likelihood estimate
+    rankings = np.array([[0, 1, 2, 3], [1, 0, 3, 2], [0, 1, 3, 2]])
+    with pytest.raises(ValueError, match="not strongly connected.*alpha > 0"):
+        pl.fit(rankings, 4)
+    f = pl.fit(rankings, 4, alpha=0.5)
+    assert f.converged and f.scores[:2].min() > f.scores[2:].max()
+    g = pl.fit(rankings, 4, alpha=0.5, method="newton")
+    np.testing.assert_allclose(f.scores, g.scores, atol=1e-7)
+    with pytest.raises(ValueError, match="not strongly connected"):  # item 4 never appears
+        pl.fit(np.array([[0, 1], [1, 0]]), 3)
+
+
+def test_fit_alpha_is_npseudo():
+    """With alpha, the estimate maximises the data log-likelihood plus the pseudo-comparisons' one."""
+    rankings = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2]])
+    alpha = 0.7
+    f = pl.fit(rankings, 3, alpha=alpha, tol=1e-12)
+
+    def penalised(theta):
+        return _sum_ll(theta, rankings) + np.sum(alpha * theta - 2 * alpha * np.logaddexp(0, theta))
+
+    # the returned scores are centred: find the shift that restores the virtual item's scale, then perturb
+    from scipy.optimize import minimize_scalar
+
+    c = minimize_scalar(lambda t: -penalised(f.scores + t)).x
+    best = penalised(f.scores + c)
+    for i in range(3):
+        e = np.zeros(3)
+        e[i] = 1e-4
+        assert penalised(f.scores + c + e) <= best + 1e-12
+        assert penalised(f.scores + c - e) <= best + 1e-12
+
+
+# ----------------------------------------------------------------------------------------- temperature
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0, 2.5])
+def test_temperature_recovers_known_beta(backend: Backend, rng, beta):
+    scores = rng.normal(size=(30000, 5))
+    rankings = pl.sample(beta * scores, seed=int(rng.integers(2**32)))[:, 0]
+    rankings[::3, 2:] = -1
+    got = prefcal.recalibrate.temperature(backend.array(scores), backend.array(rankings))
+    assert got == pytest.approx(beta, rel=0.05)
+    # the maximiser: the derivative from the reference pass vanishes there
+    _, bad = _reference.pl_temperature(scores, rankings, None, got)
+    d1 = _reference.pl_temperature(scores, rankings, None, got)[0][1]
+    assert bad == NO_ERROR and abs(d1) < 1e-6 * len(scores)
+
+
+def test_temperature_pass_matches_reference(rng):
+    scores, rankings, mask = pl_data(rng, 700, 6, partial=True, masked="row")
+    cpu = prefcal._backend.cpu_module()
+    if cpu is None:
+        pytest.skip("no C++ module")
+    for beta in (0.1, 1.0, 7.0):
+        a, _ = cpu.pl_temperature(scores, rankings, mask, beta)
+        b, _ = _reference.pl_temperature(scores, rankings, mask, beta)
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+    # f is the summed log-likelihood of beta * scores; f' its derivative
+    f = pl.log_likelihood(2.0 * scores, rankings, mask=mask, reduction="sum")
+    assert a is not None and cpu.pl_temperature(scores, rankings, mask, 2.0)[0][0] == pytest.approx(
+        f, rel=1e-12
+    )
+    h = 1e-5
+    fd = (
+        pl.log_likelihood((2 + h) * scores, rankings, mask=mask, reduction="sum")
+        - pl.log_likelihood((2 - h) * scores, rankings, mask=mask, reduction="sum")
+    ) / (2 * h)
+    assert cpu.pl_temperature(scores, rankings, mask, 2.0)[0][1] == pytest.approx(fd, rel=1e-6)
+
+
+def test_temperature_rejects_unidentifiable_data():
+    with pytest.raises(ValueError, match="does not depend on the temperature"):
+        prefcal.recalibrate.temperature(np.zeros((3, 3)), np.array([[0, 1, 2]] * 3))
+    with pytest.raises(ValueError, match="without bound"):
+        prefcal.recalibrate.temperature(np.array([[3.0, 2.0, 1.0]] * 4), np.array([[0, 1, 2]] * 4))
+
+
+def test_apply_temperature_keeps_type():
+    x = np.array([1.0, -2.0], dtype=np.float32)
+    y = prefcal.recalibrate.apply_temperature(x, 2.0)
+    assert y.dtype == np.float32 and y.tolist() == [2.0, -4.0]
+    assert prefcal.recalibrate.apply_temperature([1, 2], 0.5).tolist() == [0.5, 1.0]
+    with pytest.raises(ValueError, match="beta must be positive"):
+        prefcal.recalibrate.apply_temperature(x, 0.0)
+
+
+# ----------------------------------------------------------------------------------------- rejections
+
+
+REJECTIONS = [
+    (np.array([[0, 5, 1]]), None, ValueError, r"rankings\[0, 1\] = 5 is out of range for n_items=4"),
+    (np.array([[0, -2, 1]]), None, ValueError, r"rankings\[0, 1\] = -2 is out of range"),
+    (np.array([[0, 2, 0]]), None, ValueError, r"rankings\[0\] repeats item 0 \(positions 0 and 2\)"),
+    (np.array([[0, -1, 1]]), None, ValueError, r"rankings\[0, 2\] = 1 follows padding \(-1\) at position 1"),
+    (
+        np.array([[0, 3, -1]]),
+        np.array([[True, True, True, False]]),
+        ValueError,
+        r"rankings\[0, 1\] = 3 is not available in row 0",
+    ),
+]
+
+
+@pytest.mark.parametrize("rankings,mask,exc,match", REJECTIONS)
+def test_bad_rankings_are_rejected_with_the_row(backend: Backend, rankings, mask, exc, match):
+    good = np.array([[0, 1, 2], [3, 2, 1], [1, 0, -1]])
+    r = np.concatenate([good, rankings])
+    m = None if mask is None else np.concatenate([np.ones((3, 4), bool), mask])
+    scores = np.zeros((4, 4))
+    match = match.replace("[0", "[3").replace("row 0", "row 3")
+    kw = {"mask": None if m is None else backend.array(m)}
+    with pytest.raises(exc, match=match):
+        pl.log_likelihood(backend.array(scores), backend.array(r), **kw)
+    with pytest.raises(exc, match=match):
+        pl.log_likelihood_grad(backend.array(scores[0]), backend.array(r), **kw)
+    with pytest.raises(exc, match=match):
+        prefcal.recalibrate.temperature(backend.array(scores), backend.array(r), **kw)
+    with pytest.raises(exc, match=match):
+        pl.fit(backend.array(r), 4, **kw)
+
+
+def test_bad_scores_and_weights_are_rejected(backend: Backend):
+    scores = np.zeros((3, 4))
+    scores[2, 1] = np.nan
+    r = np.array([[0, 1, 2, 3]] * 3)
+    with pytest.raises(ValueError, match=r"scores contains NaN at \[2, 1\]"):
+        pl.log_likelihood(backend.array(scores), backend.array(r))
+    with pytest.raises(ValueError, match=r"scores contains NaN at \[2, 1\]"):
+        pl.sample(backend.array(scores), seed=0)
+    with pytest.raises(ValueError, match=r"scores contains NaN at \[2, 1\]"):
+        pl.pairwise(backend.array(scores))
+    with pytest.raises(ValueError, match=r"scores contains inf at index 3"):
+        pl.log_likelihood(backend.array(np.array([0, 0, 0, np.inf])), backend.array(r))
+    with pytest.raises(ValueError, match=r"weights\[1\] = -1.0 is negative"):
+        pl.fit(backend.array(r), 4, weights=backend.array(np.array([1.0, -1.0, 1.0])))
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (
+            lambda: pl.log_likelihood(np.zeros((2, 3)), np.zeros((3, 3), int)),
+            ValueError,
+            "different numbers of rows",
+        ),
+        (lambda: pl.log_likelihood(np.zeros((2, 3)), np.zeros((2, 4), int)), ValueError, "only n_items=3"),
+        (lambda: pl.log_likelihood(np.zeros((2, 3)), np.zeros(3, int)), ValueError, "must be 2-dimensional"),
+        (lambda: pl.log_likelihood(np.zeros((2, 2, 3)), np.zeros((2, 3), int)), ValueError, "scores must be"),
+        (lambda: pl.log_likelihood(np.zeros((2, 0)), np.zeros((2, 0), int)), ValueError, "no items"),
+        (lambda: pl.log_likelihood(np.zeros((2, 3)), np.zeros((2, 3))), TypeError, "must contain integers"),
+        (
+            lambda: pl.log_likelihood(np.zeros((2, 3)), np.zeros((2, 3), int), mask=np.ones(3)),
+            TypeError,
+            "bool",
+        ),
+        (
+            lambda: pl.log_likelihood(np.zeros((2, 3)), np.zeros((2, 3), int), mask=np.ones(2, bool)),
+            ValueError,
+            "mask must have shape",
+        ),
+        (
+            lambda: pl.log_likelihood(np.zeros(3), np.zeros((1, 3), int), reduction="max"),
+            ValueError,
+            "reduction",
+        ),
+        (
+            lambda: pl.log_likelihood(np.zeros(3), np.zeros((0, 3), int), reduction="mean"),
+            ValueError,
+            "empty",
+        ),
+        (lambda: pl.sample(np.zeros(3), 0), ValueError, "size must be at least 1"),
+        (lambda: pl.sample(np.zeros(3), k=4), ValueError, "k must be between 1 and 3"),
+        (lambda: pl.sample(np.zeros(3), seed=-1), ValueError, "seed must be between"),
+        (lambda: pl.sample(np.zeros(3), seed=1.5), TypeError, "seed must be an integer"),
+        (lambda: pl.fit(np.zeros((2, 3), int), 3, method="lbfgs"), ValueError, "method must be one of"),
+        (lambda: pl.fit(np.zeros((2, 3), int), 3, alpha=-1), ValueError, "alpha must be non-negative"),
+        (lambda: pl.fit(np.zeros((0, 3), int), 3), ValueError, "empty"),
+        (lambda: pl.fit(np.zeros((2, 3), int), 3, weights=np.ones(3)), ValueError, "different lengths"),
+        (lambda: pl.fit(np.zeros((2, 3), int), 0), ValueError, "n_items must be at least 1"),
+        (
+            lambda: prefcal.recalibrate.temperature(np.zeros(3), np.zeros((1, 3), int), max_iter=0),
+            ValueError,
+            "max_iter",
+        ),
+    ],
+)
+def test_argument_rejections(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_mixed_array_libraries_are_rejected():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="scores is torch.Tensor but rankings is numpy.ndarray"):
+        pl.log_likelihood(torch.zeros(2, 3), np.zeros((2, 3), dtype=np.int64))
+
+
+def test_empty_rankings_give_empty_results(backend: Backend):
+    ll = backend.numpy(
+        pl.log_likelihood(backend.array(np.zeros(3)), backend.array(np.zeros((0, 3), np.int32)))
+    )
+    assert ll.shape == (0,)
+    assert pl.log_likelihood(np.zeros(3), np.zeros((0, 3), np.int32), reduction="sum") == 0.0
+
+
+assert ALL_BACKENDS  # the backend fixture comes from conftest
