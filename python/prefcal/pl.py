@@ -536,10 +536,10 @@ def fit(
     step = _mm_step if method == "mm" else _newton_step
     converged = False
     it = 0
-    ll = None
+    state = None  # what the last pass computed at theta, when a step can reuse it
     while it < max_iter:
         it += 1
-        new, ll = step(data, theta, wins, alpha, ll)
+        new, state = step(data, theta, wins, alpha, state)
         change = float(np.max(np.abs((new - new.mean()) - (theta - theta.mean()))))
         theta = new
         if not np.isfinite(theta).all():
@@ -547,7 +547,7 @@ def fit(
         if change < tol:
             converged = True
             break
-    _, _, ll_final = data.run(theta, False, True)
+    ll_final = state[2] if state is not None else data.run(theta, False, True)[2]
     return PLFit(theta - theta.mean(), ll_final, it, converged, method)
 
 
@@ -560,9 +560,8 @@ def _pseudo(theta: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, fl
     return alpha - 2.0 * alpha * p, -2.0 * alpha * p * (1.0 - p), ll
 
 
-def _mm_step(
-    data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: float, _ll: Any
-) -> tuple[np.ndarray, None]:
+def _mm_step(data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: float, _state: Any) -> tuple:
+    """One minorise-maximise update (Hunter 2004) from one pass: w_i <- (wins_i + alpha) / denominator_i."""
     denom, _, _ = data.run(theta, False, False)
     top = float(np.max(theta))
     w = np.exp(theta - top)  # the kernel's scaled worths; the virtual item has worth exp(-top)
@@ -572,10 +571,14 @@ def _mm_step(
     return (new if alpha > 0.0 else new - new.mean()), None
 
 
-def _newton_step(
-    data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: float, ll: float | None
-) -> tuple[np.ndarray, float]:
-    denom, q, ll_data = data.run(theta, True, True)
+def _newton_step(data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: float, state: Any) -> tuple:
+    """One Newton step on the log-worths, halved until the penalised likelihood does not decrease.
+
+    ``state`` is (denominators, Q, log-likelihood) at ``theta`` from the previous step's last pass, so an
+    accepted step costs one pass over the data."""
+    if state is None:
+        state = data.run(theta, True, True)
+    denom, q, ll_data = state
     g_p, h_p, ll_p = _pseudo(theta, alpha)
     w = np.exp(theta - np.max(theta))
     grad = wins - w * denom + g_p
@@ -585,12 +588,12 @@ def _newton_step(
         neg = neg + np.full_like(neg, np.trace(neg) / len(theta) ** 2)  # the gauge direction (all ones)
     delta = np.linalg.solve(neg, grad)
     current = ll_data + ll_p
-    for _ in range(60):  # halve the step until the penalised likelihood does not decrease
+    for _ in range(60):
         cand = theta + delta
         if alpha == 0.0:
             cand = cand - cand.mean()
-        _, _, ll_c = data.run(cand, False, True)
-        if ll_c + _pseudo(cand, alpha)[2] >= current - 1e-12 * abs(current):
-            return cand, ll_c
+        new_state = data.run(cand, True, True)
+        if new_state[2] + _pseudo(cand, alpha)[2] >= current - 1e-12 * abs(current):
+            return cand, new_state
         delta = delta / 2.0
-    return theta, ll_data
+    return theta, state

@@ -17,8 +17,8 @@
 // Numerics. Every D_j is a suffix sum taken from the last listed item backwards (all terms positive: no
 // cancellation). Fast path, when the available scores of a row span at most kSpan<C> (80 in float32, 300 in
 // float64): w_i = exp(s_i - max) in the compute type C, D_j accumulated in C, the logs of the D_j summed as
-// the log of a float64 product renormalised before it can underflow (one log per ~100 stages instead of one
-// per stage). Otherwise (scores up to +-1e4 and beyond): an online log-sum-exp in float64 per stage. The
+// the log of a float64 product renormalised before it can underflow or overflow (one log per ~100 stages
+// instead of one per stage, for any n). Otherwise (scores up to +-1e4 and beyond): an online log-sum-exp in float64 per stage. The
 // float32 path of the CPU and the GPU is the same code.
 //
 // Validation (fused): an item outside [0, n), a repeated item, a value other than -1 after the first -1, a
@@ -159,12 +159,18 @@ PREFCAL_HD RowStats<T> row_stats(const T* s, int64_t n, const uint8_t* mask) {
   return st;
 }
 
-// Accumulates sum_j log D_j as the log of a float64 product, renormalised before it underflows.
+// Accumulates sum_j log d_j (d_j > 0) as the log of a float64 product, renormalised before it can underflow
+// or overflow: the product stays in [1e-150, 1e150] between factors, and a factor outside that range is
+// logged on its own, so any sequence of positive finite factors is safe.
 struct LogProduct {
   double prod = 1.0, logs = 0.0;
   PREFCAL_HD void mul(double d) {
+    if (d < 1e-150 || d > 1e150) {
+      logs += std::log(d);
+      return;
+    }
     prod *= d;
-    if (prod < 1e-150) {
+    if (prod < 1e-150 || prod > 1e150) {
       logs += std::log(prod);
       prod = 1.0;
     }
@@ -366,9 +372,11 @@ template <class I, class Bits, class Acc>
 PREFCAL_HD double fit_row(const double* w, const double* theta, double theta_max, const I* r, int64_t L, int64_t n,
                           const uint8_t* mask, const Bits& bits, double weight, Acc denom, Acc q, bool want_ll,
                           Strided<double> inv, Strided<int64_t> order) {
-  int64_t n_avail = 0;
+  // A full ranking without a mask (the common case) has no unlisted items: skip the scans over all items.
+  const bool all_listed = mask == nullptr && L == n;
+  int64_t n_avail = all_listed ? n : 0;
   double acc = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n && !all_listed; ++i) {
     if (!available(mask, i)) continue;
     n_avail += 1;
     if (!bits.test(i)) acc += w[i];
@@ -376,27 +384,32 @@ PREFCAL_HD double fit_row(const double* w, const double* theta, double theta_max
   const int64_t Lc = L < n_avail - 1 ? L : n_avail - 1;
   if (Lc <= 0 || weight == 0.0) return 0.0;
   double ll = 0.0;
+  LogProduct logd;
   for (int64_t j = L - 1; j >= 0; --j) {
     const int64_t item = static_cast<int64_t>(r[j]);
     acc += w[item];
     if (j < Lc) {
       inv[j] = 1.0 / acc;
-      if (want_ll) ll += theta[item] - theta_max - std::log(acc);
+      if (want_ll) {
+        ll += theta[item] - theta_max;
+        logd.mul(acc);
+      }
     }
   }
+  if (want_ll) ll -= logd.value();
   double c = 0.0;
   for (int64_t p = 0; p < L; ++p) {
     if (p < Lc) c += inv[p];
     denom(static_cast<int64_t>(r[p]), weight * c);
   }
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n && !all_listed; ++i) {
     if (available(mask, i) && !bits.test(i)) denom(i, weight * c);
   }
   if (q.active()) {
     // Items in order of P (listed by position, then the unlisted), E_p = sum_{j <= p} 1 / D_j^2.
     int64_t k = 0;
     for (int64_t p = 0; p < L; ++p) order[k++] = static_cast<int64_t>(r[p]);
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = 0; i < n && !all_listed; ++i) {
       if (available(mask, i) && !bits.test(i)) order[k++] = i;
     }
     double e = 0.0;
