@@ -28,6 +28,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "prefcal/common.hpp"
@@ -122,6 +123,11 @@ PREFCAL_HD void clear_listed(const I* r, int64_t m, int64_t n, Bits& bits) {
   }
 }
 
+template <class I>
+PREFCAL_HD void clear_listed(const I*, int64_t, int64_t, Bits64& bits) {
+  bits.v = 0;
+}
+
 template <class T>
 PREFCAL_HD bool finite_row(const T* s, int64_t n) {
   bool ok = true;
@@ -159,23 +165,37 @@ PREFCAL_HD RowStats<T> row_stats(const T* s, int64_t n, const uint8_t* mask) {
   return st;
 }
 
-// Accumulates sum_j log d_j (d_j > 0) as the log of a float64 product, renormalised before it can underflow
-// or overflow: the product stays in [1e-150, 1e150] between factors, and a factor outside that range is
-// logged on its own, so any sequence of positive finite factors is safe.
+// Accumulates sum_j log d_j (d_j > 0) as the log of a float64 product, with one log per row in practice:
+// when the product leaves [2^-498, 2^498] its binary exponent moves to an integer (bit operations, no call in
+// the loop). mul takes any positive finite factor (one outside [1e-150, 1e150] is logged on its own);
+// mul_bounded a factor known to lie in [1e-150, 1e150] (the fast path's normalisers: worths >= e^-300, at most
+// 2^31 items of worth <= 1).
 struct LogProduct {
   double prod = 1.0, logs = 0.0;
+  int64_t exps = 0;
+  PREFCAL_HD void renormalise() {
+    uint64_t bits;
+    memcpy(&bits, &prod, sizeof bits);
+    const uint64_t e = (bits >> 52) & 0x7FF;
+    if (e - 525u > 996u) {
+      exps += static_cast<int64_t>(e) - 1023;
+      bits = (bits & 0x800FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
+      memcpy(&prod, &bits, sizeof prod);
+    }
+  }
   PREFCAL_HD void mul(double d) {
     if (d < 1e-150 || d > 1e150) {
       logs += std::log(d);
       return;
     }
     prod *= d;
-    if (prod < 1e-150 || prod > 1e150) {
-      logs += std::log(prod);
-      prod = 1.0;
-    }
+    renormalise();
   }
-  PREFCAL_HD double value() const { return logs + std::log(prod); }
+  PREFCAL_HD void mul_bounded(double d) {
+    prod *= d;
+    renormalise();
+  }
+  PREFCAL_HD double value() const { return logs + static_cast<double>(exps) * 0.6931471805599453 + std::log(prod); }
 };
 
 // Online log-sum-exp in float64 (the wide-range path).
@@ -240,7 +260,7 @@ PREFCAL_HD double row_loglik(const T* s, const I* r, int64_t L, int64_t n, const
       acc += w != nullptr ? w[item] : exp_c(static_cast<C>(s[item]) - mx);
       if (j < Lc) {
         ll += static_cast<double>(static_cast<C>(s[item]) - mx);
-        logd.mul(static_cast<double>(acc));
+        logd.mul_bounded(static_cast<double>(acc));
         if (grad != nullptr) inv[j] = 1.0 / static_cast<double>(acc);
       }
     }
