@@ -196,19 +196,22 @@ PREFCAL_CLONES void rank_select(const double* keys, const int32_t* items, int64_
 }
 
 // The k largest (key, item) of keys[0 .. count) in decreasing key order, lower item first on ties: ranks by
-// counting for up to 32 keys, a partial heap selection (std::partial_sort) beyond.
+// counting (O(count^2) vectorised compares) for up to 128 keys; beyond, a partial selection (nth_element) of
+// the top k, then a sort of those k.
 void top_k(const double* keys, const int32_t* items, int64_t count, int64_t k, int32_t* out,
            std::vector<std::pair<double, int32_t>>& pairs) {
   const int64_t take = std::min(k, count);
-  if (count <= 32) {
+  if (count <= 128) {
     rank_select(keys, items, count, take, out);
   } else {
     pairs.resize(static_cast<size_t>(count));
     for (int64_t q = 0; q < count; ++q) pairs[static_cast<size_t>(q)] = {keys[q], items[q]};
-    std::partial_sort(pairs.begin(), pairs.begin() + take, pairs.end(),
-                      [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
-                        return a.first > b.first || (a.first == b.first && a.second < b.second);
-                      });
+    const auto before = [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    const auto mid = pairs.begin() + take;
+    if (take < count) std::nth_element(pairs.begin(), mid, pairs.end(), before);  // partial selection
+    std::sort(pairs.begin(), mid, before);
     for (int64_t j = 0; j < take; ++j) out[j] = pairs[static_cast<size_t>(j)].second;
   }
   for (int64_t j = take; j < k; ++j) out[j] = -1;
@@ -222,10 +225,12 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
   const int64_t pairs = (n + 1) / 2, n2 = 2 * pairs;
   // Draws are batched (across rows and samples) so that the vectorised noise loops run over thousands of values.
   const int64_t batch = std::max<int64_t>(1, 4096 / n2);
-  const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(size * n, 1));
-  const int64_t n_chunks = rows == 0 ? 0 : (rows + chunk - 1) / chunk;
+  // Chunks of draws (row, sample) in row-major order, so that one row with many samples is parallel too.
+  const int64_t draws_total = rows * size;
+  const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(n, 1));
+  const int64_t n_chunks = draws_total == 0 ? 0 : (draws_total + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
-  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
+  for_chunks(draws_total, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     const size_t values = static_cast<size_t>(batch * n2), blocks = static_cast<size_t>(batch * pairs);
     std::vector<uint64_t> bits(values), row_of(blocks);
     std::vector<uint32_t> sample_of(blocks), pair_of(blocks);
@@ -263,15 +268,14 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
       }
       draws.clear();
     };
-    for (int64_t b = lo; b < hi; ++b) {
-      if (!pl::finite_row(s + b * n, n)) {
+    for (int64_t d = lo; d < hi; ++d) {
+      const int64_t b = d / size, t = d - b * size;
+      if ((t == 0 || d == lo) && !pl::finite_row(s + b * n, n)) {  // every row is checked by some chunk
         bad[static_cast<size_t>(c)] = b;
         return;
       }
-      for (int64_t t = 0; t < size; ++t) {
-        draws.emplace_back(b, t);
-        if (static_cast<int64_t>(draws.size()) == batch) flush();
-      }
+      draws.emplace_back(b, t);
+      if (static_cast<int64_t>(draws.size()) == batch) flush();
     }
     flush();
   });
