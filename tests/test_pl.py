@@ -263,7 +263,7 @@ def test_samples_are_the_same_on_every_backend(backend: Backend, rng, masked, k,
 
 @pytest.mark.parametrize("n,k", [(40, None), (40, 5), (300, None), (300, 7)])
 def test_many_draws_of_one_model_match_reference_on_any_thread_count(rng, n, k):
-    """One global model, many draws (parallel over draws); rank selection (n <= 128) and nth_element (n > 128)."""
+    """One global model, many draws (parallel over draws); rank selection (n <= 128), nth_element beyond."""
     scores = rng.normal(size=n)
     scores[:4] = 1.0  # ties: the lower item first
     ref, _ = _reference.pl_sample(scores[None], None, 700, n if k is None else k, 99, True)
@@ -273,7 +273,9 @@ def test_many_draws_of_one_model_match_reference_on_any_thread_count(rng, n, k):
             np.testing.assert_array_equal(pl.sample(scores, 700, k=k, seed=99), ref[0])
         finally:
             prefcal.config.set_num_threads(0)
-    np.testing.assert_array_equal(pl.mode(scores, k=k), np.argsort(-scores, kind="stable")[: n if k is None else k])
+    np.testing.assert_array_equal(
+        pl.mode(scores, k=k), np.argsort(-scores, kind="stable")[: n if k is None else k]
+    )
 
 
 def test_sample_shapes_seeds_and_masks(rng):
