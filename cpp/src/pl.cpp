@@ -16,6 +16,15 @@
 
 namespace prefcal::cpu {
 
+// Hot loops written for the compiler's vectoriser are compiled for AVX-512, AVX2 and the baseline, and the
+// best one for the CPU is picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(PREFCAL_NO_CLONES)
+#define PREFCAL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PREFCAL_CLONES
+#endif
+
 namespace {
 
 using pl::Bits64;
@@ -70,6 +79,121 @@ int64_t slab_count(int64_t rows, int64_t bytes) {
 
 int64_t min_of(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *std::min_element(v.begin(), v.end()); }
 
+// ------------------------------------------------------------------------------ log-likelihood, 16 rows at once
+//
+// The common case: per-row scores, no mask, full rankings (every item listed, or all but one) of n <= 32 items.
+// Sixteen rows are laid out lane by lane ([item][lane]) so that every step (max, exp, the ranking checks, the
+// backward suffix sums, the product of the normalisers, the final log) is one vector operation over the rows.
+// The arithmetic is that of pl::row_loglik's fast path (same exp, same suffix order, same float64 product);
+// a lane that is not this case (padding before n - 1, a bad item, a wide score range) is left to the general
+// per-row code, which also words its error.
+constexpr int kLanes = 16;
+
+template <class T, class I>
+__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, int64_t n, int64_t m, T* ll) {
+  using C = T;
+  C S[32][kLanes], W[32][kLanes];
+  int32_t R[32][kLanes];
+  C mx[kLanes], mn[kLanes];
+  uint32_t seen[kLanes], bad[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    mx[l] = s[l * n];
+    mn[l] = s[l * n];
+    seen[l] = 0;
+    bad[l] = 0;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int l = 0; l < kLanes; ++l) {
+      const C x = s[l * n + i];
+      S[i][l] = x;
+      mx[l] = x > mx[l] ? x : mx[l];
+      mn[l] = x < mn[l] ? x : mn[l];
+      bad[l] |= static_cast<uint32_t>(!(x - x == C(0)));  // NaN or inf
+    }
+  }
+  const int64_t listed = m < n ? m : n;  // positions that must hold items (the last of n may be -1)
+  for (int64_t j = 0; j < listed; ++j) {
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t v = static_cast<int64_t>(r[l * m + j]);
+      const bool ok = static_cast<uint64_t>(v) < static_cast<uint64_t>(n);
+      const uint32_t bit = ok ? uint32_t(1) << (v & 31) : 0u;
+      bad[l] |= static_cast<uint32_t>(!ok && !(j == n - 1 && v == -1));
+      bad[l] |= static_cast<uint32_t>((seen[l] & bit) != 0);
+      seen[l] |= bit;
+      R[j][l] = ok ? static_cast<int32_t>(v) : 0;
+    }
+  }
+  for (int64_t j = listed; j < m; ++j) {
+    for (int l = 0; l < kLanes; ++l) bad[l] |= static_cast<uint32_t>(r[l * m + j] != I(-1));
+  }
+  for (int l = 0; l < kLanes; ++l) bad[l] |= static_cast<uint32_t>(static_cast<double>(mx[l]) - mn[l] > pl::Span<C>::value);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int l = 0; l < kLanes; ++l) W[i][l] = fastmath::exp_neg(S[i][l] - mx[l]);
+  }
+  // The last stage is not counted: it starts the suffix sums with the worth of the last item, listed or not.
+  C acc[kLanes];
+  double lsum[kLanes], prod[kLanes];
+  int32_t exps[kLanes];
+  const uint32_t all = n == 32 ? 0xFFFFFFFFu : (uint32_t(1) << n) - 1;
+  for (int l = 0; l < kLanes; ++l) {
+    const uint32_t missing = all & ~seen[l];
+    const int last = missing != 0 ? __builtin_ctz(missing | 0x80000000u) : R[n - 1][l];
+    acc[l] = W[last & 31][l];
+    lsum[l] = 0.0;
+    prod[l] = 1.0;
+    exps[l] = 0;
+  }
+  for (int64_t j = n - 2; j >= 0; --j) {
+    for (int l = 0; l < kLanes; ++l) {
+      const int32_t item = R[j][l];
+      acc[l] += W[item][l];
+      lsum[l] += static_cast<double>(S[item][l] - mx[l]);
+      prod[l] *= static_cast<double>(acc[l]);
+    }
+    if ((j & 1) == 0) {  // move the exponent out every two factors (each in [e^-300, 32]): branch-free
+      for (int l = 0; l < kLanes; ++l) {
+        uint64_t bits;
+        memcpy(&bits, &prod[l], sizeof bits);
+        exps[l] += static_cast<int32_t>((bits >> 52) & 0x7FF) - 1023;
+        bits = (bits & 0x800FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
+        memcpy(&prod[l], &bits, sizeof bits);
+      }
+    }
+  }
+  uint32_t fallback = 0;
+  for (int l = 0; l < kLanes; ++l) {
+    const double value = lsum[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
+    ll[l] = static_cast<T>(value);
+    fallback |= (bad[l] != 0 ? 1u : 0u) << l;
+  }
+  return fallback;
+}
+
+PREFCAL_CLONES uint32_t loglik_lanes_f32_i32(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll) {
+  return loglik_lanes(s, r, n, m, ll);
+}
+PREFCAL_CLONES uint32_t loglik_lanes_f32_i64(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll) {
+  return loglik_lanes(s, r, n, m, ll);
+}
+PREFCAL_CLONES uint32_t loglik_lanes_f64_i32(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll) {
+  return loglik_lanes(s, r, n, m, ll);
+}
+PREFCAL_CLONES uint32_t loglik_lanes_f64_i64(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll) {
+  return loglik_lanes(s, r, n, m, ll);
+}
+uint32_t lanes(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll) {
+  return loglik_lanes_f32_i32(s, r, n, m, ll);
+}
+uint32_t lanes(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll) {
+  return loglik_lanes_f32_i64(s, r, n, m, ll);
+}
+uint32_t lanes(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll) {
+  return loglik_lanes_f64_i32(s, r, n, m, ll);
+}
+uint32_t lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll) {
+  return loglik_lanes_f64_i64(s, r, n, m, ll);
+}
+
 }  // namespace
 
 template <class T, class I>
@@ -83,13 +207,14 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   std::vector<double> partial(global_grad ? static_cast<size_t>(n_chunks * n) : 0, 0.0);
   const int nt = threads_for(n_chunks);
+  const bool lanes_ok = grad == nullptr && !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
   for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
     double* acc = global_grad ? partial.data() + k * n : nullptr;
     const bool global_scores = sh.global_scores;
     const pl::Strided<double> inv = sc.inv_view();
-    bad[static_cast<size_t>(k)] = for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
+    auto row = [&](int64_t b, auto& bits) {
       const T* sr = global_scores ? s : s + b * n;
       const I* rr = r + b * m;
       const uint8_t* mk = mask_row(sh, b);
@@ -104,7 +229,23 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
       }
       pl::clear_listed(rr, m, n, bits);
       return good;
-    });
+    };
+    int64_t start = lo;
+    if (lanes_ok) {  // groups of 16 rows in vector lanes; a lane they cannot take goes through `row`
+      Bits64 bits;
+      for (; start + kLanes <= hi; start += kLanes) {
+        uint32_t rest = lanes(s + start * n, r + start * m, n, m, ll + start);
+        while (rest != 0) {
+          const int64_t b = start + __builtin_ctz(rest);
+          rest &= rest - 1;
+          if (!row(b, bits)) {
+            bad[static_cast<size_t>(k)] = b;
+            return;
+          }
+        }
+      }
+    }
+    bad[static_cast<size_t>(k)] = for_rows(n, sc, start, hi, row);
   });
   const int64_t first = min_of(bad);
   if (first == kNoError && global_grad) {
@@ -153,15 +294,6 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
   }
   return min_of(bad);
 }
-
-// Vectorised Gumbel noise: Philox blocks for a list of (sample, item pair) of one row, then -log(-log(u))
-// with the inline log; compiled for AVX-512, AVX2 and the baseline, picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
-    !defined(PREFCAL_NO_CLONES)
-#define PREFCAL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PREFCAL_CLONES
-#endif
 
 namespace {
 

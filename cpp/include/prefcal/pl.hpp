@@ -115,6 +115,29 @@ PREFCAL_HD int64_t parse_ranking(const I* r, int64_t m, int64_t n, const uint8_t
   return L;
 }
 
+// The same for n <= 64 with the set in a register, branch-free except at the padding: out-of-range items
+// (negative ones included), repeats and items outside the mask accumulate into one flag.
+template <class I>
+PREFCAL_HD int64_t parse_ranking(const I* r, int64_t m, int64_t n, const uint8_t* mask, Bits64& bits) {
+  int64_t L = m;
+  uint64_t seen = 0, bad = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t v = static_cast<int64_t>(r[j]);
+    if (v == -1) {
+      L = j;
+      for (int64_t k = j + 1; k < m; ++k) bad |= static_cast<uint64_t>(r[k] != I(-1));
+      break;
+    }
+    bad |= static_cast<uint64_t>(static_cast<uint64_t>(v) >= static_cast<uint64_t>(n));
+    const uint64_t bit = uint64_t(1) << (v & 63);
+    bad |= seen & bit;
+    seen |= bit;
+    if (mask != nullptr) bad |= static_cast<uint64_t>(bad == 0 && mask[v] == 0);
+  }
+  bits.v = seen;
+  return bad != 0 ? -1 : L;
+}
+
 template <class I, class Bits>
 PREFCAL_HD void clear_listed(const I* r, int64_t m, int64_t n, Bits& bits) {
   for (int64_t j = 0; j < m; ++j) {
@@ -128,11 +151,19 @@ PREFCAL_HD void clear_listed(const I*, int64_t, int64_t, Bits64& bits) {
   bits.v = 0;
 }
 
+// Whether every score is finite: the exponent bits of NaN and +-inf are all ones (integer operations, no early
+// exit: the loop vectorises).
 template <class T>
 PREFCAL_HD bool finite_row(const T* s, int64_t n) {
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= s[i] - s[i] == T(0);  // NaN and +-inf give NaN (no early exit: vectorises)
-  return ok;
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr U kExp = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U bits;
+    memcpy(&bits, s + i, sizeof bits);
+    bad |= static_cast<U>((bits & kExp) == kExp);
+  }
+  return bad == 0;
 }
 
 PREFCAL_HD bool available(const uint8_t* mask, int64_t i) { return mask == nullptr || mask[i] != 0; }
@@ -195,7 +226,14 @@ struct LogProduct {
     prod *= d;
     renormalise();
   }
-  PREFCAL_HD double value() const { return logs + static_cast<double>(exps) * 0.6931471805599453 + std::log(prod); }
+  PREFCAL_HD double value() const {
+#if defined(__CUDA_ARCH__)
+    const double lp = log(prod);
+#else
+    const double lp = fastmath::log_pos(prod);  // inline; prod is normal and positive here
+#endif
+    return logs + static_cast<double>(exps) * 0.6931471805599453 + lp;
+  }
 };
 
 // Online log-sum-exp in float64 (the wide-range path).
@@ -242,7 +280,9 @@ PREFCAL_HD double row_loglik(const T* s, const I* r, int64_t L, int64_t n, const
     C acc = C(0);  // worth of the unlisted available items
     if (w != nullptr && mask == nullptr) {
       for (int64_t i = 0; i < n; ++i) w[i] = exp_c(static_cast<C>(s[i]) - mx);
-      for (int64_t i = 0; i < n; ++i) acc += bits.test(i) ? C(0) : w[i];
+      if (L < n) {  // else every item is listed: none is below the listed ones
+        for (int64_t i = 0; i < n; ++i) acc += bits.test(i) ? C(0) : w[i];
+      }
     } else {
       for (int64_t i = 0; i < n; ++i) {
         if (!available(mask, i)) {
@@ -255,10 +295,22 @@ PREFCAL_HD double row_loglik(const T* s, const I* r, int64_t L, int64_t n, const
       }
     }
     LogProduct logd;
-    for (int64_t j = L - 1; j >= 0; --j) {
+    int64_t j = L - 1;
+    for (; j >= Lc; --j) {  // the uncounted last stage (a single item left), if listed
       const int64_t item = static_cast<int64_t>(r[j]);
       acc += w != nullptr ? w[item] : exp_c(static_cast<C>(s[item]) - mx);
-      if (j < Lc) {
+    }
+    if (w != nullptr && grad == nullptr) {  // the common case, without per-stage branches
+      for (; j >= 0; --j) {
+        const int64_t item = static_cast<int64_t>(r[j]);
+        acc += w[item];
+        ll += static_cast<double>(static_cast<C>(s[item]) - mx);
+        logd.mul_bounded(static_cast<double>(acc));
+      }
+    } else {
+      for (; j >= 0; --j) {
+        const int64_t item = static_cast<int64_t>(r[j]);
+        acc += w != nullptr ? w[item] : exp_c(static_cast<C>(s[item]) - mx);
         ll += static_cast<double>(static_cast<C>(s[item]) - mx);
         logd.mul_bounded(static_cast<double>(acc));
         if (grad != nullptr) inv[j] = 1.0 / static_cast<double>(acc);
