@@ -2,7 +2,8 @@
 // vectorise the loops around them. Accuracy (checked against the C library in tests/test_pl.py through the
 // kernels, and by prefcal._cpu.fastmath_check over their whole domains):
 //   exp_neg(x), x in [-300, 0] (double) / [-80, 0] (float): within 2 ulp (degree-13 / degree-7 polynomial
-//     after the reduction x = k ln2 + r, |r| <= ln2 / 2; the callers never pass anything outside the range);
+//     after the reduction x = k ln2 + r, |r| <= ln2 / 2); arguments are clamped to [-700, 0] / [-87, 0] (NaN to
+//     the lower end) so that lanes the callers discard stay well defined;
 //   log_pos(x), x normal and positive (double): within 2 ulp (x = 2^e m, m in [sqrt(1/2), sqrt(2)),
 //     log m = 2 atanh((m - 1) / (m + 1)) by its odd series).
 // The CUDA kernels use the device's own exp / log; both are within a few ulp of the float64 reference.
@@ -14,6 +15,8 @@
 namespace prefcal::fastmath {
 
 inline double exp_neg(double x) {
+  x = x >= -700.0 ? x : -700.0;  // also maps NaN to -700: garbage lanes stay defined behaviour
+  x = x <= 0.0 ? x : 0.0;
   const double k = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;  // round to nearest
   const double r = (x - k * 0.6931471803691238) - k * 1.9082149292705877e-10;
   double p = 1.6059043836821613e-10;  // 1/13!
@@ -30,13 +33,15 @@ inline double exp_neg(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  const int64_t bits = (static_cast<int64_t>(k) + 1023) << 52;
+  const uint64_t bits = static_cast<uint64_t>(static_cast<int64_t>(k) + 1023) << 52;
   double scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
 }
 
 inline float exp_neg(float x) {
+  x = x >= -87.0f ? x : -87.0f;  // also maps NaN to -87
+  x = x <= 0.0f ? x : 0.0f;
   const float k = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
   const float r = (x - k * 0.693145752f) - k * 1.42860677e-06f;
   float p = 1.98412698e-4f;  // 1/7!
@@ -47,7 +52,7 @@ inline float exp_neg(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
