@@ -417,10 +417,18 @@ def test_mm_and_newton_agree_and_weights_mean_repetition(rng):
     )
 
 
-def test_fit_passes_match_reference(rng):
-    _, rankings, mask = pl_data(rng, 500, 7, partial=True, masked="row")
-    theta = rng.normal(size=7)
+@pytest.mark.parametrize("case", ["partial-masked", "full", "full-and-partial"])
+def test_fit_passes_match_reference(rng, case):
+    """Per-row passes and the sixteen-rankings vector passes (full rankings, no mask) against the oracle."""
+    n = 7 if case == "partial-masked" else 20
+    _, rankings, mask = pl_data(
+        rng, 500, n, partial=case == "partial-masked", masked="row" if case == "partial-masked" else None
+    )
+    if case == "full-and-partial":
+        rankings[::5, 12:] = -1
+    theta = rng.normal(size=n)
     weights = rng.random(500)
+    weights[::7] = 0.0
     cpu = prefcal._backend.cpu_module()
     if cpu is None:
         pytest.skip("no C++ module")
@@ -432,8 +440,8 @@ def test_fit_passes_match_reference(rng):
         if q:
             sym = lambda x: x + x.T - np.diag(np.diag(x))  # noqa: E731
             np.testing.assert_allclose(sym(q1), sym(q2), rtol=1e-12)
-    w1, e1, _ = cpu.pl_fit_setup(rankings, mask, weights, 7)
-    w2, e2, _ = _reference.pl_fit_setup(rankings, mask, weights, 7)
+    w1, e1, _ = cpu.pl_fit_setup(rankings, mask, weights, n)
+    w2, e2, _ = _reference.pl_fit_setup(rankings, mask, weights, n)
     np.testing.assert_allclose(w1, w2, rtol=1e-12)
     np.testing.assert_array_equal(e1, e2)
 

@@ -174,6 +174,96 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
   return fallback;
 }
 
+// One fit pass over sixteen full rankings (no mask, every item listed, n <= 32) per vector step: the worths are
+// gathered [position][ranking], the suffix sums, their reciprocals, the prefix sums and the float64 product of
+// the normalisers are vector operations over the rankings, and each ranking adds its denominators into its
+// own column of `dl` ([item][lane]), so lanes never collide. Same arithmetic as pl::fit_row. Returns the
+// lanes that are not full rankings (left to the per-row code).
+template <class I>
+__attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_t n, const double* weights,
+                                                              const double* w, const double* theta, double top,
+                                                              bool want_ll, double* dl, double* ll_out) {
+  double W[32][kLanes], INV[32][kLanes], T[32][kLanes];
+  int32_t R[32][kLanes];
+  double wt[kLanes];
+  uint32_t full = 0;
+  for (int l = 0; l < kLanes; ++l) {
+    wt[l] = weights == nullptr ? 1.0 : weights[l];
+    full |= (r[l * n + n - 1] != I(-1) ? 1u : 0u) << l;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t v = static_cast<int64_t>(r[l * n + j]);
+      const int32_t item = v >= 0 && v < n ? static_cast<int32_t>(v) : 0;
+      R[j][l] = item;
+      W[j][l] = w[item];
+      T[j][l] = theta[item] - top;
+    }
+  }
+  double acc[kLanes], c[kLanes], lsum[kLanes], prod[kLanes];
+  int32_t exps[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    acc[l] = W[n - 1][l];
+    c[l] = 0.0;
+    lsum[l] = 0.0;
+    prod[l] = 1.0;
+    exps[l] = 0;
+  }
+  for (int64_t j = n - 2; j >= 0; --j) {
+    for (int l = 0; l < kLanes; ++l) {
+      acc[l] += W[j][l];
+      INV[j][l] = 1.0 / acc[l];
+    }
+    if (want_ll) {
+      for (int l = 0; l < kLanes; ++l) {
+        lsum[l] += T[j][l];
+        prod[l] *= acc[l];
+      }
+      if ((j & 1) == 0) {  // factors lie in [e^-300, 32]: move the exponent out every two
+        for (int l = 0; l < kLanes; ++l) {
+          uint64_t bits;
+          memcpy(&bits, &prod[l], sizeof bits);
+          exps[l] += static_cast<int32_t>((bits >> 52) & 0x7FF) - 1023;
+          bits = (bits & 0x800FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
+          memcpy(&prod[l], &bits, sizeof bits);
+        }
+      }
+    }
+  }
+  for (int64_t p = 0; p < n; ++p) {
+    for (int l = 0; l < kLanes; ++l) {
+      if (p < n - 1) c[l] += INV[p][l];
+      dl[R[p][l] * kLanes + l] += ((full >> l) & 1u) != 0 ? wt[l] * c[l] : 0.0;
+    }
+  }
+  double ll = 0.0;
+  if (want_ll) {
+    for (int l = 0; l < kLanes; ++l) {
+      const double v = lsum[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
+      ll += ((full >> l) & 1u) != 0 && wt[l] != 0.0 ? wt[l] * v : 0.0;
+    }
+  }
+  *ll_out = ll;
+  return ~full & 0xFFFFu;
+}
+
+PREFCAL_CLONES uint32_t fit_lanes_i32(const int32_t* r, int64_t n, const double* weights, const double* w,
+                                      const double* theta, double top, bool want_ll, double* dl, double* ll) {
+  return fit_lanes_impl(r, n, weights, w, theta, top, want_ll, dl, ll);
+}
+PREFCAL_CLONES uint32_t fit_lanes_i64(const int64_t* r, int64_t n, const double* weights, const double* w,
+                                      const double* theta, double top, bool want_ll, double* dl, double* ll) {
+  return fit_lanes_impl(r, n, weights, w, theta, top, want_ll, dl, ll);
+}
+uint32_t fit_lanes(const int32_t* r, int64_t n, const double* weights, const double* w, const double* theta,
+                   double top, bool want_ll, double* dl, double* ll) {
+  return fit_lanes_i32(r, n, weights, w, theta, top, want_ll, dl, ll);
+}
+uint32_t fit_lanes(const int64_t* r, int64_t n, const double* weights, const double* w, const double* theta,
+                   double top, bool want_ll, double* dl, double* ll) {
+  return fit_lanes_i64(r, n, weights, w, theta, top, want_ll, dl, ll);
+}
+
 PREFCAL_CLONES uint32_t loglik_lanes_f32_i32(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll) {
   return loglik_lanes(s, r, n, m, ll);
 }
@@ -612,6 +702,8 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
   const double top = *std::max_element(theta, theta + n);
   std::vector<double> w(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) w[static_cast<size_t>(i)] = std::exp(theta[i] - top);
+  const double bottom = n > 0 ? *std::min_element(theta, theta + n) : 0.0;
+  const bool lanes_ok = !want_q && sh.mask == nullptr && m == n && n >= 2 && n <= 32 && top - bottom <= 300.0;
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     double* base = part.data() + c * (n + qn);
@@ -620,7 +712,7 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
     double ll = 0.0;
     const pl::Strided<double> inv = sc.inv_view();
     const Strided<int64_t> order{sc.order.data(), 1};
-    for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
+    auto row = [&](int64_t b, auto& bits) {
       const I* rr = r + b * m;
       const uint8_t* mk = mask_row(sh, b);
       const double wt = weights == nullptr ? 1.0 : weights[b];
@@ -628,7 +720,28 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
       ll += pl::fit_row(w.data(), theta, top, rr, L, n, mk, bits, wt, add_d, add_q, want_ll, inv, order);
       pl::clear_listed(rr, m, n, bits);
       return true;
-    });
+    };
+    int64_t start = lo;
+    if (lanes_ok) {
+      std::vector<double> dl(static_cast<size_t>(n * kLanes), 0.0);
+      Bits64 bits;
+      for (; start + kLanes <= hi; start += kLanes) {
+        double block_ll = 0.0;
+        uint32_t rest = fit_lanes(r + start * n, n, weights == nullptr ? nullptr : weights + start, w.data(), theta,
+                                  top, want_ll, dl.data(), &block_ll);
+        ll += block_ll;
+        while (rest != 0) {
+          row(start + __builtin_ctz(rest), bits);
+          rest &= rest - 1;
+        }
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        double t = 0.0;
+        for (int l = 0; l < kLanes; ++l) t += dl[static_cast<size_t>(i * kLanes + l)];
+        base[i] += t;
+      }
+    }
+    for_rows(n, sc, start, hi, row);
     part_ll[static_cast<size_t>(c)] = ll;
   });
   std::fill(denom, denom + n, 0.0);
