@@ -94,6 +94,18 @@ int64_t min_of(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *s
 // per-row code, which also words its error.
 constexpr int kLanes = 16;
 
+// Moves the binary exponent of each lane's product into an integer (the product becomes its mantissa in
+// [1, 2)): branch-free, so a product of a few bounded factors between two calls never under- or overflows.
+__attribute__((always_inline)) inline void move_exponents(double* prod, int32_t* exps) {
+  for (int l = 0; l < kLanes; ++l) {
+    uint64_t bits;
+    memcpy(&bits, &prod[l], sizeof bits);
+    exps[l] += static_cast<int32_t>((bits >> 52) & 0x7FF) - 1023;
+    bits = (bits & 0x800FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
+    memcpy(&prod[l], &bits, sizeof bits);
+  }
+}
+
 template <class T, class I>
 __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, int64_t n, int64_t m, T* ll) {
   using C = T;
@@ -155,15 +167,7 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
       lsum[l] += static_cast<double>(S[item][l] - mx[l]);
       prod[l] *= static_cast<double>(acc[l]);
     }
-    if ((j & 1) == 0) {  // move the exponent out every two factors (each in [e^-300, 32]): branch-free
-      for (int l = 0; l < kLanes; ++l) {
-        uint64_t bits;
-        memcpy(&bits, &prod[l], sizeof bits);
-        exps[l] += static_cast<int32_t>((bits >> 52) & 0x7FF) - 1023;
-        bits = (bits & 0x800FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
-        memcpy(&prod[l], &bits, sizeof bits);
-      }
-    }
+    if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two, branch-free
   }
   uint32_t fallback = 0;
   for (int l = 0; l < kLanes; ++l) {
@@ -219,15 +223,7 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_
         lsum[l] += T[j][l];
         prod[l] *= acc[l];
       }
-      if ((j & 1) == 0) {  // factors lie in [e^-300, 32]: move the exponent out every two
-        for (int l = 0; l < kLanes; ++l) {
-          uint64_t bits;
-          memcpy(&bits, &prod[l], sizeof bits);
-          exps[l] += static_cast<int32_t>((bits >> 52) & 0x7FF) - 1023;
-          bits = (bits & 0x800FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
-          memcpy(&prod[l], &bits, sizeof bits);
-        }
-      }
+      if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two
     }
   }
   for (int64_t p = 0; p < n; ++p) {
