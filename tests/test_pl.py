@@ -418,6 +418,18 @@ def test_mm_and_newton_agree_and_weights_mean_repetition(rng):
 
 
 @pytest.mark.parametrize("case", ["partial-masked", "full", "full-and-partial"])
+def test_fit_reports_iterations_and_non_convergence(rng):
+    _, rankings, _ = pl_data(rng, 300, 6, partial=True)
+    for method in ("mm", "newton"):
+        short = pl.fit(rankings, 6, method=method, max_iter=1, tol=1e-14)
+        assert short.n_iter == 1 and not short.converged
+        full = pl.fit(rankings, 6, method=method, tol=1e-12)
+        assert full.converged and full.n_iter <= 1000
+        assert full.log_likelihood >= short.log_likelihood
+        assert full.to_dict()["method"] == method
+
+
+@pytest.mark.parametrize("case", ["partial-masked", "full", "full-and-partial"])
 def test_fit_passes_match_reference(rng, case):
     """Per-row passes and the sixteen-rankings vector passes (full rankings, no mask) against the oracle."""
     n = 7 if case == "partial-masked" else 20
