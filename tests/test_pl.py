@@ -417,7 +417,6 @@ def test_mm_and_newton_agree_and_weights_mean_repetition(rng):
     )
 
 
-@pytest.mark.parametrize("case", ["partial-masked", "full", "full-and-partial"])
 def test_fit_reports_iterations_and_non_convergence(rng):
     _, rankings, _ = pl_data(rng, 300, 6, partial=True)
     for method in ("mm", "newton"):
