@@ -497,14 +497,14 @@ __attribute__((always_inline)) inline void select_lanes_impl(const T* const* row
     }
   }
   // Each pair once: j < q comes first iff K[j] >= K[q] (the lower item wins a tie).
-  int32_t rank[32][kLanes];
+  int64_t rank[32][kLanes];
   for (int64_t q = 0; q < n; ++q) {
     for (int l = 0; l < kLanes; ++l) rank[q][l] = 0;
   }
   for (int64_t q = 1; q < n; ++q) {
     for (int64_t j = 0; j < q; ++j) {
       for (int l = 0; l < kLanes; ++l) {
-        const int32_t first = static_cast<int32_t>(K[j][l] >= K[q][l]);
+        const int64_t first = static_cast<int64_t>(K[j][l] >= K[q][l]);
         rank[q][l] += first;
         rank[j][l] += 1 - first;
       }
