@@ -18,6 +18,7 @@ naming the row and the problem.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,9 +197,9 @@ def log_likelihood_grad(scores: Any, rankings: Any, *, mask: Any = None) -> tupl
 
 
 def _selection(scores: Any, size: int, k: int | None, mask: Any, seed: int, noise: bool) -> Any:
-    one = len(_arrays.shape_of(scores)) == 1 if hasattr(scores, "shape") else np.ndim(scores) == 1
     if not hasattr(scores, "shape"):
         scores = np.asarray(scores)
+    one = len(_arrays.shape_of(scores)) == 1
     if one:
         scores = scores.reshape(1, -1)
     call = _backend.Call(
@@ -301,9 +302,9 @@ def pairwise(scores: Any) -> Any:
     >>> prefcal.pl.pairwise(np.array([0.0, np.log(3.0)])).round(6).tolist()
     [[0.5, 0.25], [0.75, 0.5]]
     """
-    one = (len(_arrays.shape_of(scores)) if hasattr(scores, "shape") else np.ndim(scores)) == 1
     if not hasattr(scores, "shape"):
         scores = np.asarray(scores)
+    one = len(_arrays.shape_of(scores)) == 1
     if one:
         scores = scores.reshape(1, -1)
     call = _backend.Call({"scores": scores}, {"scores": _validation.confidence_dtype})
@@ -332,16 +333,10 @@ def _nonfinite_rows(call: _backend.Call) -> list[int]:
         return [int(np.argmax(bad))] if bad.any() else []
     lib = type(x).__module__.split(".")[0]
     if lib == "torch":
-        bad = ~sys_modules("torch").isfinite(x).all(dim=1)
+        bad = ~sys.modules["torch"].isfinite(x).all(dim=1)
         return [int(bad.int().argmax())] if bool(bad.any()) else []
-    bad = ~sys_modules("cupy").isfinite(x).all(axis=1)
+    bad = ~sys.modules["cupy"].isfinite(x).all(axis=1)
     return [int(bad.argmax())] if bool(bad.any()) else []
-
-
-def sys_modules(name: str) -> Any:
-    import sys
-
-    return sys.modules[name]
 
 
 # ----------------------------------------------------------------------------------------- fitting

@@ -15,7 +15,7 @@
 // with P_i the position of i when listed and Lc - 1 for an unlisted available item; 0 for unavailable items.
 //
 // Numerics. Every D_j is a suffix sum taken from the last listed item backwards (all terms positive: no
-// cancellation). Fast path, when the available scores of a row span at most kSpan<C> (80 in float32, 300 in
+// cancellation). Fast path, when the available scores of a row span at most Span<C> (80 in float32, 300 in
 // float64): w_i = exp(s_i - max) in the compute type C, D_j accumulated in C, the logs of the D_j summed as
 // the log of a float64 product renormalised before it can underflow or overflow (one log per ~100 stages
 // instead of one per stage, for any n). Otherwise (scores up to +-1e4 and beyond): an online log-sum-exp in float64 per stage. The
@@ -49,7 +49,6 @@ struct Bits64 {
   uint64_t v = 0;
   PREFCAL_HD bool test(int64_t i) const { return (v >> i) & 1u; }
   PREFCAL_HD void set(int64_t i) { v |= uint64_t(1) << i; }
-  PREFCAL_HD void clear_word(int64_t) { v = 0; }
 };
 
 // Set of listed items of any size, in (strided) memory; words of 32 bits.
