@@ -77,8 +77,8 @@ int64_t pl_temperature(const PLArgs& args, double beta, double* out, Stream stre
 // Gumbel top-k orderings of scores (rows, n): out int32 (rows, size, k), -1 past the available items.
 int64_t pl_sample(const void* scores, bind::DType scores_type, int64_t rows, int64_t n, const uint8_t* mask,
                   bool global_mask, int64_t size, int64_t k, uint64_t seed, bool noise, int32_t* out, Stream stream);
-// out (rows, n, n) in the scores dtype: sigmoid(s_i - s_j).
-void pl_pairwise(const void* scores, bind::DType scores_type, int64_t rows, int64_t n, void* out, Stream stream);
+// out (rows, n, n) in the scores dtype: sigmoid(s_i - s_j). Returns the first row with a non-finite score.
+int64_t pl_pairwise(const void* scores, bind::DType scores_type, int64_t rows, int64_t n, void* out, Stream stream);
 // Fit setup: weights null or (N,) float64; wins (n,) and edges (n, n) are host arrays.
 int64_t pl_fit_setup(const PLArgs& args, const double* weights, double* wins, uint8_t* edges, Stream stream);
 // Fit pass at host log-worths theta (n,): host denom (n,), host q (n, n) or null; returns the log-likelihood

@@ -395,13 +395,16 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class T>
 __global__ void __launch_bounds__(kThreads) pairwise_rows(const T* __restrict__ s, int64_t rows, int64_t n,
-                                                          T* __restrict__ out) {
+                                                          T* __restrict__ out, unsigned long long* __restrict__ bad) {
   const int64_t nn = n * n, total = rows * nn;
+  int64_t first = kNoError;
   for (int64_t e = thread_index(); e < total; e += thread_count()) {
     const int64_t b = e / nn, rem = e - b * nn, i = rem / n, j = rem - i * n;
     const T* sr = s + b * n;
+    if (j == 0 && first == kNoError && !pl::finite_row(sr + i, 1)) first = b;  // each score checked once
     out[e] = static_cast<T>(pl::sigmoid(static_cast<double>(sr[i]) - static_cast<double>(sr[j])));
   }
+  report_bad(first, bad);
 }
 
 // ------------------------------------------------------------------------------------------- fit
@@ -675,6 +678,23 @@ FitPlan plan_fit(Kernel kernel, int64_t N, int64_t width, size_t per_thread) {
   return p;
 }
 
+// The global scratch of a fit launch, placed in `buf`: the per-thread bit sets (zeroed) when rows do not fit
+// a register set, and the accumulator slices (zeroed unless each block starts them in shared memory; the
+// launch's result itself when there is one slice).
+double* fit_scratch(const FitPlan& p, const PoolBuffer& buf, bool small, size_t off_words, size_t words_bytes,
+                    size_t off_slices, int64_t width, double* result, Scratch& sc, cudaStream_t st) {
+  if (!small) {
+    sc.words = buf.as<uint32_t>(off_words);
+    PREFCAL_CUDA_CHECK(cudaMemsetAsync(sc.words, 0, words_bytes, st));
+  }
+  if (p.n_slices <= 1) return result;
+  double* slices = buf.as<double>(off_slices);
+  if (!p.in_shared) {
+    PREFCAL_CUDA_CHECK(cudaMemsetAsync(slices, 0, size_t(p.n_slices) * size_t(width) * sizeof(double), st));
+  }
+  return slices;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------- entry points
@@ -778,18 +798,21 @@ int64_t pl_sample(const void* scores, DType scores_type, int64_t rows, int64_t n
   });
 }
 
-void pl_pairwise(const void* scores, DType scores_type, int64_t rows, int64_t n, void* out, Stream stream) {
+int64_t pl_pairwise(const void* scores, DType scores_type, int64_t rows, int64_t n, void* out, Stream stream) {
   const cudaStream_t st = as_stream(stream);
-  bind::dispatch_float(scores_type, "scores", [&](auto ts) {
+  return bind::dispatch_float(scores_type, "scores", [&](auto ts) {
     using T = decltype(ts);
     const int64_t total = rows * n * n;
+    Result res(0, st);
+    res.init(st);
     if (total > 0) {
       const unsigned grid =
           static_cast<unsigned>(blocks_for(total, kThreads, int64_t(32) * multiprocessors(current_device())));
-      pairwise_rows<T><<<grid, kThreads, 0, st>>>(static_cast<const T*>(scores), rows, n, static_cast<T*>(out));
+      pairwise_rows<T><<<grid, kThreads, 0, st>>>(static_cast<const T*>(scores), rows, n, static_cast<T*>(out),
+                                                  res.bad());
       PREFCAL_CUDA_LAUNCHED();
     }
-    PREFCAL_CUDA_CHECK(cudaStreamSynchronize(st));
+    return res.fetch(nullptr, st);
   });
 }
 
@@ -812,14 +835,7 @@ int64_t pl_fit_setup(const PLArgs& a, const double* weights, double* wins, uint8
     const size_t off_edges = c.take(size_t(n) * size_t(n));
     PoolBuffer buf(c.bytes, st);
     Scratch sc;
-    if (!small) {
-      sc.words = buf.as<uint32_t>(off_words);
-      PREFCAL_CUDA_CHECK(cudaMemsetAsync(sc.words, 0, P * words_b, st));
-    }
-    double* slices = p.n_slices > 1 ? buf.as<double>(off_slices) : res.values();
-    if (p.n_slices > 1 && !p.in_shared) {
-      PREFCAL_CUDA_CHECK(cudaMemsetAsync(slices, 0, size_t(p.n_slices) * size_t(n) * sizeof(double), st));
-    }
+    double* slices = fit_scratch(p, buf, small, off_words, P * words_b, off_slices, n, res.values(), sc, st);
     uint8_t* dedges = buf.as<uint8_t>(off_edges);
     if (n > 0) PREFCAL_CUDA_CHECK(cudaMemsetAsync(dedges, 0, size_t(n) * size_t(n), st));
     const size_t smem = p.in_shared ? size_t(n) * sizeof(double) : 0;
@@ -872,14 +888,7 @@ double pl_fit_pass(const PLArgs& a, const double* weights, const double* theta, 
     Scratch sc;
     sc.inv = buf.as<double>(off_inv);
     sc.order = want_q ? buf.as<int64_t>(off_order) : nullptr;
-    if (!small) {
-      sc.words = buf.as<uint32_t>(off_words);
-      PREFCAL_CUDA_CHECK(cudaMemsetAsync(sc.words, 0, P * words_b, st));
-    }
-    double* slices = p.n_slices > 1 ? buf.as<double>(off_slices) : res.values();
-    if (p.n_slices > 1 && !p.in_shared) {
-      PREFCAL_CUDA_CHECK(cudaMemsetAsync(slices, 0, size_t(p.n_slices) * size_t(width) * sizeof(double), st));
-    }
+    double* slices = fit_scratch(p, buf, small, off_words, P * words_b, off_slices, width, res.values(), sc, st);
     double* dw = buf.as<double>(off_w);
     if (!host.empty()) {
       PREFCAL_CUDA_CHECK(

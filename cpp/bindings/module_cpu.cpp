@@ -245,18 +245,19 @@ py::tuple pl_sample(const py::array& scores, const py::object& mask, int64_t siz
   return py::make_tuple(out, bad);
 }
 
-py::array pl_pairwise(const py::array& scores) {
+py::tuple pl_pairwise(const py::array& scores) {
   require(scores, 2, "scores");
   const int64_t rows = scores.shape(0), n = scores.shape(1);
   py::array out(scores.dtype(), {rows, n, n});
   void* o = out.mutable_data();
   const void* ps = scores.data();
+  int64_t bad = 0;
   prefcal::bind::dispatch_float(dtype_of(scores), "scores", [&](auto ts) {
     using T = decltype(ts);
     py::gil_scoped_release nogil;
-    prefcal::cpu::pl_pairwise(static_cast<const T*>(ps), rows, n, static_cast<T*>(o));
+    bad = prefcal::cpu::pl_pairwise(static_cast<const T*>(ps), rows, n, static_cast<T*>(o));
   });
-  return out;
+  return py::make_tuple(out, bad);
 }
 
 prefcal::cpu::PLRows fit_rows(const py::array& rankings, const py::object& mask, int64_t n) {

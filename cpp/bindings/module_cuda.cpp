@@ -177,12 +177,12 @@ int64_t pl_sample(const py::tuple& scores, int64_t rows, int64_t n, const py::ob
                        stream_of(stream));
 }
 
-void pl_pairwise(const py::tuple& scores, int64_t rows, int64_t n, uintptr_t out, uintptr_t stream, int device) {
+int64_t pl_pairwise(const py::tuple& scores, int64_t rows, int64_t n, uintptr_t out, uintptr_t stream, int device) {
   if (rows < 0 || n < 0) throw std::invalid_argument("internal error: pl_pairwise shape");
   const View s = view(scores);
   py::gil_scoped_release nogil;
   pc::DeviceGuard guard(device);
-  pc::pl_pairwise(s.ptr, s.type, rows, n, reinterpret_cast<void*>(out), stream_of(stream));
+  return pc::pl_pairwise(s.ptr, s.type, rows, n, reinterpret_cast<void*>(out), stream_of(stream));
 }
 
 py::tuple pl_fit_setup(const py::tuple& rankings, const py::object& mask, bool global_mask, const py::object& weights,

@@ -691,18 +691,24 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
 }
 
 template <class T>
-void pl_pairwise(const T* s, int64_t rows, int64_t n, T* out) {
+int64_t pl_pairwise(const T* s, int64_t rows, int64_t n, T* out) {
   const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(n * n, 1));
   const int64_t n_chunks = (rows + chunk - 1) / chunk;
-  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t, int64_t lo, int64_t hi) {
+  std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
+  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       const T* sr = s + b * n;
+      if (!pl::finite_row(sr, n)) {
+        bad[static_cast<size_t>(c)] = b;
+        return;
+      }
       T* o = out + b * n * n;
       for (int64_t i = 0; i < n; ++i) {
         for (int64_t j = 0; j < n; ++j) o[i * n + j] = static_cast<T>(pl::sigmoid(static_cast<double>(sr[i]) - sr[j]));
       }
     }
   });
+  return min_of(bad);
 }
 
 template <class I>
@@ -821,8 +827,8 @@ template int64_t pl_sample<float>(const float*, int64_t, int64_t, const uint8_t*
                                   bool, int32_t*);
 template int64_t pl_sample<double>(const double*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
                                    bool, int32_t*);
-template void pl_pairwise<float>(const float*, int64_t, int64_t, float*);
-template void pl_pairwise<double>(const double*, int64_t, int64_t, double*);
+template int64_t pl_pairwise<float>(const float*, int64_t, int64_t, float*);
+template int64_t pl_pairwise<double>(const double*, int64_t, int64_t, double*);
 template int64_t pl_fit_setup<int32_t>(const int32_t*, const PLRows&, const double*, double*, uint8_t*);
 template int64_t pl_fit_setup<int64_t>(const int64_t*, const PLRows&, const double*, double*, uint8_t*);
 template double pl_fit_pass<int32_t>(const int32_t*, const PLRows&, const double*, const double*, double*, double*,

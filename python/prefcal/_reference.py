@@ -286,12 +286,16 @@ def pl_sample(scores, mask, size, k, seed, noise):
 
 
 def pl_pairwise(scores):
-    """P(i before j) = sigmoid(s_i - s_j), (N, n, n) in the scores' dtype, diagonal exactly 0.5."""
+    """(P(i before j) = sigmoid(s_i - s_j), (N, n, n) in the scores' dtype, diagonal exactly 0.5; first row
+    with a non-finite score)."""
     s = scores.astype(np.float64)
+    first = _first(~np.isfinite(s).all(axis=1))
+    if first != NO_ERROR:
+        return None, first
     d = s[..., :, None] - s[..., None, :]
     with np.errstate(over="ignore"):
         p = np.where(d >= 0, 1.0 / (1.0 + np.exp(-np.abs(d))), np.exp(-np.abs(d)) / (1.0 + np.exp(-np.abs(d))))
-    return p.astype(scores.dtype)
+    return p.astype(scores.dtype), NO_ERROR
 
 
 def _fit_parse(rankings, mask, weights, n):

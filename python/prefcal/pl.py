@@ -18,7 +18,6 @@ naming the row and the problem.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +78,13 @@ def _raise_row(call: _backend.Call, bad: int, n: int, weights: bool = False) -> 
     ranking = call.element("rankings", bad) if "rankings" in call.shapes else np.array([], dtype=np.int64)
     weight = call.element("weights", bad) if weights else None
     raise ValueError(_validation.ranking_row_message(bad, ranking, n, mask, scores, weight))
+
+
+def _raise_nonfinite_row(call: _backend.Call, bad: int, one: bool) -> None:
+    """The error of a scores-only kernel (sampling, modes, pairwise): row `bad` has a non-finite score."""
+    if bad != _validation.NO_ERROR:
+        row = np.asarray(call.element("scores", bad))
+        raise ValueError(_validation.nonfinite_scores(row, "" if one else f"{bad}, "))
 
 
 def _cuda_rows(call: _backend.Call) -> tuple:
@@ -232,9 +238,7 @@ def _selection(scores: Any, size: int, k: int | None, mask: Any, seed: int, nois
     else:
         result, bad = mod.pl_sample(call.host("scores"), call.host("mask"), size, k, seed, noise)
         result = None if result is None else call.wrap(result)
-    if bad != _validation.NO_ERROR:
-        msg = _validation.nonfinite_scores(np.asarray(call.element("scores", bad)), "" if one else f"{bad}, ")
-        raise ValueError(msg)
+    _raise_nonfinite_row(call, bad, one)
     return result[0] if one else result
 
 
@@ -310,33 +314,17 @@ def pairwise(scores: Any) -> Any:
     call = _backend.Call({"scores": scores}, {"scores": _validation.confidence_dtype})
     n_rows, n = call.shapes["scores"][0], _validation.scores_shape(call.shapes["scores"])
     call.place()
-    for b in _nonfinite_rows(call):
-        raise ValueError(
-            _validation.nonfinite_scores(np.asarray(call.element("scores", b)), "" if one else f"{b}, ")
-        )
     mod = call.module()
     dtype = call.arrays["scores"][1]
     if call.backend == "cuda":
         out = call.output((n_rows, n, n), dtype)
-        mod.pl_pairwise(call.pointer("scores"), n_rows, n, out.ptr, call.stream, call.device)
+        bad = mod.pl_pairwise(call.pointer("scores"), n_rows, n, out.ptr, call.stream, call.device)
         result = out.result()
     else:
-        result = call.wrap(mod.pl_pairwise(call.host("scores")))
+        result, bad = mod.pl_pairwise(call.host("scores"))
+        result = None if result is None else call.wrap(result)
+    _raise_nonfinite_row(call, bad, one)
     return result[0] if one else result
-
-
-def _nonfinite_rows(call: _backend.Call) -> list[int]:
-    """The first row with a non-finite score, if any (one vectorised check in the array's library)."""
-    x = call.arrays["scores"][0]
-    if isinstance(x, np.ndarray):
-        bad = ~np.isfinite(x).all(axis=1)
-        return [int(np.argmax(bad))] if bad.any() else []
-    lib = type(x).__module__.split(".")[0]
-    if lib == "torch":
-        bad = ~sys.modules["torch"].isfinite(x).all(dim=1)
-        return [int(bad.int().argmax())] if bool(bad.any()) else []
-    bad = ~sys.modules["cupy"].isfinite(x).all(axis=1)
-    return [int(bad.argmax())] if bool(bad.any()) else []
 
 
 # ----------------------------------------------------------------------------------------- fitting

@@ -31,9 +31,9 @@ template <class T>
 int64_t pl_sample(const T* scores, int64_t rows, int64_t n, const uint8_t* mask, bool global_mask, int64_t size,
                   int64_t k, uint64_t seed, bool noise, int32_t* out);
 
-// P(i before j) = sigmoid(s_i - s_j): out (rows, n, n).
+// P(i before j) = sigmoid(s_i - s_j): out (rows, n, n). Returns the first row with a non-finite score.
 template <class T>
-void pl_pairwise(const T* scores, int64_t rows, int64_t n, T* out);
+int64_t pl_pairwise(const T* scores, int64_t rows, int64_t n, T* out);
 
 // Fit (global model over n items): weights null or (N,) float64.
 // setup: wins (n,), edges (n, n) bytes; validates rankings and weights.
