@@ -102,7 +102,7 @@ def test_sample(benchmark, recorder, rows, impl):
             return torch.argsort(ts + g, dim=1, descending=True)
 
     benchmark.group = "pl-sample-1e6x10"
-    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(fn, rounds=11, warmup_rounds=1)
     recorder(benchmark, "pl-sample-1e6x10", impl, N, scores.nbytes + N * NI * 4)
 
 

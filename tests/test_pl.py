@@ -278,6 +278,21 @@ def test_many_draws_of_one_model_match_reference_on_any_thread_count(rng, n, k):
     )
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 9, 16, 17, 31, 32, 33])
+@pytest.mark.parametrize("size", [1, 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_sampling_paths_match_reference(rng, n, size, dtype):
+    """Row counts that are not multiples of the 16 vector lanes, every n of the vector paths (n <= 32) and
+    beyond, ties, several draws per row: the same samples and modes as the NumPy reference."""
+    scores = rng.normal(size=(53, n)).astype(dtype)
+    scores[::7, : min(n, 3)] = 0.5  # ties
+    for k in sorted({n, min(2, n)}):
+        ref, _ = _reference.pl_sample(scores, None, size, k, 2**40 + 7, True)
+        np.testing.assert_array_equal(pl.sample(scores, size, k=k, seed=2**40 + 7), ref)
+        mode, _ = _reference.pl_sample(scores, None, 1, k, 0, False)
+        np.testing.assert_array_equal(pl.mode(scores, k=k), mode[:, 0])
+
+
 def test_sample_shapes_seeds_and_masks(rng):
     s = rng.normal(size=(5, 6))
     a = pl.sample(s, 3, seed=1)

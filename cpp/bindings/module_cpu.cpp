@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "prefcal/dtypes.hpp"
+#include "prefcal/fastmath.hpp"
 #include "prefcal/binning.hpp"
 #include "prefcal/cpu/binning.hpp"
 #include "prefcal/cpu/pl.hpp"
@@ -128,6 +129,32 @@ py::tuple score_sums(const py::array& conf, const py::array& correct, const py::
   const int64_t bad = with_binary_types(
       conf, correct, [&](const auto* c, const auto* y) { return prefcal::cpu::score_sums(c, y, w, n, eps, o); });
   return py::make_tuple(out, bad);
+}
+
+// Test hook: the inline exp / log of the CPU kernels (prefcal/fastmath.hpp), element by element.
+py::array fastmath(const std::string& name, const py::array& x) {
+  require(x, 1, "x");
+  const int64_t n = x.shape(0);
+  const DType dt = dtype_of(x);
+  if (name == "log_pos" && dt == DType::kF64) {
+    py::array_t<double> out(n);
+    const auto* v = static_cast<const double*>(x.data());
+    for (int64_t i = 0; i < n; ++i) out.mutable_data()[i] = prefcal::fastmath::log_pos(v[i]);
+    return std::move(out);
+  }
+  if (name == "exp_neg" && dt == DType::kF64) {
+    py::array_t<double> out(n);
+    const auto* v = static_cast<const double*>(x.data());
+    for (int64_t i = 0; i < n; ++i) out.mutable_data()[i] = prefcal::fastmath::exp_neg(v[i]);
+    return std::move(out);
+  }
+  if (name == "exp_neg" && dt == DType::kF32) {
+    py::array_t<float> out(n);
+    const auto* v = static_cast<const float*>(x.data());
+    for (int64_t i = 0; i < n; ++i) out.mutable_data()[i] = prefcal::fastmath::exp_neg(v[i]);
+    return std::move(out);
+  }
+  throw std::invalid_argument("fastmath: log_pos (float64) or exp_neg (float32 / float64)");
 }
 
 // Test hooks: the shared per-element bin arithmetic, including the float32 path that the GPU runs.
@@ -353,6 +380,7 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("weights").none(true), py::arg("n"));
   m.def("pl_fit_pass", &pl_fit_pass, py::arg("rankings").noconvert(), py::arg("mask").none(true),
         py::arg("weights").none(true), py::arg("theta").noconvert(), py::arg("want_q"), py::arg("want_ll"));
+  m.def("fastmath", &fastmath, py::arg("name"), py::arg("x").noconvert());
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &prefcal::cpu::num_threads);
   m.def("build_info", &build_info);

@@ -461,53 +461,71 @@ __attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i b, _
   hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), oddp);
 }
 
+// Philox4x32-10 of sixteen blocks, counters (c0, c1, c2, c3) in place. Same function as philox::block.
+__attribute__((target("avx512f"))) inline void philox16(uint64_t seed, __m512i& c0, __m512i& c1, __m512i& c2,
+                                                        __m512i& c3) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    __m512i hi0, lo0, hi1, lo1;
+    mulhilo16(m0, c0, hi0, lo0);
+    mulhilo16(m1, c2, hi1, lo1);
+    c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    c1 = lo1;
+    c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+// philox::bits52(a[l], b[l]) of the lanes 8 half .. 8 half + 7, as eight 64-bit lanes.
+__attribute__((target("avx512f"))) inline __m512i bits52x8(__m512i a, __m512i b, int half) {
+  const __m256i wa = half == 0 ? _mm512_castsi512_si256(a) : _mm512_extracti64x4_epi64(a, 1);
+  const __m256i wb = half == 0 ? _mm512_castsi512_si256(b) : _mm512_extracti64x4_epi64(b, 1);
+  return _mm512_or_si512(_mm512_slli_epi64(_mm512_cvtepu32_epi64(wa), 20),
+                         _mm512_srli_epi64(_mm512_cvtepu32_epi64(wb), 12));
+}
+
 __attribute__((target("avx512f"))) void noise_bits_avx512(uint64_t seed, const uint64_t* row_of,
                                                           const uint32_t* sample_of, const uint32_t* pair_of,
                                                           int64_t count, uint64_t* out) {
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  // Interleaving of bits52(c0, c1) (even item) and bits52(c2, c3) (odd item): out[2 p], out[2 p + 1].
+  const __m512i first = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+  const __m512i second = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
   int64_t p = 0;
-  alignas(64) uint32_t w[4][16];
   for (; p + 16 <= count; p += 16) {
     alignas(64) uint32_t rl[16], rh[16];
     for (int l = 0; l < 16; ++l) {
       rl[l] = static_cast<uint32_t>(row_of[p + l]);
       rh[l] = static_cast<uint32_t>(row_of[p + l] >> 32);
     }
-    __m512i c0 = _mm512_loadu_si512(pair_of + p);
-    __m512i c1 = _mm512_loadu_si512(sample_of + p);
-    __m512i c2 = _mm512_load_si512(rl);
-    __m512i c3 = _mm512_load_si512(rh);
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo16(m0, c0, hi0, lo0);
-      mulhilo16(m1, c2, hi1, lo1);
-      c0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-      c1 = lo1;
-      c2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-      c3 = lo0;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    _mm512_store_si512(w[0], c0);
-    _mm512_store_si512(w[1], c1);
-    _mm512_store_si512(w[2], c2);
-    _mm512_store_si512(w[3], c3);
-    for (int l = 0; l < 16; ++l) {
-      out[2 * (p + l)] = philox::bits52(w[0][l], w[1][l]);
-      out[2 * (p + l) + 1] = philox::bits52(w[2][l], w[3][l]);
+    __m512i c0 = _mm512_loadu_si512(pair_of + p), c1 = _mm512_loadu_si512(sample_of + p);
+    __m512i c2 = _mm512_load_si512(rl), c3 = _mm512_load_si512(rh);
+    philox16(seed, c0, c1, c2, c3);
+    for (int half = 0; half < 2; ++half) {
+      const __m512i even = bits52x8(c0, c1, half), odd = bits52x8(c2, c3, half);
+      uint64_t* o = out + 2 * (p + 8 * half);
+      _mm512_storeu_si512(o, _mm512_permutex2var_epi64(even, first, odd));
+      _mm512_storeu_si512(o + 8, _mm512_permutex2var_epi64(even, second, odd));
     }
   }
   noise_bits_avx2(seed, row_of + p, sample_of + p, pair_of + p, count - p, out + 2 * p);
 }
 #endif
 
+#if defined(PREFCAL_X86_AVX2)
+bool cpu_avx512() {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+}
+#endif
+
 void noise_bits(uint64_t seed, const uint64_t* row_of, const uint32_t* sample_of, const uint32_t* pair_of,
                 int64_t count, uint64_t* out) {
 #if defined(PREFCAL_X86_AVX2)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) {
+  if (cpu_avx512()) {
     noise_bits_avx512(seed, row_of, sample_of, pair_of, count, out);
     return;
   }
@@ -520,14 +538,17 @@ void noise_bits(uint64_t seed, const uint64_t* row_of, const uint32_t* sample_of
   noise_bits_portable(seed, row_of, sample_of, pair_of, count, out);
 }
 
+// Gumbel noise of 52 random bits: -log(-log(u)), u = philox::to_uniform(bits).
+inline double gumbel_bits(uint64_t bits) {
+  const uint64_t one = 0x3FF0000000000000ull | bits;  // 1 + bits * 2^-52, exactly
+  double d;
+  std::memcpy(&d, &one, sizeof d);
+  const double u = (d - 1.0) + 0x1.0p-53;  // == philox::to_uniform(bits), exactly
+  return -fastmath::log_pos(-fastmath::log_pos(u));
+}
+
 PREFCAL_CLONES void gumbel_of_bits(int64_t count, const uint64_t* bits, double* out) {
-  for (int64_t i = 0; i < count; ++i) {
-    const uint64_t one = 0x3FF0000000000000ull | bits[i];  // 1 + bits * 2^-52, exactly
-    double d;
-    std::memcpy(&d, &one, sizeof d);
-    const double u = (d - 1.0) + 0x1.0p-53;  // == philox::to_uniform(bits), exactly
-    out[i] = -fastmath::log_pos(-fastmath::log_pos(u));
-  }
+  for (int64_t i = 0; i < count; ++i) out[i] = gumbel_bits(bits[i]);
 }
 
 // Selection of few keys by counting ranks (branch-free, vectorised): the rank of q is the number of keys before
@@ -541,8 +562,26 @@ PREFCAL_CLONES void rank_select(const double* keys, const int32_t* items, int64_
   }
 }
 
-// Sixteen draws at once for rows without a mask and n <= 32: keys laid out [item][draw], ranks counted with one
-// vector compare per (item, item) pair, the same order as rank_select (larger key first, lower item on ties).
+// Ranks of sixteen draws at once, keys laid out [item][draw], written to outs[draw][rank] when rank < k: the
+// rank of q counts the keys before it, j < q when K[j] >= K[q] (the lower item wins a tie), j > q when
+// K[j] > K[q] -- the order of rank_select. Lane-innermost, so that each compare is one vector instruction.
+__attribute__((always_inline)) inline void rank_lanes(const double (*K)[kLanes], int64_t n, int64_t k,
+                                                      int32_t* const* outs) {
+  for (int64_t q = 0; q < n; ++q) {
+    int64_t rank[kLanes] = {};
+    for (int64_t j = 0; j < q; ++j) {
+      for (int l = 0; l < kLanes; ++l) rank[l] += static_cast<int64_t>(K[j][l] >= K[q][l]);
+    }
+    for (int64_t j = q + 1; j < n; ++j) {
+      for (int l = 0; l < kLanes; ++l) rank[l] += static_cast<int64_t>(K[j][l] > K[q][l]);
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      if (rank[l] < k) outs[l][rank[l]] = static_cast<int32_t>(q);
+    }
+  }
+}
+
+// Sixteen draws at once for rows without a mask and n <= 32 (noise [draw][item], or none for the mode).
 template <class T>
 __attribute__((always_inline)) inline void select_lanes_impl(const T* const* rows, const double* const* noise,
                                                              int64_t n, int64_t k, int32_t* const* outs) {
@@ -552,25 +591,7 @@ __attribute__((always_inline)) inline void select_lanes_impl(const T* const* row
       K[i][l] = static_cast<double>(rows[l][i]) + (noise != nullptr ? noise[l][i] : 0.0);
     }
   }
-  // Each pair once: j < q comes first iff K[j] >= K[q] (the lower item wins a tie).
-  int64_t rank[32][kLanes];
-  for (int64_t q = 0; q < n; ++q) {
-    for (int l = 0; l < kLanes; ++l) rank[q][l] = 0;
-  }
-  for (int64_t q = 1; q < n; ++q) {
-    for (int64_t j = 0; j < q; ++j) {
-      for (int l = 0; l < kLanes; ++l) {
-        const int64_t first = static_cast<int64_t>(K[j][l] >= K[q][l]);
-        rank[q][l] += first;
-        rank[j][l] += 1 - first;
-      }
-    }
-  }
-  for (int64_t q = 0; q < n; ++q) {
-    for (int l = 0; l < kLanes; ++l) {
-      if (rank[q][l] < k) outs[l][rank[q][l]] = static_cast<int32_t>(q);
-    }
-  }
+  rank_lanes(K, n, k, outs);
 }
 
 PREFCAL_CLONES void select_lanes_f32(const float* const* rows, const double* const* noise, int64_t n, int64_t k,
@@ -587,6 +608,80 @@ void select_lanes(const float* const* rows, const double* const* noise, int64_t 
 void select_lanes(const double* const* rows, const double* const* noise, int64_t n, int64_t k, int32_t* const* outs) {
   select_lanes_f64(rows, noise, n, k, outs);
 }
+
+#if defined(PREFCAL_X86_AVX2)
+// Sixteen consecutive draws d0 .. d0 + 15 of the row-major (row, sample) order (draw d writes out[d k ..]) of
+// rows without a mask, n <= 32, in one pass with AVX-512 (noise = false: the mode). The Philox blocks of one
+// item pair for the sixteen draws come out as sixteen lanes, i.e. directly in the [item][draw] layout of the
+// keys; the scores are gathered, the ranks counted with vector compares (the order of rank_select: larger key
+// first, lower item on ties) and scattered to the output. The same numbers as noise_bits + gumbel_of_bits +
+// select_lanes, bit for bit.
+template <class T>
+__attribute__((target("avx512f"))) void draw_lanes_avx512(uint64_t seed, bool noise, const T* s, int64_t d0,
+                                                          int64_t size, int64_t n, int64_t k, int32_t* out) {
+  alignas(64) uint32_t rl[kLanes], rh[kLanes], ts[kLanes];
+  alignas(64) int32_t off[kLanes];
+  const int64_t b0 = d0 / size;
+  int64_t b = b0, t = d0 - b0 * size;
+  for (int l = 0; l < kLanes; ++l) {
+    rl[l] = static_cast<uint32_t>(b);
+    rh[l] = static_cast<uint32_t>(static_cast<uint64_t>(b) >> 32);
+    ts[l] = static_cast<uint32_t>(t);
+    off[l] = static_cast<int32_t>((b - b0) * n);  // <= 15 * 32
+    if (++t == size) t = 0, ++b;
+  }
+  alignas(64) double keys[32 * kLanes];  // [item][draw]
+  if (noise) {
+    const __m512i row_lo = _mm512_load_si512(rl), row_hi = _mm512_load_si512(rh), sample = _mm512_load_si512(ts);
+    alignas(64) uint64_t bits[32 * kLanes];  // [item][draw]
+    for (int64_t j = 0; 2 * j < n; ++j) {
+      __m512i c0 = _mm512_set1_epi32(static_cast<int>(j)), c1 = sample, c2 = row_lo, c3 = row_hi;
+      philox16(seed, c0, c1, c2, c3);
+      // bits52(c0, c1) is item 2j, bits52(c2, c3) item 2j + 1 (row 2j + 1 exists: n <= 32).
+      for (int half = 0; half < 2; ++half) {
+        _mm512_store_si512(bits + 2 * j * kLanes + 8 * half, bits52x8(c0, c1, half));
+        _mm512_store_si512(bits + (2 * j + 1) * kLanes + 8 * half, bits52x8(c2, c3, half));
+      }
+    }
+    // One long loop over all the noise: independent iterations hide the latency of the two logs.
+    for (int64_t v = 0; v < n * kLanes; ++v) keys[v] = gumbel_bits(bits[v]);
+  }
+  // Scores transposed to [item][draw] with scalar loads (vector gathers are slower here, AMD Zen 4), then
+  // score + noise, in this order.
+  const T* base = s + b0 * n;
+  for (int64_t i = 0; i < n; ++i) {
+    alignas(64) double sc[kLanes];
+    for (int l = 0; l < kLanes; ++l) sc[l] = static_cast<double>(base[off[l] + i]);
+    for (int l = 0; l < kLanes; ++l) keys[i * kLanes + l] = noise ? sc[l] + keys[i * kLanes + l] : sc[l];
+  }
+  const __m512i one = _mm512_set1_epi64(1), kk = _mm512_set1_epi64(k), never = _mm512_set1_epi64(-1);
+  const __m512i at0 = _mm512_set_epi64(7 * k, 6 * k, 5 * k, 4 * k, 3 * k, 2 * k, k, 0);
+  const __m512i at1 = _mm512_add_epi64(at0, _mm512_set1_epi64(8 * k));
+  int32_t* const dst = out + d0 * k;
+  for (int64_t q = 0; q < n; ++q) {
+    const __m512d q0 = _mm512_load_pd(keys + q * kLanes), q1 = _mm512_load_pd(keys + q * kLanes + 8);
+    __m512i r0 = _mm512_setzero_si512(), r1 = _mm512_setzero_si512();
+    for (int64_t j = 0; j < q; ++j) {  // before q on ties
+      r0 = _mm512_mask_add_epi64(r0, _mm512_cmp_pd_mask(_mm512_load_pd(keys + j * kLanes), q0, _CMP_GE_OQ), r0, one);
+      r1 = _mm512_mask_add_epi64(r1, _mm512_cmp_pd_mask(_mm512_load_pd(keys + j * kLanes + 8), q1, _CMP_GE_OQ), r1,
+                                 one);
+    }
+    for (int64_t j = q + 1; j < n; ++j) {
+      r0 = _mm512_mask_add_epi64(r0, _mm512_cmp_pd_mask(_mm512_load_pd(keys + j * kLanes), q0, _CMP_GT_OQ), r0, one);
+      r1 = _mm512_mask_add_epi64(r1, _mm512_cmp_pd_mask(_mm512_load_pd(keys + j * kLanes + 8), q1, _CMP_GT_OQ), r1,
+                                 one);
+    }
+    // Scalar stores: vector scatters are microcoded and slower here (AMD Zen 4).
+    alignas(64) int64_t at[kLanes];
+    _mm512_store_si512(at, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(r0, kk), never, _mm512_add_epi64(at0, r0)));
+    _mm512_store_si512(at + 8,
+                       _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(r1, kk), never, _mm512_add_epi64(at1, r1)));
+    for (int l = 0; l < kLanes; ++l) {
+      if (at[l] >= 0) dst[at[l]] = static_cast<int32_t>(q);
+    }
+  }
+}
+#endif
 
 // The k largest (key, item) of keys[0 .. count) in decreasing key order, lower item first on ties: ranks by
 // counting (O(count^2) vectorised compares) for up to 128 keys; beyond, a partial selection (nth_element) of
@@ -630,18 +725,27 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
     std::vector<double> g(values, 0.0), keys(static_cast<size_t>(n));
     std::vector<int32_t> items(static_cast<size_t>(n));
     std::vector<std::pair<double, int32_t>> scratch;
-    std::vector<std::pair<int64_t, int64_t>> draws;  // (row, sample) of the batch
-    draws.reserve(static_cast<size_t>(batch));
-    auto flush = [&]() {
-      const int64_t count = static_cast<int64_t>(draws.size());
+    // Draws [d0, d0 + count) of the row-major (row, sample) order; draw d writes out[d * k ..].
+    auto batch_of = [&](int64_t d0, int64_t count) {
+#if defined(PREFCAL_X86_AVX2)
+      if (mask == nullptr && n <= 32 && cpu_avx512()) {  // fused, sixteen draws per step
+        const int64_t whole = count / kLanes * kLanes;
+        for (int64_t q = 0; q < whole; q += kLanes) draw_lanes_avx512(seed, noise, s, d0 + q, size, n, k, out);
+        d0 += whole, count -= whole;
+      }
+#endif
       if (noise) {
+        const int64_t np = pairs, ns = size;  // locals: the stores below cannot alias them
+        uint64_t* ro = row_of.data();
+        uint32_t *so = sample_of.data(), *po = pair_of.data();
+        int64_t b = d0 / ns, t = d0 - b * ns;
         for (int64_t q = 0; q < count; ++q) {
-          for (int64_t j = 0; j < pairs; ++j) {
-            const size_t at = static_cast<size_t>(q * pairs + j);
-            row_of[at] = static_cast<uint64_t>(draws[static_cast<size_t>(q)].first);
-            sample_of[at] = static_cast<uint32_t>(draws[static_cast<size_t>(q)].second);
-            pair_of[at] = static_cast<uint32_t>(j);
+          for (int64_t j = 0; j < np; ++j) {
+            ro[q * np + j] = static_cast<uint64_t>(b);
+            so[q * np + j] = static_cast<uint32_t>(t);
+            po[q * np + j] = static_cast<uint32_t>(j);
           }
+          if (++t == ns) t = 0, ++b;
         }
         noise_bits(seed, row_of.data(), sample_of.data(), pair_of.data(), count * pairs, bits.data());
         gumbel_of_bits(count * n2, bits.data(), g.data());
@@ -653,16 +757,16 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
         int32_t* outs[kLanes];
         for (; q0 + kLanes <= count; q0 += kLanes) {
           for (int l = 0; l < kLanes; ++l) {
-            const auto& d = draws[static_cast<size_t>(q0 + l)];
-            srows[l] = s + d.first * n;
+            const int64_t d = d0 + q0 + l;
+            srows[l] = s + d / size * n;
             nz[l] = g.data() + (q0 + l) * n2;
-            outs[l] = out + (d.first * size + d.second) * k;
+            outs[l] = out + d * k;
           }
           select_lanes(srows, noise ? nz : nullptr, n, k, outs);
         }
       }
       for (int64_t q = q0; q < count; ++q) {
-        const int64_t b = draws[static_cast<size_t>(q)].first, t = draws[static_cast<size_t>(q)].second;
+        const int64_t d = d0 + q, b = d / size;
         const T* sr = s + b * n;
         const uint8_t* mk = mask == nullptr ? nullptr : (global_mask ? mask : mask + b * n);
         const double* gt = g.data() + q * n2;
@@ -672,20 +776,17 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
           keys[static_cast<size_t>(avail)] = static_cast<double>(sr[i]) + gt[i];
           items[static_cast<size_t>(avail++)] = static_cast<int32_t>(i);
         }
-        top_k(keys.data(), items.data(), avail, k, out + (b * size + t) * k, scratch);
+        top_k(keys.data(), items.data(), avail, k, out + d * k, scratch);
       }
-      draws.clear();
     };
-    for (int64_t d = lo; d < hi; ++d) {
-      const int64_t b = d / size, t = d - b * size;
-      if ((t == 0 || d == lo) && !pl::finite_row(s + b * n, n)) {  // every row is checked by some chunk
+    // Every row is checked by the chunk that holds its first draw (or by the chunk a row continues into).
+    for (int64_t b = lo / size; b * size < hi; ++b) {
+      if (!pl::finite_row(s + b * n, n)) {
         bad[static_cast<size_t>(c)] = b;
         return;
       }
-      draws.emplace_back(b, t);
-      if (static_cast<int64_t>(draws.size()) == batch) flush();
     }
-    flush();
+    for (int64_t d0 = lo; d0 < hi; d0 += batch) batch_of(d0, std::min(batch, hi - d0));
   });
   return min_of(bad);
 }
