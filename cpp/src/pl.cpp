@@ -187,7 +187,7 @@ template <class I>
 __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_t n, const double* weights,
                                                               const double* w, const double* theta, double top,
                                                               bool want_ll, double* dl, double* ll_out) {
-  double W[32][kLanes], INV[32][kLanes], T[32][kLanes];
+  double W[32][kLanes], INV[32][kLanes];
   int32_t R[32][kLanes];
   double wt[kLanes];
   uint32_t full = 0;
@@ -201,15 +201,20 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_
       const int32_t item = v >= 0 && v < n ? static_cast<int32_t>(v) : 0;
       R[j][l] = item;
       W[j][l] = w[item];
-      T[j][l] = theta[item] - top;
     }
+  }
+  // sum_{j < n-1} (theta[R_j] - top) of a full ranking: all of theta but its last item's.
+  double theta_sum = 0.0;
+  if (want_ll) {
+    for (int64_t i = 0; i < n; ++i) theta_sum += theta[i];
+    theta_sum -= static_cast<double>(n - 1) * top;
   }
   double acc[kLanes], c[kLanes], lsum[kLanes], prod[kLanes];
   int32_t exps[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     acc[l] = W[n - 1][l];
     c[l] = 0.0;
-    lsum[l] = 0.0;
+    lsum[l] = theta_sum - theta[R[n - 1][l]];
     prod[l] = 1.0;
     exps[l] = 0;
   }
@@ -219,10 +224,7 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_
       INV[j][l] = 1.0 / acc[l];
     }
     if (want_ll) {
-      for (int l = 0; l < kLanes; ++l) {
-        lsum[l] += T[j][l];
-        prod[l] *= acc[l];
-      }
+      for (int l = 0; l < kLanes; ++l) prod[l] *= acc[l];
       if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two
     }
   }

@@ -519,9 +519,11 @@ def fit(
     if n == 1:
         return PLFit(theta, 0.0, 0, True, method)
     if method == "mm":
-        theta, it, converged = _squarem(data, theta, wins, alpha, max_iter, tol)
+        theta, it, converged, ll = _squarem(data, theta, wins, alpha, max_iter, tol)
         _check_finite(theta)
-        return PLFit(theta - theta.mean(), data.run(theta, False, True)[2], it, converged, method)
+        if ll is None:  # not known at the returned point: one more pass
+            ll = data.run(theta, False, True)[2]
+        return PLFit(theta - theta.mean(), ll, it, converged, method)
     step = _newton_step
     converged = False
     it = 0
@@ -550,7 +552,7 @@ def _centred_change(a: np.ndarray, b: np.ndarray) -> float:
 
 def _squarem(
     data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: float, max_iter: int, tol: float
-) -> tuple[np.ndarray, int, bool]:
+) -> tuple[np.ndarray, int, bool, float | None]:
     """Hunter's MM updates accelerated by SQUAREM (Varadhan & Roland 2008, scheme S3), safeguarded.
 
     A cycle takes two MM updates t1 = M(t0), t2 = M(t1), extrapolates t' = t0 - 2a r + a^2 v (r = t1 - t0,
@@ -558,11 +560,15 @@ def _squarem(
     penalised
     log-likelihood at the new point (computed by the next cycle's first pass, at no extra cost) is below the
     previous cycle's, the cycle is replaced by the plain double update t2, which MM guarantees not to decrease
-    it. Converged when an MM update changes the centred log-worths by less than ``tol``. Returns
-    (estimate, number of MM updates, converged)."""
+    it. Converged when an MM update changes the centred log-worths by less than ``tol``; when that update
+    started from a point whose log-likelihood its pass computed, that point is returned with it (so no
+    further pass is needed). Returns (estimate, number of MM updates, converged, the data log-likelihood at
+    the estimate or None)."""
+    raw = [0.0]  # the data log-likelihood of the last update that computed one
 
     def update(t: np.ndarray, want_ll: bool) -> tuple[np.ndarray, float]:
         denom, _, ll = data.run(t, False, want_ll)
+        raw[0] = ll
         top = float(np.max(t))
         w = np.exp(t - top)  # the kernel's scaled worths; the virtual item has worth exp(-top)
         if alpha > 0.0:
@@ -583,14 +589,14 @@ def _squarem(
             continue
         _check_finite(t1)
         if _centred_change(t1, t0) < tol:
-            return t1, updates, True
+            return t0, updates, True, raw[0]
         if updates >= max_iter:
-            return t1, updates, False
+            return t1, updates, False, None
         t2, _ = update(t1, False)
         updates += 1
         _check_finite(t2)
         if _centred_change(t2, t1) < tol or updates >= max_iter:
-            return t2, updates, _centred_change(t2, t1) < tol
+            return t2, updates, _centred_change(t2, t1) < tol, None
         r = t1 - t0
         v = t2 - t1 - r
         norm_v = float(np.linalg.norm(v))
@@ -608,7 +614,7 @@ def _squarem(
         updates += 1
         previous = (f0, t2)
         t0 = t3 if np.isfinite(t3).all() else t2
-    return t0, updates, False
+    return t0, updates, False, None
 
 
 def _pseudo(theta: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, float]:
