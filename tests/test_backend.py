@@ -139,7 +139,7 @@ def test_console_script_runs():
     assert "backends:" in out.stdout
 
 
-@pytest.mark.parametrize("name", ["calibration", "pl", "recalibrate", "torch"])
+@pytest.mark.parametrize("name", ["calibration", "marginals", "pl", "recalibrate", "torch"])
 def test_doctests(name):
     import doctest
     import importlib

@@ -15,6 +15,8 @@
 #include "prefcal/fastmath.hpp"
 #include "prefcal/binning.hpp"
 #include "prefcal/cpu/binning.hpp"
+#include "prefcal/cpu/marginals.hpp"
+#include "prefcal/marginals.hpp"
 #include "prefcal/cpu/pl.hpp"
 
 namespace py = pybind11;
@@ -340,6 +342,65 @@ py::tuple pl_fit_pass(const py::array& rankings, const py::object& mask, const p
   return py::make_tuple(denom, q, ll);
 }
 
+// Marginals (SPEC §3): method 0 exact, 1 integral, 2 Monte Carlo. topk = 0: (rows, n, n) positions; else
+// (rows, n) top-topk inclusion.
+py::tuple marg_model(const py::array& scores, const py::object& mask, int method, int64_t topk, int64_t n_samples,
+                     uint64_t seed) {
+  require(scores, 2, "scores");
+  const int64_t rows = scores.shape(0), n = scores.shape(1);
+  if (topk < 0 || n_samples < 0 || method < 0 || method > 2) throw std::invalid_argument("internal error: marg");
+  if (method == 0 && n > prefcal::marg::kMaxExact) throw std::invalid_argument("internal error: exact with n > 30");
+  bool global = false;
+  const uint8_t* mk = mask_ptr(mask, rows, n, &global);
+  py::array_t<double> out = topk == 0 ? py::array_t<double>({rows, n, n}) : py::array_t<double>({rows, n});
+  double* o = out.mutable_data();
+  const void* ps = scores.data();
+  int64_t bad = 0;
+  prefcal::bind::dispatch_float(dtype_of(scores), "scores", [&](auto ts) {
+    using T = decltype(ts);
+    const T* sp = static_cast<const T*>(ps);
+    py::gil_scoped_release nogil;
+    if (method == 0) bad = prefcal::cpu::marg_exact(sp, rows, n, mk, global, topk, o);
+    if (method == 1) bad = prefcal::cpu::marg_integral(sp, rows, n, mk, global, topk, o);
+    if (method == 2) bad = prefcal::cpu::marg_mc(sp, rows, n, mk, global, topk, n_samples, seed, o);
+  });
+  return py::make_tuple(out, bad);
+}
+
+py::tuple marg_from_samples(const py::array& samples, int64_t n) {
+  require(samples, 3, "samples");
+  const int64_t rows = samples.shape(0), size = samples.shape(1), m = samples.shape(2);
+  py::array_t<double> out({rows, n, n});
+  double* o = out.mutable_data();
+  const void* pr = samples.data();
+  int64_t bad = 0;
+  prefcal::bind::dispatch_label(dtype_of(samples), "samples", [&](auto ti) {
+    using I = decltype(ti);
+    py::gil_scoped_release nogil;
+    bad = prefcal::cpu::marg_from_samples(static_cast<const I*>(pr), rows, size, m, n, o);
+  });
+  return py::make_tuple(out, bad);
+}
+
+py::tuple marg_empirical(const py::array& rankings, const py::object& mask, const py::object& weights, int64_t n,
+                         bool pairwise) {
+  require(rankings, 2, "rankings");
+  const int64_t rows = rankings.shape(0), m = rankings.shape(1);
+  bool global = false;
+  const uint8_t* mk = mask_ptr(mask, rows, n, &global);
+  const double* w = weights_ptr(weights, rows);
+  py::array_t<double> out({n, n});
+  double* o = out.mutable_data();
+  const void* pr = rankings.data();
+  int64_t bad = 0;
+  prefcal::bind::dispatch_label(dtype_of(rankings), "rankings", [&](auto ti) {
+    using I = decltype(ti);
+    py::gil_scoped_release nogil;
+    bad = prefcal::cpu::marg_empirical(static_cast<const I*>(pr), rows, m, n, mk, global, w, pairwise, o);
+  });
+  return py::make_tuple(out, bad);
+}
+
 py::dict build_info() {
   py::dict d;
   d["version"] = PREFCAL_VERSION_INFO;
@@ -380,6 +441,11 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("weights").none(true), py::arg("n"));
   m.def("pl_fit_pass", &pl_fit_pass, py::arg("rankings").noconvert(), py::arg("mask").none(true),
         py::arg("weights").none(true), py::arg("theta").noconvert(), py::arg("want_q"), py::arg("want_ll"));
+  m.def("marg_model", &marg_model, py::arg("scores").noconvert(), py::arg("mask").none(true), py::arg("method"),
+        py::arg("topk"), py::arg("n_samples"), py::arg("seed"));
+  m.def("marg_from_samples", &marg_from_samples, py::arg("samples").noconvert(), py::arg("n"));
+  m.def("marg_empirical", &marg_empirical, py::arg("rankings").noconvert(), py::arg("mask").none(true),
+        py::arg("weights").none(true), py::arg("n"), py::arg("pairwise"));
   m.def("fastmath", &fastmath, py::arg("name"), py::arg("x").noconvert());
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &prefcal::cpu::num_threads);

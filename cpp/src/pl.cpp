@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "prefcal/common.hpp"
+#include "prefcal/cpu/clones.hpp"
 #include "prefcal/cpu/parallel.hpp"
 #include "prefcal/fastmath.hpp"
 #include "prefcal/philox.hpp"
@@ -21,14 +22,6 @@
 
 namespace prefcal::cpu {
 
-// Hot loops written for the compiler's vectoriser are compiled for AVX-512, AVX2 and the baseline, and the
-// best one for the CPU is picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
-    !defined(PREFCAL_NO_CLONES)
-#define PREFCAL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PREFCAL_CLONES
-#endif
 
 namespace {
 
@@ -620,15 +613,16 @@ void select_lanes(const double* const* rows, const double* const* noise, int64_t
 // select_lanes, bit for bit.
 template <class T>
 __attribute__((target("avx512f"))) void draw_lanes_avx512(uint64_t seed, bool noise, const T* s, int64_t d0,
-                                                          int64_t size, int64_t n, int64_t k, int32_t* out) {
+                                                          int64_t size, int64_t n, int64_t k, int64_t row0,
+                                                          int64_t sample0, int32_t* out) {
   alignas(64) uint32_t rl[kLanes], rh[kLanes], ts[kLanes];
   alignas(64) int32_t off[kLanes];
   const int64_t b0 = d0 / size;
   int64_t b = b0, t = d0 - b0 * size;
   for (int l = 0; l < kLanes; ++l) {
-    rl[l] = static_cast<uint32_t>(b);
-    rh[l] = static_cast<uint32_t>(static_cast<uint64_t>(b) >> 32);
-    ts[l] = static_cast<uint32_t>(t);
+    rl[l] = static_cast<uint32_t>(b + row0);
+    rh[l] = static_cast<uint32_t>(static_cast<uint64_t>(b + row0) >> 32);
+    ts[l] = static_cast<uint32_t>(t + sample0);
     off[l] = static_cast<int32_t>((b - b0) * n);  // <= 15 * 32
     if (++t == size) t = 0, ++b;
   }
@@ -711,7 +705,7 @@ void top_k(const double* keys, const int32_t* items, int64_t count, int64_t k, i
 
 template <class T>
 int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool global_mask, int64_t size,
-                  int64_t k, uint64_t seed, bool noise, int32_t* out) {
+                  int64_t k, uint64_t seed, bool noise, int32_t* out, int64_t row0, int64_t sample0) {
   const int64_t pairs = (n + 1) / 2, n2 = 2 * pairs;
   // Draws are batched (across rows and samples) so that the vectorised noise loops run over thousands of values.
   const int64_t batch = std::max<int64_t>(1, 4096 / n2);
@@ -732,7 +726,8 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
 #if defined(PREFCAL_X86_AVX2)
       if (mask == nullptr && n <= 32 && cpu_avx512()) {  // fused, sixteen draws per step
         const int64_t whole = count / kLanes * kLanes;
-        for (int64_t q = 0; q < whole; q += kLanes) draw_lanes_avx512(seed, noise, s, d0 + q, size, n, k, out);
+        for (int64_t q = 0; q < whole; q += kLanes) draw_lanes_avx512(seed, noise, s, d0 + q, size, n, k, row0, sample0,
+                                                                        out);
         d0 += whole, count -= whole;
       }
 #endif
@@ -743,8 +738,8 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
         int64_t b = d0 / ns, t = d0 - b * ns;
         for (int64_t q = 0; q < count; ++q) {
           for (int64_t j = 0; j < np; ++j) {
-            ro[q * np + j] = static_cast<uint64_t>(b);
-            so[q * np + j] = static_cast<uint32_t>(t);
+            ro[q * np + j] = static_cast<uint64_t>(b + row0);
+            so[q * np + j] = static_cast<uint32_t>(t + sample0);
             po[q * np + j] = static_cast<uint32_t>(j);
           }
           if (++t == ns) t = 0, ++b;
@@ -927,9 +922,9 @@ PREFCAL_PL_TI(double, int64_t)
 #undef PREFCAL_PL_TI
 
 template int64_t pl_sample<float>(const float*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
-                                  bool, int32_t*);
+                                  bool, int32_t*, int64_t, int64_t);
 template int64_t pl_sample<double>(const double*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
-                                   bool, int32_t*);
+                                   bool, int32_t*, int64_t, int64_t);
 template int64_t pl_pairwise<float>(const float*, int64_t, int64_t, float*);
 template int64_t pl_pairwise<double>(const double*, int64_t, int64_t, double*);
 template int64_t pl_fit_setup<int32_t>(const int32_t*, const PLRows&, const double*, double*, uint8_t*);

@@ -3,13 +3,14 @@
 Calibration of ranking, preference and reward models, with C++ (OpenMP) and CUDA kernels behind a NumPy
 API. This release provides the binned calibration core (SPEC §4): :func:`reliability`, :func:`ece`,
 :func:`multiclass_ece`, :func:`brier`, :func:`log_loss` and the mergeable :class:`Reliability` table; the
-Plackett-Luce engine :mod:`prefcal.pl` (SPEC §2) and temperature recalibration :mod:`prefcal.recalibrate`
-(SPEC §7); and :mod:`prefcal.torch` (optional) with the ListMLE loss.
+Plackett-Luce engine :mod:`prefcal.pl` (SPEC §2), permutation marginals :mod:`prefcal.marginals` (SPEC §3) and
+temperature recalibration :mod:`prefcal.recalibrate` (SPEC §7); and :mod:`prefcal.torch` (optional) with the
+ListMLE loss.
 
 Importing prefcal imports neither CuPy nor torch; their arrays are accepted when you pass them.
 """
 
-from . import calibration, config, pl, recalibrate
+from . import calibration, config, marginals, pl, recalibrate
 from ._backend import backends
 from ._version import __version__
 from .calibration import Reliability, brier, ece, log_loss, multiclass_ece, reliability
@@ -19,6 +20,7 @@ __all__ = [
     "backends",
     "calibration",
     "config",
+    "marginals",
     "pl",
     "recalibrate",
     "Reliability",

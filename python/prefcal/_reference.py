@@ -267,8 +267,9 @@ def pl_loglik(scores, rankings, mask, want_grad):
     return ll.astype(scores.dtype), grad, NO_ERROR
 
 
-def pl_sample(scores, mask, size, k, seed, noise):
-    """int32 (N, size, k) Gumbel top-k orderings (noise=False: the mode), -1 past the available items."""
+def pl_sample(scores, mask, size, k, seed, noise, row_offset=0):
+    """int32 (N, size, k) Gumbel top-k orderings (noise=False: the mode), -1 past the available items; the
+    noise of row b is that of row b + row_offset (a slice of a larger array draws what the whole would)."""
     n_rows = scores.shape[0] if scores.ndim == 2 else 1
     n = scores.shape[-1]
     s = _rows(scores, n_rows).astype(np.float64)
@@ -277,7 +278,7 @@ def pl_sample(scores, mask, size, k, seed, noise):
     avail = _avail(mask, n_rows, n)
     keys = np.broadcast_to(s[:, None, :], (n_rows, size, n)).copy()
     if noise:
-        keys += gumbel(seed, np.arange(n_rows)[:, None, None], np.arange(size)[None, :, None],
+        keys += gumbel(seed, row_offset + np.arange(n_rows)[:, None, None], np.arange(size)[None, :, None],
                        np.arange(n)[None, None, :])
     keys = np.where(avail[:, None, :], keys, -np.inf)
     order = np.argsort(-keys, axis=2, kind="stable")[:, :, :k]
@@ -392,3 +393,232 @@ def pl_temperature(scores, rankings, mask, beta):
         d2 -= np.sum(np.where(c, var, 0.0))
         remaining[rows[listed[:, j]], items[listed[:, j], j]] = False
     return np.array([f, d1, d2]), NO_ERROR
+
+
+# ----------------------------------------------------------------------------------------- marginals (SPEC §3)
+#
+# Every method works on one context's available items sorted by decreasing score (ties: lower item first), so
+# that the largest worth of any set of remaining items is that of its first member: worth ratios
+# E[a, b] = exp(s_b - s_a) (a before b) are at most 1 and no sum of worths under- or overflows, whatever the
+# score range.
+
+INTEGRAL_WINDOW = (27.0, 4.0)  # item i's density lives on y in [-s_i - 27, -s_i + 4] (scores minus the max)
+
+
+def integral_spacing(n_avail: int) -> float:
+    """Node spacing of the integral method's trapezoidal rule in y = log t (cpp/include/prefcal/marginals.hpp)."""
+    return min(0.25, 1.0 / np.sqrt(max(n_avail, 1)))
+
+
+def _sorted_contexts(scores, mask):
+    """(float64 scores (N, n), availability (N, n), first non-finite row or NO_ERROR)."""
+    n_rows, n = scores.shape
+    s = scores.astype(np.float64)
+    avail = _avail(mask, n_rows, n)
+    return s, avail, _first(~np.isfinite(s).all(axis=1))
+
+
+def _exact_group(ss: np.ndarray, layers: int) -> np.ndarray:
+    """Subset dynamic programme for contexts of the same size, scores sorted decreasing (G, n): P (G, n, layers)
+    of sorted item i at position j < layers. T(S) = P(the first |S| positions hold the set S), pushed forward
+    layer by layer: T(S + i) += T(S) w_i / W(rest of S), W summed without cancellation (first member's scale)."""
+    g, n = ss.shape
+    full = (1 << n) - 1
+    e = np.exp(ss[:, None, :] - ss[:, :, None])  # e[a, b] = exp(s_b - s_a)
+    subsets = np.arange(1 << n)
+    ctz = np.zeros(1 << n, dtype=np.int64)
+    ctz[1:] = np.log2(subsets[1:] & -subsets[1:]).astype(np.int64)
+    w_rest = np.zeros((g, 1 << n))  # W'(R) = sum_{b in R} exp(s_b - s_first(R)) >= 1
+    for hb in range(n):
+        low = np.arange(1 << hb)
+        first = np.where(low == 0, hb, ctz[low])
+        w_rest[:, low | (1 << hb)] = np.where(low == 0, 1.0, w_rest[:, low] + e[:, first, hb])
+    pop = np.array([bin(x).count("1") for x in range(1 << n)])
+    t = np.zeros((g, 1 << n))
+    t[:, 0] = 1.0
+    p = np.zeros((g, n, layers))
+    for j in range(layers):
+        layer = subsets[pop == j]
+        rest = full ^ layer
+        f = t[:, layer] / w_rest[:, rest]
+        for i in range(n):
+            free = ((layer >> i) & 1) == 0
+            term = f[:, free] * e[:, ctz[rest[free]], i]
+            p[:, i, j] = term.sum(axis=1)
+            t[:, layer[free] | (1 << i)] += term  # distinct targets for one (j, i)
+    return p
+
+
+def marg_exact(scores, mask, topk):
+    """P(item i at position j) (N, n, n) by subset dynamic programming (topk = 0), or P(item i in the top
+    topk) (N, n); first row with a non-finite score. Rows are grouped by their number of available items."""
+    s, avail, bad = _sorted_contexts(scores, mask)
+    if bad != NO_ERROR:
+        return None, bad
+    n_rows, n = s.shape
+    out = np.zeros((n_rows, n, n) if topk == 0 else (n_rows, n))
+    counts = avail.sum(axis=1)
+    for na in np.unique(counts):
+        if na == 0:
+            continue
+        rows = np.flatnonzero(counts == na)
+        key = np.where(avail[rows], -s[rows], np.inf)
+        order = np.argsort(key, axis=1, kind="stable")[:, :na]  # available items, decreasing score
+        layers = na if topk == 0 else min(topk, na)
+        batch = max(1, (1 << 22) // (1 << na))
+        for lo in range(0, len(rows), batch):
+            r, o = rows[lo : lo + batch], order[lo : lo + batch]
+            p = _exact_group(np.take_along_axis(s[r], o, axis=1), layers)
+            if topk == 0:
+                out[r[:, None], o, :layers] = p
+            else:
+                out[r[:, None], o] = p.sum(axis=2)
+    return out, NO_ERROR
+
+
+def _integral_context(s: np.ndarray) -> np.ndarray:
+    """One context's available scores sorted decreasing (n,): P (n, n) by the exponential race. Item l fires at
+    an exponential time of rate w_l; P(i at j) = int w_i e^{-w_i t} [z^j] prod_{l != i} (a_l z + b_l) dt with
+    b_l = exp(-w_l t), a_l = 1 - b_l. In y = log t the integrand is entire and decays at both ends, so the
+    trapezoidal rule converges exponentially; the product over l != i is the full product divided by
+    (a_i z + b_i), from the low end when b_i >= a_i and from the high end otherwise (division by >= 1/2)."""
+    n = len(s)
+    s = s - s[0]
+    h = integral_spacing(n)
+    lo, hi = INTEGRAL_WINDOW
+    k = np.arange(np.floor((-s[0] - lo) / h), np.ceil((-s[-1] + hi) / h) + 1)
+    y = k * h
+    inside = (y[:, None] >= -s[None, :] - lo) & (y[:, None] <= -s[None, :] + hi)
+    y, inside = y[inside.any(axis=1)], inside[inside.any(axis=1)]
+    x = np.exp(s[None, :] + y[:, None])  # w_l t, (Q, n)
+    b = np.exp(-x)
+    a = -np.expm1(-x)
+    q = len(y)
+    poly = np.zeros((q, n + 1))
+    poly[:, 0] = 1.0
+    for item in range(n):
+        shifted = np.zeros_like(poly)
+        shifted[:, 1:] = poly[:, :-1] * a[:, item : item + 1]
+        poly = poly * b[:, item : item + 1] + shifted
+    p = np.zeros((n, n))
+    for i in range(n):
+        rows = inside[:, i]
+        ai, bi, pq = a[rows, i], b[rows, i], poly[rows]
+        low = bi >= ai
+        c = np.zeros((len(ai), n))
+        prev = np.zeros(len(ai))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for j in range(n):  # c_j = (p_j - a c_{j-1}) / b
+                prev = (pq[:, j] - ai * prev) / bi
+                c[low, j] = prev[low]
+            nxt = np.zeros(len(ai))
+            for j in range(n - 1, -1, -1):  # c_j = (p_{j+1} - b c_{j+1}) / a
+                nxt = (pq[:, j + 1] - bi * nxt) / ai
+                c[~low, j] = nxt[~low]
+        g = h * x[rows, i] * b[rows, i]
+        p[i] = g @ c
+    return np.maximum(p, 0.0)  # rounding leaves ~1e-17 below zero where the probability is ~0
+
+
+def marg_integral(scores, mask, topk):
+    """As marg_exact, by the exponential-race integral (any number of items)."""
+    s, avail, bad = _sorted_contexts(scores, mask)
+    if bad != NO_ERROR:
+        return None, bad
+    n_rows, n = s.shape
+    out = np.zeros((n_rows, n, n) if topk == 0 else (n_rows, n))
+    for row in range(n_rows):
+        items = np.flatnonzero(avail[row])
+        if len(items) == 0:
+            continue
+        items = items[np.argsort(-s[row, items], kind="stable")]
+        p = _integral_context(s[row, items])
+        if topk == 0:
+            out[row, items, : len(items)] = p
+        else:
+            out[row, items] = p[:, :topk].sum(axis=1)
+    return out, NO_ERROR
+
+
+def _position_counts(samples: np.ndarray, n: int) -> np.ndarray:
+    """(N, S, m) valid orderings: (N, n, m) counts of item i at position j."""
+    n_rows, _, m = samples.shape
+    counts = np.zeros((n_rows, n, m))
+    rows, _, pos = np.nonzero(samples >= 0)
+    np.add.at(counts, (rows, samples[samples >= 0], pos), 1.0)
+    return counts
+
+
+def marg_mc(scores, mask, topk, n_samples, seed):
+    """As marg_exact, by the frequencies of n_samples draws of pl_sample (the same Philox stream)."""
+    n_rows, n = scores.shape
+    if not np.isfinite(scores).all():
+        return None, _first(~np.isfinite(scores).all(axis=1))
+    out = np.zeros((n_rows, n, n) if topk == 0 else (n_rows, n))
+    k = n if topk == 0 else topk
+    batch = max(1, (1 << 22) // max(n_samples * k, 1))
+    for lo in range(0, n_rows, batch):
+        hi = min(n_rows, lo + batch)
+        sub = None if mask is None or mask.ndim == 1 else mask[lo:hi]
+        draws, _ = pl_sample(scores[lo:hi], mask if mask is not None and mask.ndim == 1 else sub, n_samples, k,
+                             seed, True, row_offset=lo)
+        counts = _position_counts(draws, n)
+        out[lo:hi] = counts if topk == 0 else counts.sum(axis=2)
+    return out / n_samples, NO_ERROR
+
+
+def _ordering_problems(samples: np.ndarray, n: int) -> np.ndarray:
+    """(N,) rows holding a sample that is not a (partial) ordering of 0 .. n-1."""
+    n_rows, size, m = samples.shape
+    flat = samples.reshape(n_rows * size, m)
+    bad = parse_rankings(flat, np.ones((n_rows * size, n), dtype=bool))[3]
+    return bad.reshape(n_rows, size).any(axis=1)
+
+
+def marg_from_samples(samples, n):
+    """(N, n, n) position frequencies of (N, S, m) sampled orderings; first row with an invalid sample."""
+    n_rows, size, m = samples.shape
+    bad = _first(_ordering_problems(samples, n))
+    if bad != NO_ERROR:
+        return None, bad
+    out = np.zeros((n_rows, n, n))
+    out[:, :, :m] = _position_counts(samples.astype(np.int64), n)[:, :, : min(m, n)]
+    return out / max(size, 1), NO_ERROR
+
+
+def marg_empirical(rankings, mask, weights, n, pairwise):
+    """Weighted counts over all rows (n, n): item i observed at position j (pairwise=False) or i observed
+    before j (pairwise=True: listed before listed by order, listed before every unlisted available item);
+    first invalid row (ranking or weight)."""
+    n_rows, m = rankings.shape
+    avail = _avail(mask, n_rows, n)
+    listed, items, indicator, bad = parse_rankings(rankings, avail)
+    wt = np.ones(n_rows) if weights is None else weights.astype(np.float64)
+    bad |= ~((wt >= 0) & (wt <= _FLOAT64_MAX))
+    first = _first(bad)
+    if first != NO_ERROR:
+        return None, first
+    out = np.zeros((n, n))
+    rows, pos = np.nonzero(listed)
+    if not pairwise:
+        np.add.at(out, (items[rows, pos], pos), wt[rows])
+        return out, NO_ERROR
+    for p in range(m):  # listed item at p before listed items after it and before unlisted available ones
+        live = listed[:, p]
+        later = np.zeros((n_rows, n), dtype=bool)
+        if p + 1 < m:
+            r_idx, q_idx = np.nonzero(listed[:, p + 1 :])
+            later[r_idx, items[r_idx, p + 1 + q_idx]] = True
+        later |= avail & ~indicator
+        r_idx, j_idx = np.nonzero(later & live[:, None])
+        np.add.at(out, (items[r_idx, p], j_idx), wt[r_idx])
+    return out, NO_ERROR
+
+
+def marg_model(scores, mask, method, topk, n_samples, seed):
+    """The marginals of PL(scores) by method 0 (exact), 1 (integral) or 2 (Monte Carlo): (out, first bad row)."""
+    if method == 0:
+        return marg_exact(scores, mask, topk)
+    if method == 1:
+        return marg_integral(scores, mask, topk)
+    return marg_mc(scores, mask, topk, n_samples, seed)

@@ -272,8 +272,11 @@ def nonfinite_scores(values: np.ndarray, prefix: str = "") -> str | None:
 
 
 def ranking_row_message(row: int, ranking: np.ndarray, n: int, mask_row: np.ndarray | None,
-                        scores_row: np.ndarray | None = None, weight: object = None) -> str:
-    """Says what is wrong with row `row` of (rankings, mask, scores, weights)."""
+                        scores_row: np.ndarray | None = None, weight: object = None, name: str = "rankings",
+                        index: str | None = None) -> str:
+    """Says what is wrong with row `row` of (rankings, mask, scores, weights); `name[index]` is how the ordering
+    is shown (default ``rankings[row]``; e.g. ``samples[row, draw]``)."""
+    at = str(row) if index is None else index
     first_seen: dict[int, int] = {}
     pad = None
     for j, v in enumerate(int(x) for x in ranking):
@@ -281,13 +284,13 @@ def ranking_row_message(row: int, ranking: np.ndarray, n: int, mask_row: np.ndar
             pad = j if pad is None else pad
             continue
         if pad is not None:
-            return f"rankings[{row}, {j}] = {v} follows padding (-1) at position {pad}"
+            return f"{name}[{at}, {j}] = {v} follows padding (-1) at position {pad}"
         if not 0 <= v < n:
-            return f"rankings[{row}, {j}] = {v} is out of range for n_items={n}"
+            return f"{name}[{at}, {j}] = {v} is out of range for n_items={n}"
         if mask_row is not None and not bool(mask_row[v]):
-            return f"rankings[{row}, {j}] = {v} is not available in row {row} (its mask is False)"
+            return f"{name}[{at}, {j}] = {v} is not available in row {row} (its mask is False)"
         if v in first_seen:
-            return f"rankings[{row}] repeats item {v} (positions {first_seen[v]} and {j})"
+            return f"{name}[{at}] repeats item {v} (positions {first_seen[v]} and {j})"
         first_seen[v] = j
     if scores_row is not None:
         msg = nonfinite_scores(scores_row, f"{row}, ")

@@ -202,7 +202,9 @@ def log_likelihood_grad(scores: Any, rankings: Any, *, mask: Any = None) -> tupl
 # ----------------------------------------------------------------------------------------- sampling and modes
 
 
-def _selection(scores: Any, size: int, k: int | None, mask: Any, seed: int, noise: bool) -> Any:
+def _scores_call(scores: Any, mask: Any = None) -> tuple[_backend.Call, bool, int, int]:
+    """The call of a scores-only kernel: (call, one context given as 1-D scores, rows, items); shapes checked,
+    not yet placed."""
     if not hasattr(scores, "shape"):
         scores = np.asarray(scores)
     one = len(_arrays.shape_of(scores)) == 1
@@ -215,6 +217,11 @@ def _selection(scores: Any, size: int, k: int | None, mask: Any, seed: int, nois
     n_rows, n = call.shapes["scores"][0], _validation.scores_shape(call.shapes["scores"])
     if "mask" in call.shapes:
         _validation.mask_shape(call.shapes["mask"], n_rows, n)
+    return call, one, n_rows, n
+
+
+def _selection(scores: Any, size: int, k: int | None, mask: Any, seed: int, noise: bool) -> Any:
+    call, one, n_rows, n = _scores_call(scores, mask)
     k = n if k is None else _validation.integer("k", k, 1, n)
     call.place()
     mod = call.module()
@@ -306,13 +313,7 @@ def pairwise(scores: Any) -> Any:
     >>> prefcal.pl.pairwise(np.array([0.0, np.log(3.0)])).round(6).tolist()
     [[0.5, 0.25], [0.75, 0.5]]
     """
-    if not hasattr(scores, "shape"):
-        scores = np.asarray(scores)
-    one = len(_arrays.shape_of(scores)) == 1
-    if one:
-        scores = scores.reshape(1, -1)
-    call = _backend.Call({"scores": scores}, {"scores": _validation.confidence_dtype})
-    n_rows, n = call.shapes["scores"][0], _validation.scores_shape(call.shapes["scores"])
+    call, one, n_rows, n = _scores_call(scores)
     call.place()
     mod = call.module()
     dtype = call.arrays["scores"][1]
@@ -362,24 +363,31 @@ class PLFit:
         }
 
 
+def _rankings_call(rankings: Any, n_items: int, mask: Any, weights: Any) -> tuple[_backend.Call, int, int]:
+    """The call of a kernel over observed rankings of n_items (with mask and weights): (call, rows, positions);
+    shapes checked, not yet placed."""
+    call = _backend.Call(
+        {"rankings": rankings, "mask": mask, "weights": weights},
+        {
+            "rankings": _validation.ranking_dtype,
+            "mask": _validation.mask_dtype,
+            "weights": _validation.weight_dtype,
+        },
+    )
+    n_rows, m = _validation.rankings_shape(call.shapes["rankings"], n_items)
+    if "mask" in call.shapes:
+        _validation.mask_shape(call.shapes["mask"], n_rows, n_items)
+    if "weights" in call.shapes:
+        _validation.ndim("weights", call.shapes["weights"], 1)
+        _validation.same_length("rankings", n_rows, "weights", call.shapes["weights"][0])
+    return call, n_rows, m
+
+
 class _FitData:
     """The rankings of a fit placed once on their backend; each pass is one kernel over all of them."""
 
     def __init__(self, rankings: Any, n_items: int, mask: Any, weights: Any):
-        call = _backend.Call(
-            {"rankings": rankings, "mask": mask, "weights": weights},
-            {
-                "rankings": _validation.ranking_dtype,
-                "mask": _validation.mask_dtype,
-                "weights": _validation.weight_dtype,
-            },
-        )
-        n_rows, _ = _validation.rankings_shape(call.shapes["rankings"], n_items)
-        if "mask" in call.shapes:
-            _validation.mask_shape(call.shapes["mask"], n_rows, n_items)
-        if "weights" in call.shapes:
-            _validation.ndim("weights", call.shapes["weights"], 1)
-            _validation.same_length("rankings", n_rows, "weights", call.shapes["weights"][0])
+        call, n_rows, _ = _rankings_call(rankings, n_items, mask, weights)
         _validation.nonempty("rankings", n_rows)
         call.place()
         self.call, self.n, self.n_rows = call, n_items, n_rows

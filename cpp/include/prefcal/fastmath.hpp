@@ -33,7 +33,12 @@ inline double exp_neg(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  const uint64_t bits = static_cast<uint64_t>(static_cast<int64_t>(k) + 1023) << 52;
+  // 2^k from the integer k in [-700, 0] without a float-to-int64 conversion (none in AVX2 / AVX-512F, which
+  // would keep the loop scalar): k + 1023 + 1.5 * 2^52 holds k + 1023 in its low mantissa bits.
+  const double biased = k + (6755399441055744.0 + 1023.0);
+  uint64_t bits;
+  std::memcpy(&bits, &biased, sizeof bits);
+  bits <<= 52;
   double scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;

@@ -26,10 +26,11 @@ template <class T, class I>
 int64_t pl_temperature(const T* scores, const I* rankings, const PLRows& shape, double beta, double* out);
 
 // Gumbel top-k orderings (noise = false: the mode) of `rows` rows of scores (rows, n), out (rows, size, k),
-// -1 past the available items. Only non-finite scores make a row bad.
+// -1 past the available items. Only non-finite scores make a row bad. The noise of draw t of row b is keyed
+// by (row b + row0, sample t + sample0): a block of a larger draw gives what the whole draw would.
 template <class T>
 int64_t pl_sample(const T* scores, int64_t rows, int64_t n, const uint8_t* mask, bool global_mask, int64_t size,
-                  int64_t k, uint64_t seed, bool noise, int32_t* out);
+                  int64_t k, uint64_t seed, bool noise, int32_t* out, int64_t row0 = 0, int64_t sample0 = 0);
 
 // P(i before j) = sigmoid(s_i - s_j): out (rows, n, n). Returns the first row with a non-finite score.
 template <class T>
