@@ -125,6 +125,63 @@ PREFCAL_CLONES void exact_lanes(const double* __restrict ss, int n, int layers, 
   }
 }
 
+// One node y of the integral for a context of na sorted items: adds g_i c^(i)_j to pt[j * na + i] (items
+// contiguous, so the loops below run across items in vector lanes) for j < layers and the items [lo, hi) whose
+// window holds y. Same arithmetic as marg::clock_product + marg::deflate, with the divisions replaced by one
+// reciprocal per item. Along the sorted items x falls and b = e^{-x} grows, so the items that deflate from
+// the low end (b >= a, i.e. b >= 1/2) are a suffix [f0, hi) of the range.
+PREFCAL_CLONES void integral_node(const double* __restrict x, const double* __restrict a,
+                                  const double* __restrict b, int64_t na, int64_t layers, int64_t lo, int64_t hi,
+                                  double h, double* __restrict poly, double* __restrict spare,
+                                  double* __restrict carry, double* __restrict inv, double* __restrict g,
+                                  double* __restrict pt) {
+  // prod_l (a_l z + b_l), two buffers in turn
+  double* cur = poly;
+  double* nxt = spare;
+  cur[0] = 1.0;
+  for (int64_t l = 0; l < na; ++l) {
+    const double al = a[l], bl = b[l];
+    nxt[0] = cur[0] * bl;
+    for (int64_t k = 1; k <= l; ++k) nxt[k] = cur[k] * bl + cur[k - 1] * al;
+    nxt[l + 1] = cur[l] * al;
+    double* t = cur;
+    cur = nxt;
+    nxt = t;
+  }
+  int64_t f0 = lo;
+  while (f0 < hi && b[f0] < 0.5) ++f0;
+  for (int64_t i = lo; i < hi; ++i) {
+    inv[i] = 1.0 / (i < f0 ? a[i] : b[i]);
+    g[i] = h * x[i] * b[i];
+    carry[i] = 0.0;
+  }
+  for (int64_t j = na - 1; j >= 0; --j) {  // from the high end: c_j = (p_{j+1} - b c_{j+1}) / a
+    const double pj = cur[j + 1];
+    double* row = pt + j * na;
+    if (j < layers) {
+      for (int64_t i = lo; i < f0; ++i) {
+        const double c = (pj - b[i] * carry[i]) * inv[i];
+        carry[i] = c;
+        row[i] += g[i] * c;
+      }
+    } else {
+      for (int64_t i = lo; i < f0; ++i) carry[i] = (pj - b[i] * carry[i]) * inv[i];
+    }
+  }
+  for (int64_t j = 0; j < layers; ++j) {  // from the low end: c_j = (p_j - a c_{j-1}) / b
+    const double pj = cur[j];
+    double* row = pt + j * na;
+    for (int64_t i = f0; i < hi; ++i) {
+      const double c = (pj - a[i] * carry[i]) * inv[i];
+      carry[i] = c;
+      row[i] += g[i] * c;
+    }
+  }
+  if (cur != poly) {
+    for (int64_t k = 0; k <= na; ++k) poly[k] = cur[k];
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -191,7 +248,8 @@ int64_t marg_integral(const T* s, int64_t rows, int64_t n, const uint8_t* mask, 
   for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     const size_t un = static_cast<size_t>(std::max<int64_t>(n, 1));
     std::vector<int64_t> items(un);
-    std::vector<double> ss(un), rel(un), w(un), x(un), a(un), bv(un), poly(un + 1), cf(un), p(un * un);
+    std::vector<double> ss(un), rel(un), w(un), x(un), a(un), bv(un), poly(un + 1), spare(un + 1), carry(un),
+        inv(un), g(un), pt(un * un), p(un * un);
     for (int64_t b = lo; b < hi; ++b) {
       if (!pl::finite_row(s + b * n, n)) {
         bad[static_cast<size_t>(c)] = b;
@@ -199,7 +257,7 @@ int64_t marg_integral(const T* s, int64_t rows, int64_t n, const uint8_t* mask, 
       }
       const int64_t na = sorted_context(s + b * n, n, mask_of(mask, global_mask, b, n), items.data(), ss.data());
       const int64_t layers = topk == 0 ? na : std::min(topk, na);
-      std::fill(p.begin(), p.begin() + na * layers, 0.0);
+      std::fill(pt.begin(), pt.begin() + na * layers, 0.0);
       if (na > 0) {
         for (int64_t i = 0; i < na; ++i) rel[i] = ss[i] - ss[0];
         // x_l = w_l e^y with w_l = e^{rel_l} when no worth underflows, else e^{rel_l + y} item by item.
@@ -212,17 +270,17 @@ int64_t marg_integral(const T* s, int64_t rows, int64_t n, const uint8_t* mask, 
             x[l] = scaled ? w[l] * ey : std::exp(rel[l] + y);
             marg::clock(x[l], a[l], bv[l]);
           }
-          marg::clock_product(a.data(), bv.data(), na, poly.data());
-          for (int64_t i = 0; i < na; ++i) {
-            if (!marg::in_window(rel[i], y)) continue;
-            marg::deflate(poly.data(), na, a[i], bv[i], cf.data());
-            const double g = h * x[i] * bv[i];
-            double* pi = p.data() + i * layers;
-            for (int64_t j = 0; j < layers; ++j) pi[j] += g * cf[j];
-          }
+          // the items whose window holds y: a contiguous range (window ends grow along the sorted items)
+          int64_t lo = 0, hi = na;
+          while (lo < na && !marg::in_window(rel[lo], y)) ++lo;
+          while (hi > lo && !marg::in_window(rel[hi - 1], y)) --hi;
+          integral_node(x.data(), a.data(), bv.data(), na, layers, lo, hi, h, poly.data(), spare.data(),
+                        carry.data(), inv.data(), g.data(), pt.data());
         });
-        // Rounding can leave ~1e-17 below zero where the probability is ~0: probabilities are not negative.
-        for (int64_t q = 0; q < na * layers; ++q) p[q] = std::max(p[q], 0.0);
+      }
+      // [j][i] to [i][j]; rounding can leave ~1e-17 below zero where the probability is ~0: clamp.
+      for (int64_t i = 0; i < na; ++i) {
+        for (int64_t j = 0; j < layers; ++j) p[i * layers + j] = std::max(pt[j * na + i], 0.0);
       }
       write_context(out + b * width, n, items.data(), na, p.data(), layers, topk);
     }

@@ -420,8 +420,9 @@ def _sorted_contexts(scores, mask):
 
 def _exact_group(ss: np.ndarray, layers: int) -> np.ndarray:
     """Subset dynamic programme for contexts of the same size, scores sorted decreasing (G, n): P (G, n, layers)
-    of sorted item i at position j < layers. T(S) = P(the first |S| positions hold the set S), pushed forward
-    layer by layer: T(S + i) += T(S) w_i / W(rest of S), W summed without cancellation (first member's scale)."""
+    of sorted item i at position j < layers. T(S) = P(the first |S| positions hold the set S), pulled layer by
+    layer: T(S) = sum_{i in S} g(S - i) w_i / w_first(rest of S - i), g(R) = T(R) / W'(rest of R), with W'
+    summed without cancellation (the first member's scale); each term is also P(i at position |S| - 1)."""
     g, n = ss.shape
     full = (1 << n) - 1
     e = np.exp(ss[:, None, :] - ss[:, :, None])  # e[a, b] = exp(s_b - s_a)
@@ -434,18 +435,20 @@ def _exact_group(ss: np.ndarray, layers: int) -> np.ndarray:
         first = np.where(low == 0, hb, ctz[low])
         w_rest[:, low | (1 << hb)] = np.where(low == 0, 1.0, w_rest[:, low] + e[:, first, hb])
     pop = np.array([bin(x).count("1") for x in range(1 << n)])
-    t = np.zeros((g, 1 << n))
-    t[:, 0] = 1.0
+    bits = (subsets[:, None] >> np.arange(n)[None, :]) & 1
+    ratio = np.zeros((g, 1 << n))  # g(R) = T(R) / W'(rest of R)
+    ratio[:, 0] = 1.0 / w_rest[:, full]
     p = np.zeros((g, n, layers))
-    for j in range(layers):
+    for j in range(1, layers + 1):
         layer = subsets[pop == j]
-        rest = full ^ layer
-        f = t[:, layer] / w_rest[:, rest]
-        for i in range(n):
-            free = ((layer >> i) & 1) == 0
-            term = f[:, free] * e[:, ctz[rest[free]], i]
-            p[:, i, j] = term.sum(axis=1)
-            t[:, layer[free] | (1 << i)] += term  # distinct targets for one (j, i)
+        members = np.nonzero(bits[layer])[1].reshape(len(layer), j)  # items of each set, increasing
+        pred = layer[:, None] ^ (1 << members)
+        terms = ratio[:, pred] * e[:, ctz[full ^ pred], members]  # (G, sets, j)
+        if j < n:
+            ratio[:, layer] = terms.sum(axis=2) / w_rest[:, full ^ layer]
+        onehot = np.zeros((members.size, n))
+        onehot[np.arange(members.size), members.ravel()] = 1.0
+        p[:, :, j - 1] = terms.reshape(g, -1) @ onehot
     return p
 
 
