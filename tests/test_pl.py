@@ -460,10 +460,15 @@ def test_fit_passes_match_reference(rng, case):
         if q:
             sym = lambda x: x + x.T - np.diag(np.diag(x))  # noqa: E731
             np.testing.assert_allclose(sym(q1), sym(q2), rtol=1e-12)
-    w1, e1, _ = cpu.pl_fit_setup(rankings, mask, weights, n)
-    w2, e2, _ = _reference.pl_fit_setup(rankings, mask, weights, n)
+    w1, e1, (d1, l1), _ = cpu.pl_fit_setup(rankings, mask, weights, n)
+    w2, e2, (d2, l2), _ = _reference.pl_fit_setup(rankings, mask, weights, n)
     np.testing.assert_allclose(w1, w2, rtol=1e-12)
     np.testing.assert_array_equal(e1, e2)
+    # the setup's fused first MM pass equals a pass at equal worths
+    d0, _, l0 = cpu.pl_fit_pass(rankings, mask, weights, np.zeros(n), False, True)
+    np.testing.assert_allclose(d1, d0, rtol=1e-12)
+    np.testing.assert_allclose(d2, d0, rtol=1e-12)
+    assert l1 == pytest.approx(l0, rel=1e-12) and l2 == pytest.approx(l0, rel=1e-12)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("choix") is None, reason="choix is not installed")

@@ -303,18 +303,20 @@ prefcal::cpu::PLRows fit_rows(const py::array& rankings, const py::object& mask,
 py::tuple pl_fit_setup(const py::array& rankings, const py::object& mask, const py::object& weights, int64_t n) {
   const auto sh = fit_rows(rankings, mask, n);
   const double* w = weights_ptr(weights, sh.N);
-  py::array_t<double> wins(n);
+  py::array_t<double> wins(n), denom0(n);
   py::array_t<uint8_t> edges({n, n});
   double* pw = wins.mutable_data();
+  double* pd = denom0.mutable_data();
   uint8_t* pe = edges.mutable_data();
   const void* pr = rankings.data();
   int64_t bad = 0;
+  double ll0 = 0.0;
   prefcal::bind::dispatch_label(dtype_of(rankings), "rankings", [&](auto ti) {
     using I = decltype(ti);
     py::gil_scoped_release nogil;
-    bad = prefcal::cpu::pl_fit_setup(static_cast<const I*>(pr), sh, w, pw, pe);
+    bad = prefcal::cpu::pl_fit_setup(static_cast<const I*>(pr), sh, w, pw, pe, pd, &ll0);
   });
-  return py::make_tuple(wins, edges, bad);
+  return py::make_tuple(wins, edges, py::make_tuple(denom0, ll0), bad);
 }
 
 py::tuple pl_fit_pass(const py::array& rankings, const py::object& mask, const py::object& weights,

@@ -810,36 +810,77 @@ int64_t pl_pairwise(const T* s, int64_t rows, int64_t n, T* out) {
 }
 
 template <class I>
-int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double* wins, uint8_t* edges) {
+int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double* wins, uint8_t* edges,
+                     double* denom0, double* ll0) {
   const int64_t N = sh.N, m = sh.m, n = sh.n;
-  const int64_t slabs = slab_count(N, n * 8 + n * n);
+  const int64_t slabs = slab_count(N, n * 16 + n * n);
   const int64_t chunk = std::max<int64_t>(1, (N + slabs - 1) / slabs);
   const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
-  std::vector<double> part(static_cast<size_t>(n_chunks * n), 0.0);
+  std::vector<double> part(static_cast<size_t>(n_chunks * 2 * n), 0.0), part_ll(static_cast<size_t>(n_chunks), 0.0);
   std::vector<uint8_t> part_edges(static_cast<size_t>(n_chunks * n * n), 0);
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
-    double* w = part.data() + c * n;
+    double* w = part.data() + c * 2 * n;
     uint8_t* e = part_edges.data() + c * n * n;
     const pl::AddTo add{w};
     auto edge = [e, n](int64_t a, int64_t b) { e[a * n + b] = 1; };
+    // The first MM pass at equal worths: stage j of a row with |A| available items has |A| - j of them, so
+    // an item's denominator is the prefix sum H[min(P_i, Lc - 1)] of 1 / (|A| - j), and the log-likelihood
+    // -sum_{j < Lc} log(|A| - j); both tabulated for the last |A| seen (one value for unmasked data).
+    double* d0 = w + n;
+    std::vector<double> harmonic(static_cast<size_t>(n + 1)), log_sum(static_cast<size_t>(n + 1));
+    int64_t tabulated = -1;
+    double ll = 0.0;
     bad[static_cast<size_t>(c)] = for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
       const I* rr = r + b * m;
       const uint8_t* mk = mask_row(sh, b);
       const double wt = weights == nullptr ? 1.0 : weights[b];
       const int64_t L = pl::parse_ranking(rr, m, n, mk, bits);
       const bool good = L >= 0 && wt >= 0.0 && wt <= 1.7976931348623157e308;
-      if (good) pl::setup_row(rr, L, n, mk, bits, wt, add, edge);
+      if (good) {
+        pl::setup_row(rr, L, n, mk, bits, wt, add, edge);
+        int64_t n_avail = n;
+        if (mk != nullptr) {
+          n_avail = 0;
+          for (int64_t i = 0; i < n; ++i) n_avail += mk[i] != 0 ? 1 : 0;
+        }
+        const int64_t lc = std::min(L, n_avail - 1);
+        if (lc > 0 && wt != 0.0) {
+          if (tabulated != n_avail) {
+            double h = 0.0, l = 0.0;
+            for (int64_t j = 0; j < n_avail; ++j) {
+              h += 1.0 / static_cast<double>(n_avail - j);
+              l += std::log(static_cast<double>(n_avail - j));
+              harmonic[static_cast<size_t>(j)] = h;
+              log_sum[static_cast<size_t>(j)] = l;
+            }
+            tabulated = n_avail;
+          }
+          for (int64_t p = 0; p < L; ++p) d0[static_cast<int64_t>(rr[p])] += wt * harmonic[static_cast<size_t>(std::min(p, lc - 1))];
+          if (L < n_avail) {
+            const double last = wt * harmonic[static_cast<size_t>(lc - 1)];
+            for (int64_t i = 0; i < n; ++i) {
+              if (pl::available(mk, i) && !bits.test(i)) d0[i] += last;
+            }
+          }
+          ll -= wt * log_sum[static_cast<size_t>(lc - 1)];
+        }
+      }
       pl::clear_listed(rr, m, n, bits);
       return good;
     });
+    part_ll[static_cast<size_t>(c)] = ll;
   });
   std::fill(wins, wins + n, 0.0);
+  std::fill(denom0, denom0 + n, 0.0);
   std::fill(edges, edges + n * n, uint8_t(0));
+  *ll0 = 0.0;
   for (int64_t c = 0; c < n_chunks; ++c) {
-    for (int64_t i = 0; i < n; ++i) wins[i] += part[static_cast<size_t>(c * n + i)];
+    for (int64_t i = 0; i < n; ++i) wins[i] += part[static_cast<size_t>(c * 2 * n + i)];
+    for (int64_t i = 0; i < n; ++i) denom0[i] += part[static_cast<size_t>(c * 2 * n + n + i)];
     for (int64_t i = 0; i < n * n; ++i) edges[i] |= part_edges[static_cast<size_t>(c * n * n + i)];
+    *ll0 += part_ll[static_cast<size_t>(c)];
   }
   return min_of(bad);
 }
@@ -927,8 +968,8 @@ template int64_t pl_sample<double>(const double*, int64_t, int64_t, const uint8_
                                    bool, int32_t*, int64_t, int64_t);
 template int64_t pl_pairwise<float>(const float*, int64_t, int64_t, float*);
 template int64_t pl_pairwise<double>(const double*, int64_t, int64_t, double*);
-template int64_t pl_fit_setup<int32_t>(const int32_t*, const PLRows&, const double*, double*, uint8_t*);
-template int64_t pl_fit_setup<int64_t>(const int64_t*, const PLRows&, const double*, double*, uint8_t*);
+template int64_t pl_fit_setup<int32_t>(const int32_t*, const PLRows&, const double*, double*, uint8_t*, double*, double*);
+template int64_t pl_fit_setup<int64_t>(const int64_t*, const PLRows&, const double*, double*, uint8_t*, double*, double*);
 template double pl_fit_pass<int32_t>(const int32_t*, const PLRows&, const double*, const double*, double*, double*,
                                      bool);
 template double pl_fit_pass<int64_t>(const int64_t*, const PLRows&, const double*, const double*, double*, double*,

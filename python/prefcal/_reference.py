@@ -309,11 +309,12 @@ def _fit_parse(rankings, mask, weights, n):
 
 
 def pl_fit_setup(rankings, mask, weights, n):
-    """(weighted wins (n,), edges (n, n) uint8: [a, b] = 1 when a was ranked above b, first bad row)."""
+    """(weighted wins (n,), edges (n, n) uint8: [a, b] = 1 when a was ranked above b, the first MM pass at
+    equal worths (denominators (n,), log-likelihood), first bad row)."""
     avail, listed, items, indicator, wt, bad = _fit_parse(rankings, mask, weights, n)
     first = _first(bad)
     if first != NO_ERROR:
-        return None, None, first
+        return None, None, None, first
     counted = _stages(listed, avail) & (wt > 0)[:, None]
     wins = np.bincount(items[counted], weights=np.broadcast_to(wt[:, None], items.shape)[counted], minlength=n)
     edges = np.zeros((n, n), dtype=np.uint8)
@@ -325,7 +326,8 @@ def pl_fit_setup(rankings, mask, weights, n):
     below = avail & ~indicator & active[:, None]
     rows, cols = np.nonzero(below)
     edges[last[rows], cols] = 1
-    return wins.astype(np.float64), edges, NO_ERROR
+    denom0, _, ll0 = pl_fit_pass(rankings, mask, weights, np.zeros(n), False, True)
+    return wins.astype(np.float64), edges, (denom0, ll0), NO_ERROR
 
 
 def pl_fit_pass(rankings, mask, weights, theta, want_q, want_ll):

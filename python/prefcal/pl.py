@@ -404,16 +404,19 @@ class _FitData:
             self.n,
         )
 
-    def setup(self) -> tuple[np.ndarray, np.ndarray]:
+    def setup(self) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, float] | None]:
+        """(wins, edges, the first MM pass at equal worths (denominators, log-likelihood) or None where the
+        backend does not fuse it into the setup)."""
         c = self.call
+        first = None
         if c.backend == "cuda":
             wins, edges, bad = c.module().pl_fit_setup(*self._cuda_args(), c.stream, c.device)
         else:
-            wins, edges, bad = c.module().pl_fit_setup(
+            wins, edges, first, bad = c.module().pl_fit_setup(
                 c.host("rankings"), c.host("mask"), c.host("weights"), self.n
             )
         _raise_row(c, bad, self.n, weights="weights" in c.shapes)
-        return wins, edges
+        return wins, edges, first
 
     def run(
         self, theta: np.ndarray, want_q: bool, want_ll: bool
@@ -512,7 +515,7 @@ def fit(
     max_iter = _validation.integer("max_iter", max_iter, 1)
     tol = _validation.real("tol", tol, positive=True)
     data = _FitData(rankings, n, mask, weights)
-    wins, edges = data.setup()
+    wins, edges, first = data.setup()
     if alpha == 0.0 and n > 1:
         ok, stray = _strongly_connected(edges)
         if not ok:
@@ -527,7 +530,7 @@ def fit(
     if n == 1:
         return PLFit(theta, 0.0, 0, True, method)
     if method == "mm":
-        theta, it, converged, ll = _squarem(data, theta, wins, alpha, max_iter, tol)
+        theta, it, converged, ll = _squarem(data, theta, wins, alpha, max_iter, tol, first)
         _check_finite(theta)
         if ll is None:  # not known at the returned point: one more pass
             ll = data.run(theta, False, True)[2]
@@ -559,7 +562,13 @@ def _centred_change(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _squarem(
-    data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: float, max_iter: int, tol: float
+    data: _FitData,
+    theta: np.ndarray,
+    wins: np.ndarray,
+    alpha: float,
+    max_iter: int,
+    tol: float,
+    first: tuple[np.ndarray, float] | None = None,
 ) -> tuple[np.ndarray, int, bool, float | None]:
     """Hunter's MM updates accelerated by SQUAREM (Varadhan & Roland 2008, scheme S3), safeguarded.
 
@@ -575,7 +584,11 @@ def _squarem(
     raw = [0.0]  # the data log-likelihood of the last update that computed one
 
     def update(t: np.ndarray, want_ll: bool) -> tuple[np.ndarray, float]:
-        denom, _, ll = data.run(t, False, want_ll)
+        nonlocal first
+        if first is not None and not t.any():  # the setup pass already made the pass at equal worths
+            (denom, ll), first = first, None
+        else:
+            denom, _, ll = data.run(t, False, want_ll)
         raw[0] = ll
         top = float(np.max(t))
         w = np.exp(t - top)  # the kernel's scaled worths; the virtual item has worth exp(-top)

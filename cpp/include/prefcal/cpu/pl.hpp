@@ -39,7 +39,9 @@ int64_t pl_pairwise(const T* scores, int64_t rows, int64_t n, T* out);
 // Fit (global model over n items): weights null or (N,) float64.
 // setup: wins (n,), edges (n, n) bytes; validates rankings and weights.
 template <class I>
-int64_t pl_fit_setup(const I* rankings, const PLRows& shape, const double* weights, double* wins, uint8_t* edges);
+// Also the first MM pass, at equal worths (theta = 0): denom0 (n,) and *ll0, as pl_fit_pass would give them.
+int64_t pl_fit_setup(const I* rankings, const PLRows& shape, const double* weights, double* wins, uint8_t* edges,
+                     double* denom0, double* ll0);
 // One pass at log-worths theta (n,): denom (n,), q (n, n) or null, returns the log-likelihood when want_ll.
 template <class I>
 double pl_fit_pass(const I* rankings, const PLRows& shape, const double* weights, const double* theta, double* denom,
