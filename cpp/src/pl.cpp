@@ -708,10 +708,11 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
                   int64_t k, uint64_t seed, bool noise, int32_t* out, int64_t row0, int64_t sample0) {
   const int64_t pairs = (n + 1) / 2, n2 = 2 * pairs;
   // Draws are batched (across rows and samples) so that the vectorised noise loops run over thousands of values.
-  const int64_t batch = std::max<int64_t>(1, 4096 / n2);
+  // a multiple of the sixteen lanes, so that no batch leaves draws to the one-draw path
+  const int64_t batch = std::max<int64_t>(kLanes, 4096 / n2 / kLanes * kLanes);
   // Chunks of draws (row, sample) in row-major order, so that one row with many samples is parallel too.
   const int64_t draws_total = rows * size;
-  const int64_t chunk = std::max<int64_t>(1, 65536 / std::max<int64_t>(n, 1));
+  const int64_t chunk = std::max<int64_t>(kLanes, 65536 / std::max<int64_t>(n, 1) / kLanes * kLanes);
   const int64_t n_chunks = draws_total == 0 ? 0 : (draws_total + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   for_chunks(draws_total, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
