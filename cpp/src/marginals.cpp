@@ -71,7 +71,8 @@ void write_context(double* row, int64_t n, const int64_t* items, int64_t na, con
 }
 
 // The exact DP of sixteen contexts of n items at once (no mask), [..][lane] layouts: ss [n][16] sorted
-// decreasing, e [n][n][16], w and t [2^n][16], p [n][layers][16]. Same arithmetic as marg::exact_context.
+// decreasing, e [n][n][16], w and t [2^n][16], p [n][layers][16]. The same terms as marg::exact_context
+// (which pushes them forward), summed in another order.
 PREFCAL_CLONES void exact_lanes(const double* __restrict ss, int n, int layers, double* __restrict e,
                                 double* __restrict w, double* __restrict t, double* __restrict p) {
   for (int a = 0; a < n; ++a) {  // e[a][b][l] for b >= a: one contiguous run per a
@@ -97,30 +98,35 @@ PREFCAL_CLONES void exact_lanes(const double* __restrict ss, int n, int layers, 
       for (int l = 0; l < kLanes; ++l) wr[l] = wl[l] + el[l];
     }
   }
-  std::fill(t, t + count * kLanes, 0.0);
-  for (int l = 0; l < kLanes; ++l) t[l] = 1.0;
+  // Pulled in increasing order of the sets (every S - i precedes S): T(S) = sum_{i in S} g(S - i) E[a][i]
+  // with g(R) = T(R) / W'(rest of R) and a the first item of the rest of S - i; each term is also
+  // P(i at position |S| - 1). Only g is stored (t holds it): one store per set, no zeroing.
   std::fill(p, p + n * layers * kLanes, 0.0);
-  for (uint32_t s = 0; s < count; ++s) {
-    const int j = marg::popcount32(s);
-    if (j >= layers) continue;
-    const uint32_t rest = full ^ s;
-    double f[kLanes];
-    const double* ts = t + s * kLanes;
-    const double* wr = w + rest * kLanes;
+  const double* wfull = w + full * kLanes;
 #pragma omp simd
-    for (int l = 0; l < kLanes; ++l) f[l] = ts[l] / wr[l];
-    const double* ea = e + marg::ctz32(rest) * n * kLanes;
-    for (uint32_t free = rest; free != 0; free &= free - 1) {
-      const int i = marg::ctz32(free);
+  for (int l = 0; l < kLanes; ++l) t[l] = 1.0 / wfull[l];
+  for (uint32_t s = 1; s < count; ++s) {
+    const int j = marg::popcount32(s) - 1;
+    if (j >= layers) continue;
+    double acc[kLanes] = {};
+    for (uint32_t bits = s; bits != 0; bits &= bits - 1) {
+      const int i = marg::ctz32(bits);
+      const uint32_t pred = s ^ (uint32_t(1) << i);
+      const double* gp = t + pred * kLanes;
+      const double* ei = e + (marg::ctz32(full ^ pred) * n + i) * kLanes;
       double* pij = p + (i * layers + j) * kLanes;
-      double* tn = t + (s | (uint32_t(1) << i)) * kLanes;
-      const double* ei = ea + i * kLanes;
 #pragma omp simd
       for (int l = 0; l < kLanes; ++l) {
-        const double term = f[l] * ei[l];
+        const double term = gp[l] * ei[l];
+        acc[l] += term;
         pij[l] += term;
-        tn[l] += term;
       }
+    }
+    if (s != full && j + 1 < layers) {
+      double* gs = t + s * kLanes;
+      const double* wr = w + (full ^ s) * kLanes;
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) gs[l] = acc[l] / wr[l];
     }
   }
 }
@@ -191,17 +197,30 @@ int64_t marg_exact(const T* s, int64_t rows, int64_t n, const uint8_t* mask, boo
   const int64_t chunk = (row_chunk(int64_t(1) << 18, (int64_t(1) << n) * n) + kLanes - 1) / kLanes * kLanes;
   const int64_t n_chunks = (rows + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
-  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
+  // Scratch per thread, allocated once (chunks are small: a fresh 2^n table per chunk costs page faults).
+  struct Scratch {
+    std::vector<int64_t> items;
+    std::vector<double> ss, e, p, w, t, one;
+  };
+  const int nt = threads_for(n_chunks);
+  std::vector<Scratch> scratch(static_cast<size_t>(nt));
+  for_chunks(rows, chunk, nt, [&](int tid, int64_t c, int64_t lo, int64_t hi) {
     const size_t un = static_cast<size_t>(std::max<int64_t>(n, 1));
-    std::vector<int64_t> items(un * kLanes);
-    std::vector<double> ss(un * kLanes), e(un * un * kLanes), p(un * un * kLanes);
-    std::vector<double> w, t;
+    Scratch& sc = scratch[static_cast<size_t>(tid)];
+    if (sc.items.empty()) {
+      sc.items.resize(un * kLanes);
+      sc.ss.resize(un * kLanes);
+      sc.e.resize(un * un * kLanes);
+      sc.p.resize(un * un * kLanes);
+      sc.one.resize(un);
+    }
+    std::vector<int64_t>& items = sc.items;
+    std::vector<double>&ss = sc.ss, &e = sc.e, &p = sc.p, &w = sc.w, &t = sc.t, &one = sc.one;
     int64_t b = lo;
     if (mask == nullptr && n >= 1 && n <= kLaneMax && hi - lo >= kLanes) {
       const int layers = static_cast<int>(topk == 0 ? n : std::min(topk, n));
       w.resize((size_t(1) << n) * kLanes);
       t.resize((size_t(1) << n) * kLanes);
-      std::vector<double> one(un);
       for (; b + kLanes <= hi; b += kLanes) {
         for (int l = 0; l < kLanes; ++l) {
           if (!pl::finite_row(s + (b + l) * n, n)) {
