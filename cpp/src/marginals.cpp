@@ -290,10 +290,10 @@ int64_t marg_integral(const T* s, int64_t rows, int64_t n, const uint8_t* mask, 
             marg::clock(x[l], a[l], bv[l]);
           }
           // the items whose window holds y: a contiguous range (window ends grow along the sorted items)
-          int64_t lo = 0, hi = na;
-          while (lo < na && !marg::in_window(rel[lo], y)) ++lo;
-          while (hi > lo && !marg::in_window(rel[hi - 1], y)) --hi;
-          integral_node(x.data(), a.data(), bv.data(), na, layers, lo, hi, h, poly.data(), spare.data(),
+          int64_t from = 0, to = na;
+          while (from < na && !marg::in_window(rel[from], y)) ++from;
+          while (to > from && !marg::in_window(rel[to - 1], y)) --to;
+          integral_node(x.data(), a.data(), bv.data(), na, layers, from, to, h, poly.data(), spare.data(),
                         carry.data(), inv.data(), g.data(), pt.data());
         });
       }
