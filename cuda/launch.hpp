@@ -86,6 +86,29 @@ int64_t pl_fit_setup(const PLArgs& args, const double* weights, double* wins, ui
 double pl_fit_pass(const PLArgs& args, const double* weights, const double* theta, double* denom, double* q,
                    bool want_ll, Stream stream);
 
+// ----------------------------------------------------------------------------------------- Marginals
+// Per-context math in prefcal/marginals.hpp; semantics as the CPU kernels of prefcal/cpu/marginals.hpp. All
+// pointers are device pointers; the results stay on the device (only the bad-row flag is copied back).
+
+// Marginals of PL(scores): scores (rows, n) float32/float64; mask null, (rows, n), or (n,) when global_mask.
+// method 0 exact (subset DP, n <= 30), 1 integral (any n), 2 Monte Carlo (the frequencies of n_samples draws
+// of pl_sample with this seed). out float64: (rows, n, n) P(item i at position j) when topk = 0, else
+// (rows, n) P(item i in the top topk); zero for unavailable items and positions past the available ones.
+// Returns the first row with a non-finite score.
+int64_t marg_model(const void* scores, bind::DType scores_type, int64_t rows, int64_t n, const uint8_t* mask,
+                   bool global_mask, int method, int64_t topk, int64_t n_samples, uint64_t seed, double* out,
+                   Stream stream);
+// samples (rows, size, m) int32/int64 orderings with -1 padding: out float64 (rows, n, n), the fraction of
+// the size samples of row b with item i at position j. Returns the first row holding an invalid sample.
+int64_t marg_from_samples(const void* samples, bind::DType type, int64_t rows, int64_t size, int64_t m, int64_t n,
+                          double* out, Stream stream);
+// rankings (rows, m) int32/int64 with -1 padding, mask as above, weights null or (rows,) float64: out float64
+// (n, n), the weighted counts over all rows of item i at position j (pairwise = false) or of i observed before
+// j (pairwise = true: a listed item is before every later listed item and every unlisted available item).
+// Returns the first row with an invalid ranking or weight.
+int64_t marg_empirical(const void* rankings, bind::DType type, int64_t rows, int64_t m, int64_t n, const uint8_t* mask,
+                       bool global_mask, const double* weights, bool pairwise, double* out, Stream stream);
+
 // ----------------------------------------------------------------------------------------- runtime
 
 // Number of CUDA devices; on failure 0 and the reason in *error.

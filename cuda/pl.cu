@@ -36,6 +36,7 @@
 #include "prefcal/pl.hpp"
 #include "reduce.cuh"
 #include "runtime.cuh"
+#include "sample.cuh"
 
 namespace prefcal::cuda {
 
@@ -347,7 +348,8 @@ __global__ void __launch_bounds__(kThreads)
 // ------------------------------------------------------------------------------------------- sampling
 
 // Work item w = b * per + t (per = max(size, 1)); t == 0 also checks the row's scores. keys / items: the
-// thread's sorted top-kk buffer, kk = min(k, n).
+// thread's sorted top-kk buffer, kk = min(k, n), filled by device::gumbel_top (sample.cuh, shared with the
+// Monte Carlo marginals).
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     sample_rows(const T* __restrict__ s, int64_t rows, int64_t n, const uint8_t* __restrict__ mask, bool global_mask,
@@ -365,26 +367,7 @@ __global__ void __launch_bounds__(kThreads)
     if (t == 0 && first == kNoError && !pl::finite_row(sr, n)) first = b;
     if (t >= size) continue;
     const uint8_t* mk = mask == nullptr ? nullptr : (global_mask ? mask : mask + b * n);
-    int64_t cnt = 0;
-    if (kk > 0) {
-      for (int64_t i = 0; i < n; ++i) {
-        if (!pl::available(mk, i)) continue;
-        double x = static_cast<double>(sr[i]);
-        if (noise) {
-          x += philox::gumbel(seed, static_cast<uint64_t>(b), static_cast<uint32_t>(t), static_cast<uint32_t>(i));
-        }
-        if (cnt == kk && !(x > key[kk - 1])) continue;
-        int64_t p = cnt < kk ? cnt : kk - 1;
-        while (p > 0 && x > key[p - 1]) {  // strict: an equal key keeps the lower item in front
-          key[p] = key[p - 1];
-          item[p] = item[p - 1];
-          --p;
-        }
-        key[p] = x;
-        item[p] = static_cast<int32_t>(i);
-        if (cnt < kk) ++cnt;
-      }
-    }
+    const int64_t cnt = device::gumbel_top(sr, mk, n, kk, seed, noise, b, t, key, item);
     int32_t* o = out + w * k;
     for (int64_t j = 0; j < k; ++j) o[j] = j < cnt ? item[j] : -1;
   }

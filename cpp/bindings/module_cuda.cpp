@@ -15,6 +15,7 @@
 #include "launch.hpp"
 #include "prefcal/binning.hpp"
 #include "prefcal/dtypes.hpp"
+#include "prefcal/marginals.hpp"
 
 namespace py = pybind11;
 namespace pc = prefcal::cuda;
@@ -227,6 +228,45 @@ py::tuple pl_fit_pass(const py::tuple& rankings, const py::object& mask, bool gl
   return py::make_tuple(denom, q, ll);
 }
 
+// ------------------------------------------------------------------ Marginals
+int64_t marg_model(const py::tuple& scores, int64_t n_rows, int64_t n, const py::object& mask, bool global_mask,
+                   int method, int64_t topk, int64_t n_samples, uint64_t seed, uintptr_t out, uintptr_t stream,
+                   int device) {
+  if (n_rows < 0 || n < 0 || topk < 0 || n_samples < 0 || method < 0 || method > 2) {
+    throw std::invalid_argument("internal error: marg_model arguments");
+  }
+  if (method == 0 && n > prefcal::marg::kMaxExact) throw std::invalid_argument("internal error: exact with n > 30");
+  const View s = view(scores);
+  const uint8_t* mk = mask_of(mask);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::marg_model(s.ptr, s.type, n_rows, n, mk, global_mask, method, topk, n_samples, seed,
+                        reinterpret_cast<double*>(out), stream_of(stream));
+}
+
+int64_t marg_from_samples(const py::tuple& samples, int64_t n_rows, int64_t size, int64_t m, int64_t n, uintptr_t out,
+                          uintptr_t stream, int device) {
+  if (n_rows < 0 || size < 0 || m < 0 || n < 0) throw std::invalid_argument("internal error: marg_from_samples shape");
+  if (m > n) throw std::invalid_argument("internal error: samples wider than n");
+  const View s = view(samples);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::marg_from_samples(s.ptr, s.type, n_rows, size, m, n, reinterpret_cast<double*>(out), stream_of(stream));
+}
+
+int64_t marg_empirical(const py::tuple& rankings, int64_t n_rows, int64_t m, int64_t n, const py::object& mask,
+                       bool global_mask, const py::object& weights, bool pairwise, uintptr_t out, uintptr_t stream,
+                       int device) {
+  check_pl_shape(n_rows, m, n);
+  const View r = view(rankings);
+  const uint8_t* mk = mask_of(mask);
+  const double* w = ptr_or_null<const double>(weights);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::marg_empirical(r.ptr, r.type, n_rows, m, n, mk, global_mask, w, pairwise, reinterpret_cast<double*>(out),
+                            stream_of(stream));
+}
+
 // ------------------------------------------------------------------ DLPack (consumer side, no ownership taken)
 // The capsule keeps its producer's tensor alive; Python holds the capsule for the duration of the call and
 // never renames it, so the producer's own capsule destructor releases the tensor.
@@ -417,6 +457,14 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("pl_fit_pass", &pl_fit_pass, py::arg("rankings"), py::arg("mask").none(true), py::arg("global_mask"),
         py::arg("weights").none(true), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("theta").noconvert(),
         py::arg("want_q"), py::arg("want_ll"), py::arg("stream"), py::arg("device"));
+  m.def("marg_model", &marg_model, py::arg("scores"), py::arg("n_rows"), py::arg("n"), py::arg("mask").none(true),
+        py::arg("global_mask"), py::arg("method"), py::arg("topk"), py::arg("n_samples"), py::arg("seed"),
+        py::arg("out"), py::arg("stream"), py::arg("device"));
+  m.def("marg_from_samples", &marg_from_samples, py::arg("samples"), py::arg("n_rows"), py::arg("size"), py::arg("m"),
+        py::arg("n"), py::arg("out"), py::arg("stream"), py::arg("device"));
+  m.def("marg_empirical", &marg_empirical, py::arg("rankings"), py::arg("n_rows"), py::arg("m"), py::arg("n"),
+        py::arg("mask").none(true), py::arg("global_mask"), py::arg("weights").none(true), py::arg("pairwise"),
+        py::arg("out"), py::arg("stream"), py::arg("device"));
   m.def("time_pl_loglik", &time_pl_loglik, py::arg("scores"), py::arg("global_scores"), py::arg("rankings"),
         py::arg("mask").none(true), py::arg("global_mask"), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("ll"),
         py::arg("grad").none(true), py::arg("reps"), py::arg("stream"), py::arg("device"));
