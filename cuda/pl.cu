@@ -468,28 +468,14 @@ __global__ void __launch_bounds__(kThreads)
 
 cudaStream_t as_stream(Stream s) { return static_cast<cudaStream_t>(s); }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t blocks_for(int64_t items, int64_t per_block, int64_t cap) {
   return std::max<int64_t>(1, std::min<int64_t>(cap, ceil_div(items, per_block)));
 }
 
 
-// Grid of a one-thread-per-item kernel whose threads each need `per_thread` bytes of global scratch.
-struct Geometry {
-  int block = kThreads;
-  int64_t grid = 1;
-  int64_t threads() const { return int64_t(block) * grid; }
-};
-
 Geometry geometry(int64_t items, size_t per_thread, int64_t resident_threads) {
-  int64_t want = std::min<int64_t>(resident_threads, ceil_div(std::max<int64_t>(items, 1), 32) * 32);
-  if (per_thread > 0) want = std::min<int64_t>(want, static_cast<int64_t>(kScratchBudget / per_thread));
-  want = std::max<int64_t>(want, 32);
-  Geometry g;
-  g.block = static_cast<int>(std::min<int64_t>(kThreads, ceil_div(want, 32) * 32));
-  g.grid = ceil_div(want, g.block);
-  return g;
+  return prefcal::cuda::geometry(items, per_thread, resident_threads, kThreads, kScratchBudget);
 }
 
 // Device scratch holding `width` float64 results followed by the bad-row flag.

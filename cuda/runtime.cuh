@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <map>
 #include <mutex>
@@ -72,5 +73,27 @@ int64_t resident_blocks(Kernel kernel, size_t smem, int block, size_t smem_budge
 
 // Rounds up to a multiple of 256 bytes (keeps every sub-buffer of a PoolBuffer aligned).
 inline size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Grid of a one-thread-per-item kernel whose threads each need `per_thread` bytes of global scratch
+// (`scratch_budget` for all threads together): at most the resident threads, whole warps, blocks of up to
+// `max_block` threads.
+struct Geometry {
+  int block = 256;
+  int64_t grid = 1;
+  int64_t threads() const { return int64_t(block) * grid; }
+};
+
+inline Geometry geometry(int64_t items, size_t per_thread, int64_t resident_threads, int max_block,
+                         size_t scratch_budget) {
+  int64_t want = std::min<int64_t>(resident_threads, ceil_div(std::max<int64_t>(items, 1), 32) * 32);
+  if (per_thread > 0) want = std::min<int64_t>(want, static_cast<int64_t>(scratch_budget / per_thread));
+  want = std::max<int64_t>(want, 32);
+  Geometry g;
+  g.block = static_cast<int>(std::min<int64_t>(max_block, ceil_div(want, 32) * 32));
+  g.grid = ceil_div(want, g.block);
+  return g;
+}
 
 }  // namespace prefcal::cuda
