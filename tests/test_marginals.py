@@ -264,6 +264,23 @@ def test_property_exact_and_integral_are_consistent_distributions(values, k):
     assert np.all(np.diff(exact[order, 0]) <= 1e-12)
 
 
+def test_gpu_deflation_divides_the_clock_product(rng):
+    """marg::deflate (the CUDA integral's arithmetic; the CPU kernel runs a vectorised twin) undoes one clock
+    of the product, from either end."""
+    cpu = pytest.importorskip("prefcal._cpu")
+    n = 30
+    b = np.sort(rng.random(n))
+    a = 1.0 - b
+    full = np.array([1.0])
+    for al, bl in zip(a, b, strict=True):
+        full = np.convolve(full, [bl, al])  # low degree first
+    for i in (0, n // 2, n - 1):  # b < a, b ~ a, b > a
+        rest = np.array([1.0])
+        for al, bl in zip(np.delete(a, i), np.delete(b, i), strict=True):
+            rest = np.convolve(rest, [bl, al])
+        np.testing.assert_allclose(cpu.marg_deflate(full, a[i], b[i]), rest, atol=1e-14)
+
+
 # ----------------------------------------------------------------------------------------- rejections
 
 

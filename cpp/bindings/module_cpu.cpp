@@ -133,6 +133,16 @@ py::tuple score_sums(const py::array& conf, const py::array& correct, const py::
   return py::make_tuple(out, bad);
 }
 
+// Test hook: the integral's deflation as the GPU runs it (prefcal/marginals.hpp, marg::deflate): the product
+// (n + 1 coefficients) divided by (a z + b).
+py::array_t<double> marg_deflate(const py::array_t<double, py::array::c_style>& poly, double a, double b) {
+  if (poly.ndim() != 1 || poly.shape(0) < 1) throw std::invalid_argument("marg_deflate: poly must be 1-D, non-empty");
+  const int64_t n = poly.shape(0) - 1;
+  py::array_t<double> out(n);
+  prefcal::marg::deflate(poly.data(), n, a, b, out.mutable_data());
+  return out;
+}
+
 // Test hook: the inline exp / log of the CPU kernels (prefcal/fastmath.hpp), element by element.
 py::array fastmath(const std::string& name, const py::array& x) {
   require(x, 1, "x");
@@ -448,6 +458,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("marg_from_samples", &marg_from_samples, py::arg("samples").noconvert(), py::arg("n"));
   m.def("marg_empirical", &marg_empirical, py::arg("rankings").noconvert(), py::arg("mask").none(true),
         py::arg("weights").none(true), py::arg("n"), py::arg("pairwise"));
+  m.def("marg_deflate", &marg_deflate, py::arg("poly"), py::arg("a"), py::arg("b"));
   m.def("fastmath", &fastmath, py::arg("name"), py::arg("x").noconvert());
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &prefcal::cpu::num_threads);

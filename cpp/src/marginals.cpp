@@ -133,27 +133,15 @@ PREFCAL_CLONES void exact_lanes(const double* __restrict ss, int n, int layers, 
 
 // One node y of the integral for a context of na sorted items: adds g_i c^(i)_j to pt[j * na + i] (items
 // contiguous, so the loops below run across items in vector lanes) for j < layers and the items [lo, hi) whose
-// window holds y. Same arithmetic as marg::clock_product + marg::deflate, with the divisions replaced by one
-// reciprocal per item. Along the sorted items x falls and b = e^{-x} grows, so the items that deflate from
+// window holds y. The product is marg::clock_product; the deflations are marg::deflate's, with the divisions
+// replaced by one reciprocal per item. Along the sorted items x falls and b = e^{-x} grows, so the items that deflate from
 // the low end (b >= a, i.e. b >= 1/2) are a suffix [f0, hi) of the range.
 PREFCAL_CLONES void integral_node(const double* __restrict x, const double* __restrict a,
                                   const double* __restrict b, int64_t na, int64_t layers, int64_t lo, int64_t hi,
-                                  double h, double* __restrict poly, double* __restrict spare,
-                                  double* __restrict carry, double* __restrict inv, double* __restrict g,
+                                  double h, double* __restrict poly, double* __restrict carry, double* __restrict inv, double* __restrict g,
                                   double* __restrict pt) {
-  // prod_l (a_l z + b_l), two buffers in turn
-  double* cur = poly;
-  double* nxt = spare;
-  cur[0] = 1.0;
-  for (int64_t l = 0; l < na; ++l) {
-    const double al = a[l], bl = b[l];
-    nxt[0] = cur[0] * bl;
-    for (int64_t k = 1; k <= l; ++k) nxt[k] = cur[k] * bl + cur[k - 1] * al;
-    nxt[l + 1] = cur[l] * al;
-    double* t = cur;
-    cur = nxt;
-    nxt = t;
-  }
+  marg::clock_product(a, b, na, poly);  // the GPU's code, so that the CPU tests cover it
+  const double* cur = poly;
   int64_t f0 = lo;
   while (f0 < hi && b[f0] < 0.5) ++f0;
   for (int64_t i = lo; i < hi; ++i) {
@@ -182,9 +170,6 @@ PREFCAL_CLONES void integral_node(const double* __restrict x, const double* __re
       carry[i] = c;
       row[i] += g[i] * c;
     }
-  }
-  if (cur != poly) {
-    for (int64_t k = 0; k <= na; ++k) poly[k] = cur[k];
   }
 }
 
@@ -267,8 +252,8 @@ int64_t marg_integral(const T* s, int64_t rows, int64_t n, const uint8_t* mask, 
   for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     const size_t un = static_cast<size_t>(std::max<int64_t>(n, 1));
     std::vector<int64_t> items(un);
-    std::vector<double> ss(un), rel(un), w(un), x(un), a(un), bv(un), poly(un + 1), spare(un + 1), carry(un),
-        inv(un), g(un), pt(un * un), p(un * un);
+    std::vector<double> ss(un), rel(un), w(un), x(un), a(un), bv(un), poly(un + 1), carry(un), inv(un), g(un),
+        pt(un * un), p(un * un);
     for (int64_t b = lo; b < hi; ++b) {
       if (!pl::finite_row(s + b * n, n)) {
         bad[static_cast<size_t>(c)] = b;
@@ -293,8 +278,8 @@ int64_t marg_integral(const T* s, int64_t rows, int64_t n, const uint8_t* mask, 
           int64_t from = 0, to = na;
           while (from < na && !marg::in_window(rel[from], y)) ++from;
           while (to > from && !marg::in_window(rel[to - 1], y)) --to;
-          integral_node(x.data(), a.data(), bv.data(), na, layers, from, to, h, poly.data(), spare.data(),
-                        carry.data(), inv.data(), g.data(), pt.data());
+          integral_node(x.data(), a.data(), bv.data(), na, layers, from, to, h, poly.data(), carry.data(),
+                        inv.data(), g.data(), pt.data());
         });
       }
       // [j][i] to [i][j]; rounding can leave ~1e-17 below zero where the probability is ~0: clamp.
