@@ -139,7 +139,9 @@ def test_console_script_runs():
     assert "backends:" in out.stdout
 
 
-@pytest.mark.parametrize("name", ["calibration", "marginals", "pl", "recalibrate", "torch"])
+@pytest.mark.parametrize(
+    "name", ["calibration", "marginals", "pl", "ranking", "recalibrate", "reward", "noise", "torch"]
+)
 def test_doctests(name):
     import doctest
     import importlib

@@ -18,6 +18,7 @@
 #include "prefcal/cpu/marginals.hpp"
 #include "prefcal/marginals.hpp"
 #include "prefcal/cpu/pl.hpp"
+#include "prefcal/cpu/ranking.hpp"
 
 namespace py = pybind11;
 using prefcal::bind::DType;
@@ -422,6 +423,108 @@ py::dict build_info() {
   return d;
 }
 
+
+// ---------------------------------------------------------------- calibration hierarchy (prefcal.ranking)
+void require_dtype(const py::array& a, DType want, const char* name) {
+  if (dtype_of(a) != want) throw std::invalid_argument(std::string("internal error: ") + name + " has the wrong dtype");
+}
+
+py::array_t<double> rank_classwise(const py::array& scores, const py::array& keys, const py::array& classes, bool top,
+                                   int32_t n_bins, const py::object& edges, const py::object& keep) {
+  require(scores, 2, "scores");
+  require(keys, 2, "keys");
+  require(classes, 2, "classes");
+  require_dtype(scores, DType::kF64, "scores");
+  require_dtype(keys, DType::kF64, "keys");
+  require_dtype(classes, DType::kI32, "classes");
+  const int64_t rows = keys.shape(0), n = keys.shape(1), nc = classes.shape(0), k = classes.shape(1);
+  if (scores.shape(1) != n || (scores.shape(0) != 1 && scores.shape(0) != rows) || k < 1 || k > n || n_bins < 1) {
+    throw std::invalid_argument("internal error: rank_classwise shapes");
+  }
+  const int32_t* cl = static_cast<const int32_t*>(classes.data());
+  for (int64_t i = 0; i < nc * k; ++i) {
+    if (cl[i] < 0 || cl[i] >= n) throw std::invalid_argument("internal error: class item out of range");
+  }
+  const double* ed = nullptr;
+  if (!edges.is_none()) {
+    auto e = edges.cast<py::array>();
+    require(e, 1, "edges");
+    require_dtype(e, DType::kF64, "edges");
+    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
+    ed = static_cast<const double*>(e.data());
+  }
+  const uint8_t* kp = nullptr;
+  if (!keep.is_none()) {
+    auto e = keep.cast<py::array>();
+    require(e, 1, "keep");
+    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
+    kp = static_cast<const uint8_t*>(e.data());
+  }
+  py::array_t<double> out({nc, int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  const double* sp = static_cast<const double*>(scores.data());
+  const double* kk = static_cast<const double*>(keys.data());
+  const int64_t score_rows = scores.shape(0);
+  {
+    py::gil_scoped_release nogil;
+    prefcal::cpu::rank_classwise(sp, score_rows, kk, rows, n, cl, nc, k, top, n_bins, ed, kp, o);
+  }
+  return out;
+}
+
+py::tuple rank_top_label(const py::array& scores, const py::array& keys, int level, const py::object& groups,
+                         int64_t k, int32_t n_bins) {
+  require(scores, 2, "scores");
+  require(keys, 2, "keys");
+  require_dtype(scores, DType::kF64, "scores");
+  require_dtype(keys, DType::kF64, "keys");
+  const int64_t rows = keys.shape(0), n = keys.shape(1);
+  if (scores.shape(1) != n || (scores.shape(0) != 1 && scores.shape(0) != rows) || k < 1 || k > n || n_bins < 1 ||
+      level < 0 || level > 2 || (level == 2 && k > 20)) {
+    throw std::invalid_argument("internal error: rank_top_label arguments");
+  }
+  const int32_t* gp = nullptr;
+  int64_t ng = 0;
+  if (level == 0) {
+    auto g = groups.cast<py::array>();
+    require(g, 2, "groups");
+    require_dtype(g, DType::kI32, "groups");
+    if (g.shape(1) != k) throw std::invalid_argument("internal error: groups");
+    gp = static_cast<const int32_t*>(g.data());
+    ng = g.shape(0);
+    for (int64_t i = 0; i < ng * k; ++i) {
+      if (gp[i] < 0 || gp[i] >= n) throw std::invalid_argument("internal error: group item out of range");
+    }
+  }
+  py::array_t<double> out({int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  const double* sp = static_cast<const double*>(scores.data());
+  const double* kk = static_cast<const double*>(keys.data());
+  const int64_t score_rows = scores.shape(0);
+  int64_t skipped = 0;
+  {
+    py::gil_scoped_release nogil;
+    skipped = prefcal::cpu::rank_top_label(sp, score_rows, kk, rows, n, level, gp, ng, k, n_bins, o);
+  }
+  return py::make_tuple(out, skipped);
+}
+
+double rank_canonical(const py::array& probs, const py::array& labels, double h, double p) {
+  require(probs, 2, "probs");
+  require(labels, 1, "labels");
+  require_dtype(probs, DType::kF64, "probs");
+  require_dtype(labels, DType::kI64, "labels");
+  const int64_t rows = probs.shape(0), c = probs.shape(1);
+  if (labels.shape(0) != rows || !(h > 0) || !(p > 0)) throw std::invalid_argument("internal error: rank_canonical");
+  const int64_t* lb = static_cast<const int64_t*>(labels.data());
+  for (int64_t i = 0; i < rows; ++i) {
+    if (lb[i] >= c) throw std::invalid_argument("internal error: label out of range");
+  }
+  const double* pp = static_cast<const double*>(probs.data());
+  py::gil_scoped_release nogil;
+  return prefcal::cpu::rank_canonical(pp, lb, rows, c, h, p);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
@@ -459,6 +562,13 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("marg_empirical", &marg_empirical, py::arg("rankings").noconvert(), py::arg("mask").none(true),
         py::arg("weights").none(true), py::arg("n"), py::arg("pairwise"));
   m.def("marg_deflate", &marg_deflate, py::arg("poly"), py::arg("a"), py::arg("b"));
+  m.def("rank_classwise", &rank_classwise, py::arg("scores").noconvert(), py::arg("keys").noconvert(),
+        py::arg("classes").noconvert(), py::arg("top"), py::arg("n_bins"), py::arg("edges").none(true),
+        py::arg("keep").none(true));
+  m.def("rank_top_label", &rank_top_label, py::arg("scores").noconvert(), py::arg("keys").noconvert(),
+        py::arg("level"), py::arg("groups").none(true), py::arg("k"), py::arg("n_bins"));
+  m.def("rank_canonical", &rank_canonical, py::arg("probs").noconvert(), py::arg("labels").noconvert(), py::arg("h"),
+        py::arg("p"));
   m.def("fastmath", &fastmath, py::arg("name"), py::arg("x").noconvert());
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &prefcal::cpu::num_threads);

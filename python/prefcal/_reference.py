@@ -627,3 +627,363 @@ def marg_model(scores, mask, method, topk, n_samples, seed):
     if method == 1:
         return marg_integral(scores, mask, topk)
     return marg_mc(scores, mask, topk, n_samples, seed)
+
+
+# ------------------------------------------------------------------ the calibration hierarchy (SPEC §5)
+#
+# Observations reach these functions as rank keys (N, n) float64: smaller is better, equal keys are ties,
+# NaN = the item's place is unknown, +inf = the item is not in the row's choice set. Models are tuples:
+# ("pl", scores (N or 1, n) float64 with -inf for unavailable items), ("explicit", orderings (R, n), probs
+# (N, R)) or ("empirical", samples (N, S, n)).
+# A sub-k event (subset A) is determined when every key of A is finite and the keys are distinct; a top-k
+# event when the row has no NaN key, at least k finite keys, the k smallest strictly increasing and below
+# the next one, and no unavailable item in the class.
+
+LOG_EPS = 1e-12  # the first interior edge of bin_spacing="log" is 10^log10(eps)
+_CHUNK = 1 << 21  # elements per temporary in the chunked loops
+
+
+def log_edges(n_bins: int) -> np.ndarray:
+    """bin_spacing="log": logspace(log10 eps, 0, B + 1) with the first edge 0 and the last 1."""
+    edges = np.logspace(np.log10(LOG_EPS), 0.0, n_bins + 1)
+    edges[0], edges[-1] = 0.0, 1.0
+    return edges
+
+
+def spaced_index(p: np.ndarray, n_bins: int, edges: np.ndarray | None) -> np.ndarray:
+    """Bin of each probability: uniform (edges None) or the number of edges <= p, minus one, clamped."""
+    if edges is None:
+        return uniform_index(p, n_bins)
+    return np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+
+
+def _chunks(n_rows: int, per_row: int):
+    step = max(1, _CHUNK // max(per_row, 1))
+    for lo in range(0, n_rows, step):
+        yield slice(lo, min(n_rows, lo + step))
+
+
+def _model_rows(model: tuple, sl: slice) -> tuple:
+    kind = model[0]
+    if kind == "pl":
+        s = model[1]
+        return ("pl", s if s.shape[0] == 1 else s[sl])
+    if kind == "explicit":
+        return ("explicit", model[1], model[2][sl])
+    return ("empirical", model[1][sl])
+
+
+def _pl_logp(s: np.ndarray, classes: np.ndarray, top: bool) -> np.ndarray:
+    """log P(event of each class) under PL(s): (rows, C); NaN where the class holds an unavailable item."""
+    picked = s[:, classes]  # (rows, C, k)
+    with np.errstate(invalid="ignore"):
+        if not top:
+            suffix = np.logaddexp.accumulate(picked[..., ::-1], axis=-1)[..., ::-1]
+            out = (picked - suffix).sum(axis=-1)
+        else:
+            n, (c, k) = s.shape[1], classes.shape
+            excluded = np.zeros((c, k, n), dtype=bool)
+            for j in range(1, k):
+                excluded[np.arange(c), j:, classes[:, j - 1]] = True
+            rest = np.where(excluded[None], -np.inf, s[:, None, None, :])
+            m = s.max(axis=1)[:, None, None]
+            tail = m + np.log(np.exp(rest - m[..., None]).sum(axis=-1))
+            out = (picked - tail).sum(axis=-1)
+    return np.where(np.isneginf(picked).any(axis=-1), np.nan, out)
+
+
+def _satisfies(orders: np.ndarray, classes: np.ndarray, top: bool) -> np.ndarray:
+    """(..., C) bool: does each full ordering (..., n) satisfy each class's event?"""
+    k = classes.shape[1]
+    if top:
+        return (orders[..., None, :k] == classes).all(axis=-1)
+    pos = np.argsort(orders, axis=-1)
+    at = pos[..., classes]  # (..., C, k)
+    return (at[..., :-1] < at[..., 1:]).all(axis=-1)
+
+
+def event_probs(model: tuple, classes: np.ndarray, top: bool) -> np.ndarray:
+    """P(event of each class) for the rows of `model`: (rows, C) float64 (NaN for impossible classes)."""
+    kind = model[0]
+    if kind == "pl":
+        return np.exp(_pl_logp(model[1], classes, top))
+    if kind == "explicit":
+        return model[2] @ _satisfies(model[1], classes, top).astype(np.float64)
+    samples = model[1]
+    return _satisfies(samples, classes, top).mean(axis=1)
+
+
+def sub_truth(keys: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(rows, C) int8: 1 the observed relative order is the class, 0 it is not, -1 undetermined."""
+    r = keys[:, classes]
+    srt = np.sort(r, axis=-1)
+    determined = np.isfinite(r).all(axis=-1) & (srt[..., 1:] > srt[..., :-1]).all(axis=-1)
+    true = (r[..., 1:] > r[..., :-1]).all(axis=-1)
+    return np.where(determined, true.astype(np.int8), np.int8(-1))
+
+
+def observed_prefix(keys: np.ndarray, k: int, ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(prefix (rows, k) items, determined (rows,)): the observed top-k (set: ordered=False)."""
+    n = keys.shape[1]
+    order = np.argsort(keys, axis=1, kind="stable")
+    srt = np.take_along_axis(keys, order, axis=1)
+    finite = np.isfinite(keys).sum(axis=1)
+    ok = ~np.isnan(keys).any(axis=1) & (finite >= k)
+    if ordered and k > 1:
+        ok &= (srt[:, 1:k] > srt[:, : k - 1]).all(axis=1)
+    if k < n:
+        nxt = srt[:, k]
+        ok &= (nxt > srt[:, k - 1]) | ~np.isfinite(nxt)
+    return order[:, :k], ok
+
+
+def top_truth(keys: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    k = classes.shape[1]
+    prefix, ok = observed_prefix(keys, k)
+    true = (prefix[:, None, :] == classes[None]).all(axis=-1)
+    possible = np.isfinite(keys[:, classes]).all(axis=-1)
+    return np.where(ok[:, None] & possible, true.astype(np.int8), np.int8(-1))
+
+
+def classwise_hist(model, keys, classes, top, n_bins, edges, keep):
+    """Per-class binary tables (C, 3, B) (count, sum p, sum outcome) over the kept rows' determined events."""
+    classes = classes.astype(np.intp)
+    n_rows, (c, k) = keys.shape[0], classes.shape
+    out = np.zeros((c, 3, n_bins))
+    flat = out.reshape(c * 3 * n_bins)
+    for sl in _chunks(n_rows, c * k * keys.shape[1]):
+        truth = (top_truth if top else sub_truth)(keys[sl], classes)
+        p = event_probs(_model_rows(model, sl), classes, top)
+        if keep is not None:
+            truth = np.where(keep[sl, None], truth, np.int8(-1))
+        p = np.broadcast_to(p, truth.shape)
+        use = truth >= 0
+        cls = np.broadcast_to(np.arange(c), truth.shape)[use]
+        pv = np.clip(p[use], 0.0, 1.0)
+        b = spaced_index(pv, n_bins, edges)
+        base = cls * 3 * n_bins + b
+        flat += np.bincount(base, minlength=flat.size)
+        flat += np.bincount(base + n_bins, weights=pv, minlength=flat.size)
+        flat += np.bincount(base + 2 * n_bins, weights=truth[use].astype(np.float64), minlength=flat.size)
+    return out
+
+
+def all_classes(n: int, k: int, top: bool) -> np.ndarray:
+    """Every class of the level in the library's order: top-k: itertools.permutations(range(n), k); sub-k:
+    the subsets in combinations order, each followed by its permutations."""
+    from itertools import combinations, permutations
+
+    if top:
+        rows = list(permutations(range(n), k))
+    else:
+        rows = [p for a in combinations(range(n), k) for p in permutations(a)]
+    return np.array(rows, dtype=np.int32).reshape(-1, k)
+
+
+def subsets(n: int, k: int) -> np.ndarray:
+    from itertools import combinations
+
+    return np.array(list(combinations(range(n), k)), dtype=np.int32).reshape(-1, k)
+
+
+def observed_classes(keys: np.ndarray, k: int, top: bool) -> np.ndarray:
+    """The classes whose event is observed in some row (all rows), sorted lexicographically."""
+    n = keys.shape[1]
+    if top:
+        prefix, ok = observed_prefix(keys, k)
+        found = prefix[ok]
+    else:
+        parts = []
+        for a in subsets(n, k).astype(np.intp):
+            r = keys[:, a]
+            srt = np.sort(r, axis=1)
+            ok = np.isfinite(r).all(axis=1) & (srt[:, 1:] > srt[:, :-1]).all(axis=1)
+            parts.append(a[np.argsort(r[ok], axis=1)])
+        found = np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.intp)
+    return np.unique(found.astype(np.int32).reshape(-1, k), axis=0)
+
+
+def _pl_mode_sub(s: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PL mode order of every subset (rows, M, k) and its probability (rows, M)."""
+    picked = s[:, groups]  # (rows, M, k)
+    idx = np.broadcast_to(groups, picked.shape)
+    order = np.lexsort((idx, -picked), axis=-1)
+    mode = np.take_along_axis(idx, order, axis=-1)
+    srt = np.take_along_axis(picked, order, axis=-1)
+    with np.errstate(invalid="ignore"):
+        suffix = np.logaddexp.accumulate(srt[..., ::-1], axis=-1)[..., ::-1]
+        p = np.exp((srt - suffix).sum(axis=-1))
+    return mode, p
+
+
+def _subset_dp(w_set: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """P(the k items of w_set (rows, k) fill the top k in some order), rest = total worth of the others."""
+    rows, k = w_set.shape
+    f = np.zeros((rows, 1 << k))
+    f[:, 0] = 1.0
+    for t in range(1, 1 << k):
+        for i in range(k):
+            if t >> i & 1:
+                prev = t ^ (1 << i)
+                tail = rest + sum(w_set[:, j] for j in range(k) if not (prev >> j & 1))
+                f[:, t] += f[:, prev] * w_set[:, i] / tail
+    return f[:, -1]
+
+
+def _pl_mode_top(s: np.ndarray, k: int, ordered: bool) -> tuple[np.ndarray, np.ndarray]:
+    n = s.shape[1]
+    order = np.lexsort((np.broadcast_to(np.arange(n), s.shape), -s), axis=1)
+    srt = np.take_along_axis(s, order, axis=1)
+    with np.errstate(invalid="ignore"):
+        if ordered:
+            suffix = np.logaddexp.accumulate(srt[:, ::-1], axis=1)[:, ::-1]
+            p = np.exp((srt[:, :k] - suffix[:, :k]).sum(axis=1))
+        else:
+            m = srt[:, :1]
+            w = np.exp(srt - m)
+            p = _subset_dp(w[:, :k], w[:, k:].sum(axis=1))
+    return order[:, :k], p
+
+
+def _table_mode(model: tuple, classes: np.ndarray, top: bool, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Modes from a class table grouped in blocks of `width` consecutive classes (one block per group)."""
+    p = event_probs(model, classes, top)
+    rows = p.shape[0]
+    p = np.nan_to_num(p, nan=-1.0).reshape(rows, -1, width)
+    best = np.argmax(p, axis=-1)  # first maximum
+    mode = classes.reshape(-1, width, classes.shape[1])[np.arange(p.shape[1])[None, :], best]
+    return mode, np.take_along_axis(p, best[..., None], axis=-1)[..., 0]
+
+
+def _distinct_prefixes(model: tuple, k: int, ordered: bool) -> np.ndarray:
+    orders = model[1] if model[0] == "explicit" else model[1].reshape(-1, model[1].shape[-1])
+    pre = orders[:, :k]
+    if not ordered:
+        pre = np.sort(pre, axis=1)
+    return np.unique(pre, axis=0).astype(np.intp)
+
+
+def _set_probs(model: tuple, sets: np.ndarray) -> np.ndarray:
+    """P(top-k set == each sorted set) for explicit/empirical models: (rows, S)."""
+    k = sets.shape[1]
+    orders = model[1]
+    hit = (np.sort(orders[..., :k], axis=-1)[..., None, :] == sets).all(axis=-1)
+    if model[0] == "explicit":
+        return model[2] @ hit.astype(np.float64)
+    return hit.mean(axis=1)
+
+
+def top_label_hist(model, keys, level, k, n_bins):
+    """One table (3, B) of (mode probability, observed == mode) events: level "sub", "top" or "set"."""
+    n_rows, n = keys.shape
+    out = np.zeros((3, n_bins))
+    skipped = 0
+    groups = subsets(n, k).astype(np.intp) if level == "sub" else None
+    per_row = (groups.shape[0] if groups is not None else 1) * max(k, 1) * n * (1 if model[0] == "pl" else 64)
+    for sl in _chunks(n_rows, per_row):
+        m = _model_rows(model, sl)
+        kk = keys[sl]
+        if level == "sub":
+            if m[0] == "pl":
+                mode, p = _pl_mode_sub(m[1], groups)
+            else:
+                from itertools import permutations
+
+                perms = np.array(list(permutations(range(k))), dtype=np.intp)
+                table = groups[:, perms].reshape(-1, k)
+                mode, p = _table_mode(m, table, False, perms.shape[0])
+            r = np.take_along_axis(np.broadcast_to(kk[:, None, :], (kk.shape[0], groups.shape[0], n)),
+                                   np.broadcast_to(mode, (kk.shape[0],) + mode.shape[1:]), axis=-1)
+            srt = np.sort(r, axis=-1)
+            ok = np.isfinite(r).all(axis=-1) & (srt[..., 1:] > srt[..., :-1]).all(axis=-1)
+            hit = (r[..., 1:] > r[..., :-1]).all(axis=-1)
+            p = np.broadcast_to(p, ok.shape)
+        else:
+            ordered = level == "top"
+            if m[0] == "pl":
+                mode, p = _pl_mode_top(m[1], k, ordered)
+                mode = np.broadcast_to(mode, (kk.shape[0], k))
+                p = np.broadcast_to(p, (kk.shape[0],))
+            else:
+                cand = _distinct_prefixes(m, k, ordered)
+                probs = event_probs(m, cand, True) if ordered else _set_probs(m, cand)
+                best = np.argmax(probs, axis=1)
+                mode, p = cand[best], probs[np.arange(probs.shape[0]), best]
+            prefix, ok = observed_prefix(kk, k, ordered)
+            if not ordered:
+                prefix, mode = np.sort(prefix, axis=1), np.sort(mode, axis=1)
+            ok = ok & np.isfinite(np.take_along_axis(kk, mode, axis=1)).all(axis=1)
+            hit = (prefix == mode).all(axis=1)
+        skipped += int((~ok).sum())
+        pv = np.clip(p[ok], 0.0, 1.0)
+        b = uniform_index(pv, n_bins)
+        out[0] += np.bincount(b, minlength=n_bins)
+        out[1] += np.bincount(b, weights=pv, minlength=n_bins)
+        out[2] += np.bincount(b, weights=hit[ok].astype(np.float64), minlength=n_bins)
+    return out, skipped
+
+
+def _labelled(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows with a label (>= 0): float64 probabilities and integer labels."""
+    keep = labels >= 0
+    return probs[keep].astype(np.float64), labels[keep].astype(np.intp)
+
+
+def canonical_kernel(probs, labels, h, p_norm):
+    """Dirichlet-kernel estimate of canonical calibration error with leave-one-out (rows with label < 0 are
+    left out): mean over rows of ||E^[y | f] - f||_p; tiled, O(N C) memory."""
+    f, y = _labelled(probs, labels)
+    n, c = f.shape
+    if n == 0:
+        return np.nan
+    from math import lgamma
+
+    alpha = f / h + 1.0
+    lg = np.vectorize(lgamma)
+    const = lg(alpha.sum(axis=1)) - lg(alpha).sum(axis=1)  # per kernel centre i
+    logf = np.log(np.maximum(f, 1e-8))
+    total = 0.0
+    tile = max(1, _CHUNK // max(n, 1))
+    for lo in range(0, n, tile):
+        hi = min(n, lo + tile)
+        logk = const[None, :] + logf[lo:hi] @ (alpha - 1.0).T  # (tile, n): rows j, centres i
+        logk[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
+        logk -= logk.max(axis=1, keepdims=True)
+        w = np.exp(logk)
+        num = np.zeros((hi - lo, c))
+        for cls in range(c):
+            num[:, cls] = w[:, y == cls].sum(axis=1)
+        cond = num / (w.sum(axis=1, keepdims=True) + 1e-8)
+        d = np.abs(cond - f[lo:hi])
+        total += float((d**p_norm).sum(axis=1).__pow__(1.0 / p_norm).sum())
+    return total / n
+
+
+def simplex_bins(probs, labels, n_bins=10):
+    """Strong calibration error by simplex binning (C = 2 or 3), as the paper's reference code bins."""
+    f, y = _labelled(probs, labels)
+    n, c = f.shape
+    if n == 0:
+        return np.nan
+    step = 1.0 / n_bins
+    if c == 2:
+        ids = np.minimum((f[:, 0] / step).astype(np.int64), n_bins - 1)
+        n_ids = n_bins
+    else:
+        i = np.minimum((f[:, 0] / step).astype(np.int64), n_bins)
+        j = np.minimum((f[:, 1] / step).astype(np.int64), n_bins)
+        over = i + j > n_bins
+        red_i = over & (f[:, 0] >= f[:, 1])
+        red_j = over & (f[:, 1] > f[:, 0])
+        i2 = np.where(red_i, n_bins - j, i)
+        j2 = np.where(red_j, n_bins - i2, j)
+        # bins (i, j) with i + j <= B enumerated i-major: offset(i) = sum_{t<i} (B + 1 - t)
+        ids = i2 * (n_bins + 1) - (i2 * (i2 - 1)) // 2 + j2
+        n_ids = (n_bins + 1) * (n_bins + 2) // 2
+    cnt = np.bincount(ids, minlength=n_ids).astype(np.float64)
+    sp = np.stack([np.bincount(ids, weights=f[:, t], minlength=n_ids) for t in range(c)], axis=1)
+    onehot = (y[:, None] == np.arange(c)).astype(np.float64)
+    sy = np.stack([np.bincount(ids, weights=onehot[:, t], minlength=n_ids) for t in range(c)], axis=1)
+    ne = cnt > 0
+    l1 = np.abs(sp[ne] / cnt[ne, None] - sy[ne] / cnt[ne, None]).sum(axis=1)
+    return float((cnt[ne] / n * l1).sum())

@@ -1,0 +1,32 @@
+// CPU kernels of the calibration hierarchy (prefcal.ranking, SPEC §5) for Plackett-Luce models.
+//
+// Observations arrive as rank keys (rows, n) float64: smaller is better, equal keys tie, NaN = unknown place,
+// +inf = not in the row's choice set. Scores are (score_rows, n) float64 with -inf for unavailable items;
+// score_rows is 1 (one shared model) or rows. Every event probability is computed inside the binning loop.
+#pragma once
+
+#include <cstdint>
+
+namespace prefcal::cpu {
+
+// Per-class binary tables (C, 3, B) = (count, sum p, sum outcome) of the classes (C, k) of a sub-k (top=false)
+// or top-k (top=true) level over the kept rows (keep may be null) and decided events. edges: B + 1 bin edges
+// (log spacing) or null for uniform bins.
+void rank_classwise(const double* scores, int64_t score_rows, const double* keys, int64_t rows, int64_t n,
+                    const int32_t* classes, int64_t n_classes, int64_t k, bool top, int32_t n_bins,
+                    const double* edges, const uint8_t* keep, double* tables);
+
+// One table (3, B) of (mode probability, observation == mode) events. level 0: sub-k, one event per (row,
+// subset) over groups (M, k); level 1: the ordered top-k prefix; level 2: the top-k set (k <= 20). Returns the
+// number of skipped (undecided) events.
+int64_t rank_top_label(const double* scores, int64_t score_rows, const double* keys, int64_t rows, int64_t n,
+                       int level, const int32_t* groups, int64_t n_groups, int64_t k, int32_t n_bins,
+                       double* table);
+
+// Dirichlet-kernel canonical calibration error with leave-one-out over the rows with label >= 0: mean over
+// those rows of || sum_i k(f_j; a_i) y_i / (sum_i k(f_j; a_i) + 1e-8) - f_j ||_p, a_i = f_i / h + 1,
+// log f clamped at log(1e-8). NaN when no row has a label.
+double rank_canonical(const double* probs, const int64_t* labels, int64_t rows, int64_t n_classes, double h,
+                      double p);
+
+}  // namespace prefcal::cpu

@@ -1,0 +1,1231 @@
+"""The calibration hierarchy of probabilistic label rankings (SPEC §5).
+
+A model predicts, per row (context), a distribution over the orderings of n items; the observation is one
+ordering (possibly partial) or ranks with ties. Calibration is asked at several levels:
+
+* **sub-k** (:func:`subranking_ece`): for each k-subset A, the relative order of A (k = 2: pairs);
+* **top-k** (:func:`topk_ece`): the ordered top-k prefix (k = 1: which item wins), or the top-k *set*;
+* **full** (:func:`full_ece`): the whole ordering (= top-(n-1));
+* **marginal events** (:func:`marginal_ece`): "item i at position j", "item i in the top k".
+
+Each level is reduced to calibration errors in one of three ways (``kind=``):
+
+``"classwise"``
+    The rank-wise ECE of the label-ranking calibration paper (Thies et al., ICML 2026), with its reference
+    code's numbers: one binary ECE per class (an ordered k-tuple) over all rows, aggregated over classes.
+``"top_label"``
+    One event per row (top-k) or per (row, subset) (sub-k): the mode's probability vs whether the
+    observation is the mode; one reliability diagram.
+``"canonical"``
+    The calibration of the whole distribution at that level (per subset for sub-k), estimated with a
+    Dirichlet kernel (leave-one-out) or, for at most 3 classes, simplex binning.
+
+Models: :class:`PL` (or a plain score array), :class:`Explicit` (a table of orderings and their
+probabilities per row) and :class:`Empirical` (sampled orderings per row).
+
+Observations and undetermined events
+------------------------------------
+``rankings=`` (N, m) orderings, ``-1``-padded (SPEC §1: listed items are the top of the available items, in
+order; unlisted available items are below them in unknown order), or ``observed_ranks=`` (N, n) (smaller is
+better, equal values are ties, negative or NaN = unknown). A sub-k event of subset A is decided when every
+item of A has a known place and no two of them tie; otherwise every class of A skips the row. A top-k event
+is decided when the observed top-k prefix is (no unknown item, the k best strictly ordered and strictly
+above the rest). Items outside a row's choice set (the PL model's ``mask``) take part in no event of that
+row. Skipped events are counted in ``n_skipped``.
+
+Backends: PL models run the fused C++ kernels (every event probability computed on the fly inside the
+binning loop; no (N x classes) array); :class:`Explicit` and :class:`Empirical` models and the canonical
+kind run in chunks of rows through NumPy. Inputs on a GPU are copied to the host (the CUDA kernels of this
+module are not written yet).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import permutations
+from typing import Any
+
+import numpy as np
+
+from . import _arrays, _backend, _reference, _validation
+from .calibration import Reliability, calibration_error
+
+__all__ = [
+    "PL",
+    "Explicit",
+    "Empirical",
+    "LevelResult",
+    "ClasswiseResult",
+    "CanonicalResult",
+    "SweepTable",
+    "Report",
+    "subranking_ece",
+    "topk_ece",
+    "full_ece",
+    "marginal_ece",
+    "sweep",
+    "report",
+]
+
+KINDS = ("classwise", "top_label", "canonical")
+CLASSES = ("auto", "all", "observed")
+WEIGHTINGS = ("uniform", "prevalence", "pred_mass", "top5_mass")
+DISCREPANCIES = ("abs", "kl", "jeff", "rel_p", "rel_q", "log_ratio")
+SPACINGS = ("linear", "log")
+FILTERS = (None, "mass95", "top10")
+ESTIMATORS = ("kernel", "binning")
+EPS = 1e-12
+AUTO_ALL_BELOW = 8  # classes="auto": all classes when n < 8, else the observed ones (the paper's rule)
+EXPLICIT_SUM_TOL = 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ models
+def _host(name: str, x: Any) -> np.ndarray:
+    if x is None:
+        return None
+    w = _arrays.where(x)
+    return _arrays.host_copy(x) if w.on_gpu else np.asarray(_arrays.to_numpy_input(x))
+
+
+def _int_array(name: str, x: Any) -> np.ndarray:
+    a = _host(name, x)
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def _float_array(name: str, x: Any) -> np.ndarray:
+    a = _host(name, x)
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{name} must be a float array, got dtype {a.dtype}")
+    return a.astype(np.float64, copy=False)
+
+
+def _permutation_problem(orders: np.ndarray, n: int) -> int | None:
+    """Index (flat, over the leading axes) of the first row of `orders` (..., n) that is not a permutation."""
+    flat = orders.reshape(-1, n)
+    ok = (flat >= 0) & (flat < n)
+    srt = np.sort(np.where(ok, flat, -1), axis=1)
+    bad = ~ok.all(axis=1) | (srt != np.arange(n)).any(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def _not_permutation(name: str, index: str, row: np.ndarray, n: int) -> str:
+    seen: dict[int, int] = {}
+    for j, v in enumerate(int(x) for x in row):
+        if not 0 <= v < n:
+            return f"{name}[{index}, {j}] = {v} is out of range for n_items={n}"
+        if v in seen:
+            return f"{name}[{index}] repeats item {v} (positions {seen[v]} and {j}); orderings must be permutations"
+        seen[v] = j
+    return f"{name}[{index}] is not a permutation of 0..{n - 1}"
+
+
+@dataclass(frozen=True)
+class PL:
+    """Plackett-Luce model per row: ``scores`` (N, n) or one shared (n,), optional choice-set ``mask``.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> m = prefcal.ranking.PL(np.log([[3.0, 1.0]]))
+    >>> m.n_items, m.n_rows
+    (2, 1)
+    """
+
+    scores: Any
+    mask: Any = None
+
+    def __post_init__(self) -> None:
+        s = _float_array("scores", self.scores)
+        _validation.scores_shape(s.shape)
+        if s.ndim == 1:
+            msg = _validation.nonfinite_scores(s)
+        else:
+            bad = ~np.isfinite(s).all(axis=1)
+            msg = (
+                _validation.nonfinite_scores(s[int(np.argmax(bad))], f"{int(np.argmax(bad))}, ")
+                if bad.any()
+                else None
+            )
+        if msg:
+            raise ValueError(msg)
+        object.__setattr__(self, "scores", s)
+        if self.mask is not None:
+            m = _host("mask", self.mask)
+            if m.dtype != np.bool_:
+                raise TypeError(f"mask must be a boolean array, got dtype {m.dtype}")
+            _validation.mask_shape(m.shape, s.shape[0] if s.ndim == 2 else m.shape[0], s.shape[-1])
+            object.__setattr__(self, "mask", m)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.scores.shape[-1])
+
+    @property
+    def n_rows(self) -> int | None:
+        if self.scores.ndim == 2:
+            return int(self.scores.shape[0])
+        return None if self.mask is None or self.mask.ndim == 1 else int(self.mask.shape[0])
+
+
+@dataclass(frozen=True)
+class Explicit:
+    """An explicit table: candidate full ``orderings`` (R, n) and their ``probs`` (N, R) per row; each row
+    sums to at most 1 (the rest of the mass is on orderings not listed).
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> m = prefcal.ranking.Explicit([[0, 1, 2], [2, 1, 0]], [[0.75, 0.25]])
+    >>> m.n_items, m.n_rows
+    (3, 1)
+    """
+
+    orderings: Any
+    probs: Any
+
+    def __post_init__(self) -> None:
+        o = _int_array("orderings", self.orderings)
+        p = _float_array("probs", self.probs)
+        if o.ndim != 2 or o.shape[0] == 0 or o.shape[1] == 0:
+            raise ValueError(
+                f"orderings must be a non-empty 2-dimensional array (R, n_items), got shape {o.shape}"
+            )
+        if p.ndim != 2 or p.shape[1] != o.shape[0]:
+            raise ValueError(
+                f"probs must have shape (N, {o.shape[0]}) (one column per ordering), got {p.shape}"
+            )
+        bad = _permutation_problem(o, o.shape[1])
+        if bad is not None:
+            raise ValueError(_not_permutation("orderings", str(bad), o[bad], o.shape[1]))
+        if np.unique(o, axis=0).shape[0] != o.shape[0]:
+            raise ValueError("orderings lists the same ordering twice; give each ordering once")
+        wrong = ~((p >= 0) & (p <= 1)).all(axis=1)
+        if wrong.any():
+            r = int(np.argmax(wrong))
+            c = int(np.argmax(~((p[r] >= 0) & (p[r] <= 1))))
+            raise ValueError(f"probs[{r}, {c}] = {float(p[r, c])!r} is not a probability in [0, 1]")
+        over = p.sum(axis=1) > 1.0 + EXPLICIT_SUM_TOL
+        if over.any():
+            r = int(np.argmax(over))
+            raise ValueError(
+                f"probs[{r}] sums to {float(p[r].sum())!r} > 1 (+{EXPLICIT_SUM_TOL}); rows must sum to at most 1"
+            )
+        object.__setattr__(self, "orderings", o)
+        object.__setattr__(self, "probs", p)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.orderings.shape[1])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.probs.shape[0])
+
+
+@dataclass(frozen=True)
+class Empirical:
+    """Sampled full orderings ``samples`` (N, S, n) per row (e.g. from :func:`prefcal.pl.sample`);
+    probabilities are frequencies.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> m = prefcal.ranking.Empirical(np.array([[[0, 1], [1, 0], [0, 1]]]))
+    >>> m.n_items, m.n_rows
+    (2, 1)
+    """
+
+    samples: Any
+
+    def __post_init__(self) -> None:
+        s = _int_array("samples", self.samples)
+        if s.ndim != 3 or 0 in s.shape:
+            raise ValueError(
+                f"samples must be a non-empty 3-dimensional array (N, S, n_items), got shape {s.shape}"
+            )
+        bad = _permutation_problem(s, s.shape[2])
+        if bad is not None:
+            b, d = divmod(bad, s.shape[1])
+            raise ValueError(_not_permutation("samples", f"{b}, {d}", s[b, d], s.shape[2]))
+        object.__setattr__(self, "samples", s)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.samples.shape[2])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.samples.shape[0])
+
+
+def _as_model(model: Any) -> PL | Explicit | Empirical:
+    if isinstance(model, (PL, Explicit, Empirical)):
+        return model
+    if isinstance(model, dict):
+        raise TypeError(
+            "model must be ranking.PL, ranking.Explicit, ranking.Empirical or a score array, got dict"
+        )
+    return PL(model)
+
+
+# ------------------------------------------------------------------------------------------ observations
+@dataclass
+class _Data:
+    """A model and its observations prepared for the kernels."""
+
+    model: PL | Explicit | Empirical
+    keys: np.ndarray  # (N, n) float64 rank keys: NaN unknown, +inf unavailable
+    n: int
+    avail: np.ndarray | None  # (N, n) or None when every item is available
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.keys.shape[0])
+
+    def tuple(self, rows: slice | None = None) -> tuple:
+        m = self.model
+        if isinstance(m, PL):
+            s = m.scores if m.scores.ndim == 2 else m.scores[None, :]
+            if self.avail is not None:
+                s = np.where(self.avail, np.broadcast_to(s, self.avail.shape), -np.inf)
+            return ("pl", s)
+        if isinstance(m, Explicit):
+            return ("explicit", m.orderings, m.probs)
+        return ("empirical", m.samples)
+
+
+def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
+    model = _as_model(model)
+    n = model.n_items
+    if (rankings is None) == (observed_ranks is None):
+        raise ValueError(
+            "give the observations either as rankings= (orderings) or as observed_ranks=, not both"
+        )
+    mask = model.mask if isinstance(model, PL) else None
+    if rankings is not None:
+        r = _int_array("rankings", rankings)
+        n_rows, m = _validation.rankings_shape(r.shape, n)
+    else:
+        r = _float_array("observed_ranks", observed_ranks)
+        if r.ndim != 2 or r.shape[1] != n:
+            raise ValueError(f"observed_ranks must have shape (N, {n}) (one rank per item), got {r.shape}")
+        n_rows = r.shape[0]
+    _validation.nonempty("rankings" if rankings is not None else "observed_ranks", n_rows)
+    rows = model.n_rows
+    if rows is not None and rows != n_rows:
+        raise ValueError(f"the model has {rows} rows but the observations have {n_rows}")
+    avail = None
+    if mask is not None:
+        _validation.mask_shape(mask.shape, n_rows, n)
+        avail = np.broadcast_to(mask, (n_rows, n))
+    full_avail = avail if avail is not None else np.ones((n_rows, n), dtype=bool)
+    if rankings is not None:
+        listed, items, indicator, bad = _reference.parse_rankings(r, full_avail)
+        if bad.any():
+            b = int(np.argmax(bad))
+            raise ValueError(_validation.ranking_row_message(b, r[b], n, None if avail is None else avail[b]))
+        length = listed.sum(axis=1)
+        keys = np.broadcast_to(length[:, None].astype(np.float64), (n_rows, n)).copy()
+        pos = np.broadcast_to(np.arange(m, dtype=np.float64), (n_rows, m))
+        b_idx = np.broadcast_to(np.arange(n_rows)[:, None], (n_rows, m))
+        keys[b_idx[listed], items[listed]] = pos[listed]
+    else:
+        keys = np.where(np.isnan(r) | (r < 0), np.nan, r)
+    if avail is not None:
+        keys = np.where(avail, keys, np.inf)
+    return _Data(model, np.ascontiguousarray(keys), n, avail)
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class LevelResult:
+    """Binned calibration of one event per row (or per (row, subset)): the ``top_label`` kind and
+    :func:`marginal_ece`."""
+
+    ece: float
+    rmsce: float
+    mce: float
+    accuracy: float
+    mean_confidence: float
+    n_events: int
+    n_skipped: int
+    reliability: Reliability
+    kind: str = "top_label"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("kind", "ece", "rmsce", "mce", "accuracy", "mean_confidence")}
+        d.update(n_events=self.n_events, n_skipped=self.n_skipped, reliability=self.reliability.to_dict())
+        return d
+
+
+@dataclass(frozen=True)
+class ClasswiseResult:
+    """Rank-wise (classwise) ECE: the aggregate ``ece`` and the per-class table ``classes`` (records with
+    ``cls``, ``ece``, ``prevalence``, ``pred_mass``, ``count``); :meth:`reliability` gives a class's diagram."""
+
+    ece: float
+    n_classes: int
+    n_skipped: int
+    classes: list[dict[str, Any]]
+    weighting: str
+    discrepancy: str
+    _tables: np.ndarray = field(repr=False)
+    _edges: np.ndarray = field(repr=False)
+    kind: str = "classwise"
+
+    @property
+    def n_events(self) -> int:
+        return int(sum(r["count"] for r in self.classes))
+
+    def reliability(self, cls: Any) -> Reliability:
+        key = tuple(int(v) for v in cls)
+        for i, r in enumerate(self.classes):
+            if r["cls"] == key:
+                t = self._tables[i]
+                return Reliability(t[0], t[1], t[2], self._edges)
+        raise KeyError(f"class {key} is not among the {self.n_classes} classes of this result")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "ece": self.ece,
+            "n_classes": self.n_classes,
+            "n_events": self.n_events,
+            "n_skipped": self.n_skipped,
+            "weighting": self.weighting,
+            "discrepancy": self.discrepancy,
+            "classes": [dict(r, cls=list(r["cls"])) for r in self.classes],
+        }
+
+
+@dataclass(frozen=True)
+class CanonicalResult:
+    """Canonical (full-rank) calibration error: the mean over subsets of the per-subset errors."""
+
+    ece: float
+    per_subset: dict[tuple[int, ...], float]
+    n_skipped: int = 0
+    estimator: str = "kernel"
+    kind: str = "canonical"
+
+    @property
+    def n_events(self) -> int:
+        return -1
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.per_subset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "ece": self.ece,
+            "estimator": self.estimator,
+            "n_skipped": self.n_skipped,
+            "per_subset": {",".join(map(str, k)): v for k, v in self.per_subset.items()},
+        }
+
+
+# ------------------------------------------------------------------------------------------- classwise
+def _discrepancy(name: str, cnt: np.ndarray, sc: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """Per-bin discrepancy between the outcome rate p and the mean probability q (0 in empty bins)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(cnt > 0, sy / cnt, 0.0)
+        q = np.where(cnt > 0, sc / cnt, 0.0)
+        if name == "abs":
+            d = np.abs(p - q)
+        elif name == "rel_p":
+            d = np.abs(p - q) / (p + EPS)
+        elif name == "rel_q":
+            d = np.abs(p - q) / (q + EPS)
+        elif name == "log_ratio":
+            d = np.abs(np.log((p + EPS) / (q + EPS)))
+        elif name == "kl":
+            pc, qc = np.clip(p, EPS, 1 - EPS), np.clip(q, EPS, 1 - EPS)
+            d = pc * np.log(pc / qc) + (1 - pc) * np.log((1 - pc) / (1 - qc))
+        else:  # jeff
+            ps = (sy + 0.5) / (cnt + 1.0)
+            qc = np.clip(q, EPS, 1 - EPS)
+            kl_pq = ps * np.log(ps / qc) + (1 - ps) * np.log((1 - ps) / (1 - qc))
+            kl_qp = qc * np.log(qc / ps) + (1 - qc) * np.log((1 - qc) / (1 - ps))
+            d = 1.0 - np.exp(-(kl_pq + kl_qp))
+    return np.where(cnt > 0, d, 0.0)
+
+
+def classwise_summary(
+    tables: np.ndarray, discrepancy: str, weighting: str
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(aggregate, per-class ece, prevalence, pred_mass, count) from per-class tables (C, 3, B).
+
+    Classes without a decided event have ece NaN and take no part in the aggregate."""
+    cnt, sc, sy = tables[:, 0], tables[:, 1], tables[:, 2]
+    n_c = cnt.sum(axis=1)
+    has = n_c > 0
+    safe = np.where(has, n_c, 1.0)
+    ece = np.where(has, (cnt / safe[:, None] * _discrepancy(discrepancy, cnt, sc, sy)).sum(axis=1), np.nan)
+    prevalence = np.where(has, sy.sum(axis=1) / safe, np.nan)
+    pred_mass = np.where(has, sc.sum(axis=1) / safe, np.nan)
+    e = ece[has]
+    if e.size == 0:
+        return math.nan, ece, prevalence, pred_mass, n_c
+    if weighting == "uniform":
+        total = float(np.mean(e))
+    elif weighting == "top5_mass":
+        order = np.argsort(-pred_mass[has], kind="stable")
+        total = float(e[order[:5]].sum() / 5.0)
+    else:
+        w = (prevalence if weighting == "prevalence" else pred_mass)[has]
+        total = float(np.sum(e * w) / w.sum()) if w.sum() > 0 else float(np.mean(e))
+    return total, ece, prevalence, pred_mass, n_c
+
+
+def _class_list(data: _Data, k: int, top: bool, classes: str) -> np.ndarray:
+    if classes == "auto":
+        classes = "all" if data.n < AUTO_ALL_BELOW else "observed"
+    if classes == "all":
+        count = math.perm(data.n, k) if top else math.comb(data.n, k) * math.factorial(k)
+        if count > 50_000_000:
+            raise ValueError(
+                f"classes='all' at this level has {count} classes (n_items={data.n}, k={k}); use classes='observed'"
+            )
+        return _reference.all_classes(data.n, k, top)
+    return _reference.observed_classes(data.keys, k, top)
+
+
+def _filtered(data: _Data, how: str) -> tuple[tuple, np.ndarray]:
+    """The reference code's row filter: (model restricted to the retained orderings, kept rows)."""
+    keys = data.keys
+    if data.avail is not None and not data.avail.all():
+        raise ValueError("filter= needs every item available in every row (no mask)")
+    srt = np.sort(keys, axis=1)
+    incomplete = ~np.isfinite(keys).all(axis=1) | (srt[:, 1:] == srt[:, :-1]).any(axis=1)
+    if incomplete.any():
+        raise ValueError(
+            f"filter={how!r} needs complete observed orderings; row {int(np.argmax(incomplete))} is partial or tied"
+        )
+    orders = np.argsort(keys, axis=1)
+    uniq, first, inverse, counts = np.unique(
+        orders, axis=0, return_index=True, return_inverse=True, return_counts=True
+    )
+    inverse = inverse.reshape(-1)
+    rank = np.lexsort((first, -counts))  # frequency descending, ties by first occurrence
+    if how == "top10":
+        chosen = rank[:10]
+    else:
+        cum = np.cumsum(counts[rank])
+        stop = int(np.searchsorted(cum / keys.shape[0], 0.95, side="left"))
+        chosen = rank[: stop + 1]
+    retained = uniq[np.sort(chosen)]
+    keep = np.isin(inverse, chosen)
+    return ("explicit", retained, _ordering_probs(data, retained)), keep
+
+
+def _ordering_probs(data: _Data, orderings: np.ndarray) -> np.ndarray:
+    """p_b(pi) of each given full ordering for every row: (N, R)."""
+    m = data.tuple()
+    n = data.n
+    out = np.empty((data.n_rows, orderings.shape[0]))
+    for sl in _reference._chunks(data.n_rows, orderings.shape[0] * n * max(n - 1, 1)):
+        part = _reference._model_rows(m, sl)
+        if n == 1:
+            out[sl] = 1.0
+        elif part[0] == "explicit":
+            hit = (part[1][:, None, :] == orderings[None]).all(axis=-1).astype(np.float64)  # (R_model, R)
+            out[sl] = part[2] @ hit
+        else:
+            out[sl] = np.broadcast_to(
+                _reference.event_probs(part, orderings[:, : n - 1], True), out[sl].shape
+            )
+    return out
+
+
+def _classwise(
+    data: _Data,
+    k: int,
+    top: bool,
+    *,
+    n_bins: int,
+    classes: str,
+    weighting: str,
+    discrepancy: str,
+    bin_spacing: str,
+    filter: str | None,
+    return_tables: bool = True,
+) -> ClasswiseResult:
+    class_list = _class_list(data, k, top, classes)
+    edges = _reference.log_edges(n_bins) if bin_spacing == "log" else None
+    keep = None
+    model_t = data.tuple()
+    if filter is not None:
+        model_t, keep = _filtered(data, filter)
+    if class_list.shape[0] == 0:
+        raise ValueError("no class of this level is observed in any row: every event is undetermined")
+    tables = _kernels().classwise(model_t, data.keys, class_list, top, n_bins, edges, keep)
+    total, ece, prev, mass, count = classwise_summary(tables, discrepancy, weighting)
+    rows = int(keep.sum()) if keep is not None else data.n_rows
+    records = [
+        {
+            "cls": tuple(int(v) for v in c),
+            "ece": float(e),
+            "prevalence": float(p),
+            "pred_mass": float(q),
+            "count": int(n_),
+        }
+        for c, e, p, q, n_ in zip(class_list, ece, prev, mass, count, strict=True)
+    ]
+    skipped = int(rows * class_list.shape[0] - count.sum())
+    show_edges = edges if edges is not None else np.linspace(0.0, 1.0, n_bins + 1)
+    return ClasswiseResult(
+        total, int(class_list.shape[0]), skipped, records, weighting, discrepancy, tables, show_edges
+    )
+
+
+# ------------------------------------------------------------------------------------------- top label
+def _level_result(tables: np.ndarray, skipped: int, kind: str = "top_label") -> LevelResult:
+    cnt, sc, sy = tables
+    total = float(cnt.sum())
+    rel = Reliability(cnt, sc, sy, np.linspace(0.0, 1.0, cnt.shape[0] + 1))
+    if total == 0:
+        raise ValueError(
+            "every event of this level is undetermined by the observations: nothing to calibrate"
+        )
+    return LevelResult(
+        calibration_error(cnt, sc, sy, "l1"),
+        calibration_error(cnt, sc, sy, "l2"),
+        calibration_error(cnt, sc, sy, "max"),
+        float(sy.sum() / total),
+        float(sc.sum() / total),
+        int(total),
+        int(skipped),
+        rel,
+        kind,
+    )
+
+
+def _top_label(data: _Data, k: int, level: str, n_bins: int) -> LevelResult:
+    tables, skipped = _kernels().top_label(data.tuple(), data.keys, level, k, n_bins)
+    return _level_result(tables, skipped)
+
+
+# ------------------------------------------------------------------------------------------- canonical
+def _canonical(
+    data: _Data, k: int, top: bool, *, classes: str, estimator: str, h: float, p: float, n_bins: int
+) -> CanonicalResult:
+    use_all = classes == "all" or (classes == "auto" and data.n < AUTO_ALL_BELOW)
+    m = data.tuple()
+    per: dict[tuple[int, ...], float] = {}
+    skipped = 0
+    groups = [None] if top else [tuple(int(v) for v in a) for a in _reference.subsets(data.n, k)]
+    for a in groups:
+        if top:
+            cls = _class_list(data, k, True, "all" if use_all else "observed")
+        elif use_all:
+            cls = np.array(list(permutations(a)), dtype=np.int32)
+        else:
+            cls = _reference.observed_classes(data.keys[:, list(a)], k, False)
+            cls = np.array(a, dtype=np.int32)[cls]
+        if cls.shape[0] == 0:
+            continue
+        if estimator == "binning" and cls.shape[0] not in (2, 3):
+            raise ValueError(
+                f"estimator='binning' needs 2 or 3 classes per distribution, got {cls.shape[0]}; use 'kernel'"
+            )
+        probs = np.empty((data.n_rows, cls.shape[0]))
+        labels = np.empty(data.n_rows, dtype=np.int64)
+        for sl in _reference._chunks(data.n_rows, cls.shape[0] * k * data.n):
+            part = _reference._model_rows(m, sl)
+            probs[sl] = np.nan_to_num(
+                np.broadcast_to(_reference.event_probs(part, cls, top), (sl.stop - sl.start, cls.shape[0]))
+            )
+            truth = (_reference.top_truth if top else _reference.sub_truth)(data.keys[sl], cls)
+            hit = truth == 1
+            labels[sl] = np.where(hit.any(axis=1), np.argmax(hit, axis=1), -1)
+        skipped += int((labels < 0).sum())
+        if estimator == "kernel":
+            err = _kernels().canonical(probs, labels, h, p)
+        else:
+            err = _reference.simplex_bins(probs, labels, n_bins)
+        per[a if a is not None else tuple(range(k))] = float(err)
+    vals = [v for v in per.values() if not math.isnan(v)]
+    if not vals:
+        raise ValueError(
+            "every event of this level is undetermined by the observations: nothing to calibrate"
+        )
+    return CanonicalResult(float(np.mean(vals)), per, skipped, estimator)
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+class _Kernels:
+    """Routes each kernel to the C++ backend where one exists for the model, else to the reference."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.cpu = _backend.cpu_module() if backend == "cpu" else None
+
+    def classwise(self, model_t, keys, classes, top, n_bins, edges, keep):
+        if self.cpu is not None and model_t[0] == "pl" and hasattr(self.cpu, "rank_classwise"):
+            return self.cpu.rank_classwise(
+                np.ascontiguousarray(model_t[1]),
+                keys,
+                np.ascontiguousarray(classes, dtype=np.int32),
+                bool(top),
+                n_bins,
+                edges,
+                keep,
+            )
+        return _reference.classwise_hist(model_t, keys, classes, top, n_bins, edges, keep)
+
+    def top_label(self, model_t, keys, level, k, n_bins):
+        if self.cpu is not None and model_t[0] == "pl" and hasattr(self.cpu, "rank_top_label"):
+            code = ("sub", "top", "set").index(level)
+            groups = _reference.subsets(keys.shape[1], k) if code == 0 else None
+            return self.cpu.rank_top_label(np.ascontiguousarray(model_t[1]), keys, code, groups, k, n_bins)
+        return _reference.top_label_hist(model_t, keys, level, k, n_bins)
+
+    def canonical(self, probs, labels, h, p):
+        if self.cpu is not None and hasattr(self.cpu, "rank_canonical"):
+            return self.cpu.rank_canonical(
+                np.ascontiguousarray(probs, dtype=np.float64),
+                np.ascontiguousarray(labels, dtype=np.int64),
+                h,
+                p,
+            )
+        return _reference.canonical_kernel(probs, labels, h, p)
+
+
+def _kernels() -> _Kernels:
+    return _Kernels(_backend.choose(on_gpu=False))
+
+
+# ------------------------------------------------------------------------------------------ public API
+def _common(kind, n_bins, default_bins):
+    kind = _validation.option("kind", kind, KINDS)
+    bins = default_bins if n_bins is None else _validation.n_bins(n_bins)
+    return kind, bins
+
+
+def _run_level(
+    data: _Data,
+    k: int,
+    top: bool,
+    level: str,
+    kind: str,
+    n_bins: int | None,
+    classes: str,
+    weighting: str,
+    discrepancy: str,
+    bin_spacing: str,
+    filter: str | None,
+    estimator: str,
+    h: float,
+    p: float,
+) -> Any:
+    classes = _validation.option("classes", classes, CLASSES)
+    if kind == "classwise":
+        weighting = _validation.option("weighting", weighting, WEIGHTINGS)
+        if weighting == "top5_mass" and not top:
+            raise ValueError(
+                "weighting='top5_mass' is defined for top-k levels only (as in the reference code)"
+            )
+        discrepancy = _validation.option("discrepancy", discrepancy, DISCREPANCIES)
+        bin_spacing = _validation.option("bin_spacing", bin_spacing, SPACINGS)
+        if filter not in FILTERS:
+            raise ValueError(f"filter must be one of None, 'mass95', 'top10'; got {filter!r}")
+        bins = 10 if n_bins is None else _validation.n_bins(n_bins)
+        return _classwise(
+            data,
+            k,
+            top,
+            n_bins=bins,
+            classes=classes,
+            weighting=weighting,
+            discrepancy=discrepancy,
+            bin_spacing=bin_spacing,
+            filter=filter,
+        )
+    if kind == "top_label":
+        return _top_label(data, k, level, 15 if n_bins is None else _validation.n_bins(n_bins))
+    estimator = _validation.option("estimator", estimator, ESTIMATORS)
+    h = _validation.real("h", h, positive=True)
+    p = _validation.real("p", p, positive=True)
+    return _canonical(
+        data,
+        k,
+        top,
+        classes=classes,
+        estimator=estimator,
+        h=h,
+        p=p,
+        n_bins=10 if n_bins is None else _validation.n_bins(n_bins),
+    )
+
+
+def subranking_ece(
+    model: Any,
+    rankings: Any = None,
+    k: int = 2,
+    *,
+    observed_ranks: Any = None,
+    kind: str = "classwise",
+    n_bins: int | None = None,
+    classes: str = "auto",
+    weighting: str = "uniform",
+    discrepancy: str = "abs",
+    bin_spacing: str = "linear",
+    filter: str | None = None,
+    estimator: str = "kernel",
+    h: float = 1.0,
+    p: float = 1.0,
+) -> Any:
+    """Calibration of the sub-rankings of size k (k = 2: pairwise preferences, the Bradley-Terry view).
+
+    Parameters
+    ----------
+    model : PL, Explicit, Empirical or a score array (N, n) / (n,) (meaning PL)
+    rankings : int array (N, m), optional
+        Observed orderings (``-1``-padded); or give ``observed_ranks=`` (N, n) instead.
+    k : int, 2 <= k <= n_items
+    kind : {"classwise", "top_label", "canonical"}
+    n_bins : int, optional
+        10 for ``classwise`` and ``canonical`` binning, 15 for ``top_label``.
+    classes : {"auto", "all", "observed"}
+        ``classwise`` / ``canonical``: every ordered k-tuple, only those observed in some row, or all when
+        n_items < 8 (the paper's rule).
+    weighting : {"uniform", "prevalence", "pred_mass"}
+    discrepancy : {"abs", "kl", "jeff", "rel_p", "rel_q", "log_ratio"}
+    bin_spacing : {"linear", "log"}
+    filter : {None, "mass95", "top10"}
+        Keep only rows whose observed ordering is among the most frequent ones (reference-code semantics:
+        event probabilities are summed over the retained orderings, not renormalised).
+    estimator, h, p : canonical only: ``"kernel"`` (Dirichlet kernel, bandwidth h, p-norm) or ``"binning"``.
+
+    Returns
+    -------
+    ClasswiseResult, LevelResult or CanonicalResult
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> scores = np.log([[4.0, 2.0, 1.0]] * 4)
+    >>> obs = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [0, 1, 2]])
+    >>> r = prefcal.ranking.subranking_ece(scores, obs, k=2)
+    >>> r.n_classes, round(r.ece, 4)
+    (6, 0.1222)
+    """
+    data = _prepare(model, rankings, observed_ranks)
+    kind, _ = _common(kind, n_bins, 10)
+    k = _validation.integer("k", k, 2, data.n)
+    return _run_level(
+        data,
+        k,
+        False,
+        "sub",
+        kind,
+        n_bins,
+        classes,
+        weighting,
+        discrepancy,
+        bin_spacing,
+        filter,
+        estimator,
+        h,
+        p,
+    )
+
+
+def topk_ece(
+    model: Any,
+    rankings: Any = None,
+    k: int = 1,
+    *,
+    observed_ranks: Any = None,
+    kind: str = "classwise",
+    ordered: bool = True,
+    n_bins: int | None = None,
+    classes: str = "auto",
+    weighting: str = "uniform",
+    discrepancy: str = "abs",
+    bin_spacing: str = "linear",
+    filter: str | None = None,
+    estimator: str = "kernel",
+    h: float = 1.0,
+    p: float = 1.0,
+) -> Any:
+    """Calibration of the top-k prefix (k = 1: which item wins); ``ordered=False`` uses the top-k *set*
+    (``kind="top_label"`` only). Options as in :func:`subranking_ece`, plus ``weighting="top5_mass"``.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> scores = np.log([[4.0, 2.0, 1.0]] * 4)
+    >>> obs = np.array([[0, 1, 2], [0, 2, 1], [1, 0, 2], [0, 1, 2]])
+    >>> r = prefcal.ranking.topk_ece(scores, obs, k=1, kind="top_label")
+    >>> r.accuracy, round(r.mean_confidence, 4)
+    (0.75, 0.5714)
+    """
+    data = _prepare(model, rankings, observed_ranks)
+    kind, _ = _common(kind, n_bins, 10)
+    if data.n < 2:
+        raise ValueError("top-k levels need at least 2 items")
+    k = _validation.integer("k", k, 1, data.n - 1)
+    if not ordered:
+        if kind != "top_label":
+            raise ValueError("ordered=False (top-k sets) is available with kind='top_label' only")
+        return _top_label(data, k, "set", 15 if n_bins is None else _validation.n_bins(n_bins))
+    return _run_level(
+        data,
+        k,
+        True,
+        "top",
+        kind,
+        n_bins,
+        classes,
+        weighting,
+        discrepancy,
+        bin_spacing,
+        filter,
+        estimator,
+        h,
+        p,
+    )
+
+
+def full_ece(
+    model: Any, rankings: Any = None, *, observed_ranks: Any = None, kind: str = "top_label", **options: Any
+) -> Any:
+    """Calibration of whole orderings (= :func:`topk_ece` with k = n_items - 1).
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> r = prefcal.ranking.full_ece(np.log([[4.0, 2.0, 1.0]]), np.array([[0, 1, 2]]))
+    >>> r.accuracy, round(r.mean_confidence, 4)
+    (1.0, 0.381)
+    """
+    model = _as_model(model)
+    return topk_ece(
+        model, rankings, max(model.n_items - 1, 1), observed_ranks=observed_ranks, kind=kind, **options
+    )
+
+
+def marginal_ece(
+    model: Any,
+    rankings: Any = None,
+    *,
+    observed_ranks: Any = None,
+    event: str = "position",
+    k: int = 1,
+    n_bins: int = 15,
+    strategy: str = "uniform",
+    method: str = "auto",
+) -> LevelResult:
+    """Binned calibration of the binary marginal events of every (row, item): ``event="position"``: "item i
+    is at position j" for every j; ``event="topk"``: "item i is in the top k". PL marginals come from
+    :mod:`prefcal.marginals` (``method``); explicit and empirical models sum their orderings. An event is
+    decided when the observation fixes it (an unlisted item of a partial ordering is known *not* to be at a
+    listed position; its exact position below is unknown).
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> r = prefcal.ranking.marginal_ece(np.zeros(2), np.array([[0, 1], [1, 0]]))
+    >>> r.n_events, r.ece
+    (8, 0.0)
+    """
+    from . import marginals
+
+    event = _validation.option("event", event, ("position", "topk"))
+    bins = _validation.n_bins(n_bins)
+    strategy = _validation.option("strategy", strategy, ("uniform",))
+    data = _prepare(model, rankings, observed_ranks)
+    n = data.n
+    if event == "topk":
+        k = _validation.integer("k", k, 1, n)
+    m = data.model
+    keys = data.keys
+    if isinstance(m, PL):
+        scores = m.scores
+        pos_p = np.asarray(marginals.positions(scores, mask=m.mask, method=method))
+        if pos_p.ndim == 2:
+            pos_p = np.broadcast_to(pos_p, (data.n_rows, n, n))
+    else:
+        orders = m.orderings if isinstance(m, Explicit) else None
+        pos_p = np.zeros((data.n_rows, n, n))
+        if orders is not None:
+            onehot = np.zeros((orders.shape[0], n, n))
+            onehot[np.arange(orders.shape[0])[:, None], orders, np.arange(n)[None, :]] = 1.0
+            pos_p = np.einsum("br,rij->bij", m.probs, onehot)
+        else:
+            s = m.samples
+            b = np.broadcast_to(np.arange(s.shape[0])[:, None, None], s.shape)
+            j = np.broadcast_to(np.arange(n)[None, None, :], s.shape)
+            np.add.at(pos_p, (b, s, j), 1.0 / s.shape[1])
+    # observed position of each item: exact rank when its place is decided, else a range
+    srt = np.sort(keys, axis=1)
+    finite = np.isfinite(keys)
+    less = (srt[:, None, :] < keys[:, :, None]).sum(axis=2)  # items strictly better
+    leq = (srt[:, None, :] <= keys[:, :, None]).sum(axis=2)  # better or tied (incl. itself)
+    unknown_any = np.isnan(keys).any(axis=1)
+    lo = np.where(finite & ~unknown_any[:, None], less, 0)
+    hi = np.where(finite & ~unknown_any[:, None], leq - 1, n - 1)  # the item's position lies in [lo, hi]
+    avail = np.isfinite(keys) | np.isnan(keys)
+    if event == "position":
+        j = np.arange(n)[None, None, :]
+        decided = ((lo == hi)[:, :, None] | (j < lo[:, :, None]) | (j > hi[:, :, None])) & avail[:, :, None]
+        truth = (lo[:, :, None] == j) & (hi[:, :, None] == j)
+        p = pos_p
+    else:
+        decided = ((hi < k) | (lo >= k)) & avail
+        truth = hi < k
+        p = pos_p[:, :, :k].sum(axis=2)
+    pv = np.clip(np.asarray(p)[decided], 0.0, 1.0)
+    tv = truth[decided].astype(np.float64)
+    b = _reference.uniform_index(pv, bins)
+    tables = np.stack(
+        [
+            np.bincount(b, minlength=bins).astype(np.float64),
+            np.bincount(b, weights=pv, minlength=bins),
+            np.bincount(b, weights=tv, minlength=bins),
+        ]
+    )
+    skipped = int((~decided & (avail[:, :, None] if event == "position" else avail)).sum())
+    return _level_result(tables, skipped, kind="marginal")
+
+
+# ------------------------------------------------------------------------------------------- sweep/report
+@dataclass(frozen=True)
+class SweepTable:
+    """The paper's table: one record per level with ``level`` ("sub"/"top"), ``k``, ``kind``, ``ece``,
+    ``n_classes``, ``n_events``; ``results`` keeps the full result objects by level name."""
+
+    records: list[dict[str, Any]]
+    results: dict[str, Any]
+
+    def to_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"records": self.records, "results": {k: v.to_dict() for k, v in self.results.items()}}
+
+    def to_markdown(self) -> str:
+        return _markdown(self.records, ("level", "k", "kind", "ece", "n_classes", "n_events"))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _markdown(records: list[dict[str, Any]], cols: tuple[str, ...]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def sweep(
+    model: Any,
+    rankings: Any = None,
+    *,
+    observed_ranks: Any = None,
+    levels: tuple[str, ...] = ("sub", "top"),
+    kind: str = "classwise",
+    **options: Any,
+) -> SweepTable:
+    """Every level: sub-k for k = 2..n and top-k for k = 1..n-1 (the paper's sweep), as a table.
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> t = prefcal.ranking.sweep(np.zeros(3), np.array([[0, 1, 2], [2, 1, 0]]))
+    >>> [(r["level"], r["k"]) for r in t.records]
+    [('sub', 2), ('sub', 3), ('top', 1), ('top', 2)]
+    """
+    model = _as_model(model)
+    data = _prepare(model, rankings, observed_ranks)
+    kind, _ = _common(kind, None, 10)
+    for lv in levels:
+        _validation.option("levels entry", lv, ("sub", "top"))
+    records, results = [], {}
+    n_bins = options.pop("n_bins", None)
+    params = dict(
+        classes="auto",
+        weighting="uniform",
+        discrepancy="abs",
+        bin_spacing="linear",
+        filter=None,
+        estimator="kernel",
+        h=1.0,
+        p=1.0,
+    )
+    unknown = set(options) - set(params)
+    if unknown:
+        raise TypeError(
+            f"sweep() got unexpected options {sorted(unknown)}; valid: {sorted(params) + ['n_bins']}"
+        )
+    params.update(options)
+    for lv in levels:
+        ks = range(2, data.n + 1) if lv == "sub" else range(1, data.n)
+        for k in ks:
+            w = params["weighting"]
+            if kind == "classwise" and lv == "sub" and w == "top5_mass":
+                w = "uniform"
+            res = _run_level(
+                data,
+                k,
+                lv == "top",
+                lv,
+                kind,
+                n_bins,
+                params["classes"],
+                w,
+                params["discrepancy"],
+                params["bin_spacing"],
+                params["filter"],
+                params["estimator"],
+                params["h"],
+                params["p"],
+            )
+            name = f"{lv}{k}"
+            results[name] = res
+            records.append(
+                {
+                    "level": lv,
+                    "k": k,
+                    "kind": kind,
+                    "ece": res.ece,
+                    "n_classes": getattr(res, "n_classes", 1),
+                    "n_events": res.n_events,
+                }
+            )
+    return SweepTable(records, results)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Results of several levels by name (``sub2``, ``top1``, ``full``, ``positions``, ``top{k}_set``, ...)."""
+
+    levels: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: r.to_dict() for name, r in self.levels.items()}
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for name, r in self.levels.items():
+            rec = {"level": name, "kind": r.kind, "ece": r.ece}
+            rec["n_events"] = r.n_events
+            rec["n_skipped"] = r.n_skipped
+            rec["accuracy"] = getattr(r, "accuracy", None)
+            out.append(rec)
+        return out
+
+    def to_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame.from_records(self.records()).set_index("level")
+
+    def to_markdown(self) -> str:
+        return _markdown(self.records(), ("level", "kind", "ece", "accuracy", "n_events", "n_skipped"))
+
+    def __getitem__(self, name: str) -> Any:
+        return self.levels[name]
+
+
+DEFAULT_LEVELS = ("sub2", "sub3", "top1", "top2", "full", "positions")
+
+
+def _parse_level(name: str, n: int) -> tuple[str, int]:
+    import re
+
+    if name == "full":
+        return "full", n - 1
+    if name == "positions":
+        return "positions", 0
+    m = re.fullmatch(r"(sub|top)(\d+)(_set)?", name)
+    if not m or (m.group(3) and m.group(1) != "top"):
+        raise ValueError(f"unknown level {name!r}; levels are sub<k>, top<k>, top<k>_set, full, positions")
+    return m.group(1) + (m.group(3) or ""), int(m.group(2))
+
+
+def report(
+    model: Any,
+    rankings: Any = None,
+    *,
+    observed_ranks: Any = None,
+    levels: tuple[str, ...] | None = None,
+    kinds: dict[str, str] | None = None,
+    n_bins: int | None = None,
+) -> Report:
+    """A default set of levels in one call: sub-2 and sub-3 and top-1 and top-2 (classwise), the full
+    ordering (top-label) and the position marginals; levels that do not exist for n_items are left out.
+
+    ``levels`` names: ``sub<k>``, ``top<k>``, ``top<k>_set``, ``full``, ``positions``; ``kinds`` maps a level
+    name to its kind (default classwise for sub/top, top_label for full and sets).
+
+    Examples
+    --------
+    >>> import numpy as np, prefcal
+    >>> rep = prefcal.ranking.report(np.zeros(3), np.array([[0, 1, 2], [2, 1, 0]]))
+    >>> list(rep.levels)
+    ['sub2', 'sub3', 'top1', 'top2', 'full', 'positions']
+    """
+    model = _as_model(model)
+    data = _prepare(model, rankings, observed_ranks)
+    n = data.n
+    kinds = dict(kinds or {})
+    chosen = levels
+    if chosen is None:
+        chosen = tuple(lv for lv in DEFAULT_LEVELS if _level_exists(lv, n))
+    out: dict[str, Any] = {}
+    for name in chosen:
+        base, k = _parse_level(name, n)
+        if not _level_exists(name, n):
+            raise ValueError(f"level {name!r} does not exist for n_items={n}")
+        if base == "positions":
+            out[name] = marginal_ece(
+                model, rankings, observed_ranks=observed_ranks, n_bins=15 if n_bins is None else n_bins
+            )
+            continue
+        kind = _validation.option(
+            f"kinds[{name!r}]",
+            kinds.get(name, "top_label" if base in ("full", "top_set") else "classwise"),
+            KINDS,
+        )
+        if base == "top_set":
+            out[name] = _top_label(data, k, "set", 15 if n_bins is None else _validation.n_bins(n_bins))
+            continue
+        top = base in ("top", "full")
+        out[name] = _run_level(
+            data,
+            k,
+            top,
+            "top" if top else "sub",
+            kind,
+            n_bins,
+            "auto",
+            "uniform",
+            "abs",
+            "linear",
+            None,
+            "kernel",
+            1.0,
+            1.0,
+        )
+    return Report(out)
+
+
+def _level_exists(name: str, n: int) -> bool:
+    base, k = _parse_level(name, n)
+    if base in ("positions",):
+        return True
+    if base == "full":
+        return n >= 2
+    if base == "sub":
+        return 2 <= k <= n
+    return 1 <= k <= n - 1

@@ -1,0 +1,525 @@
+"""The calibration hierarchy (SPEC §5): every kind and option against brute-force enumeration over all
+orderings (PL and explicit models), the reference code's hand-made 3-item cases, calibrated synthetic data,
+undetermined events, and rejections."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import prefcal
+import pytest
+from conftest import Backend
+from prefcal import ranking
+
+HOST = ("reference", "cpu")
+
+
+@pytest.fixture(params=HOST)
+def host(request: pytest.FixtureRequest):
+    b = Backend(request.param)
+    with b.active():
+        yield b
+
+
+# ------------------------------------------------------------------------------------------ brute force
+def all_orders(n):
+    return [tuple(p) for p in itertools.permutations(range(n))]
+
+
+def pl_prob(s, order):
+    w = np.exp(np.asarray(s, dtype=np.float64))
+    p, rest = 1.0, w[list(order)].sum()
+    for i in order:
+        p *= w[i] / rest
+        rest -= w[i]
+    return p
+
+
+def table_of(model, n):
+    """(orders, probs (N, n!)) of a PL or explicit model, by enumeration."""
+    orders = all_orders(n)
+    if isinstance(model, ranking.Explicit):
+        idx = {tuple(o): r for r, o in enumerate(model.orderings.tolist())}
+        probs = np.zeros((model.n_rows, len(orders)))
+        for c, o in enumerate(orders):
+            if o in idx:
+                probs[:, c] = model.probs[:, idx[o]]
+        return orders, probs
+    s = np.atleast_2d(model.scores)
+    return orders, np.array([[pl_prob(row, o) for o in orders] for row in s])
+
+
+def satisfies(order, cls, top):
+    if top:
+        return tuple(order[: len(cls)]) == tuple(cls)
+    pos = [order.index(i) for i in cls]
+    return pos == sorted(pos)
+
+
+def binary_ece(y, p, disc="abs", spacing="linear", n_bins=10):
+    """A plain loop over bins, written from SPEC §5.2."""
+    eps = 1e-12
+    y, p = np.asarray(y, float), np.asarray(p, float)
+    if spacing == "log":
+        edges = np.logspace(np.log10(eps), 0, n_bins + 1)
+        edges[0], edges[-1] = 0.0, 1.0
+    out = 0.0
+    for b in range(n_bins):
+        if spacing == "log":
+            idx = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+        else:
+            idx = np.minimum(np.floor(p * n_bins), n_bins - 1)
+        m = idx == b
+        if not m.any():
+            continue
+        ph, qh = y[m].mean(), p[m].mean()
+        if disc == "abs":
+            d = abs(ph - qh)
+        elif disc == "rel_p":
+            d = abs(ph - qh) / (ph + eps)
+        elif disc == "rel_q":
+            d = abs(ph - qh) / (qh + eps)
+        elif disc == "log_ratio":
+            d = abs(math.log((ph + eps) / (qh + eps)))
+        elif disc == "kl":
+            a, q = min(max(ph, eps), 1 - eps), min(max(qh, eps), 1 - eps)
+            d = a * math.log(a / q) + (1 - a) * math.log((1 - a) / (1 - q))
+        else:
+            a = (y[m].sum() + 0.5) / (m.sum() + 1)
+            q = min(max(qh, eps), 1 - eps)
+            kl = a * math.log(a / q) + (1 - a) * math.log((1 - a) / (1 - q))
+            lk = q * math.log(q / a) + (1 - q) * math.log((1 - q) / (1 - a))
+            d = 1 - math.exp(-(kl + lk))
+        out += m.sum() / len(y) * d
+    return out
+
+
+def brute_classwise(model, obs, k, top, weighting="uniform", disc="abs", spacing="linear"):
+    n = obs.shape[1]
+    orders, probs = table_of(model, n)
+    classes = (
+        itertools.permutations(range(n), k)
+        if top
+        else (p for a in itertools.combinations(range(n), k) for p in itertools.permutations(a))
+    )
+    eces, prev, mass = [], [], []
+    for cls in classes:
+        sat = np.array([satisfies(o, cls, top) for o in orders], float)
+        p = np.clip(probs @ sat, 0, 1)
+        y = np.array([satisfies(list(r), cls, top) for r in obs], float)
+        eces.append(binary_ece(y, p, disc, spacing))
+        prev.append(y.mean())
+        mass.append(p.mean())
+    eces, prev, mass = map(np.array, (eces, prev, mass))
+    if weighting == "uniform":
+        return eces.mean()
+    if weighting == "top5_mass":
+        return eces[np.argsort(-mass, kind="stable")[:5]].sum() / 5
+    w = prev if weighting == "prevalence" else mass
+    return (eces * w).sum() / w.sum()
+
+
+def random_explicit(rng, n_rows, n, r=None):
+    orders = np.array(all_orders(n))
+    pick = orders[rng.choice(len(orders), size=r or len(orders), replace=False)]
+    probs = rng.dirichlet(np.ones(len(pick)) * 0.5, size=n_rows) * rng.uniform(0.8, 1.0, size=(n_rows, 1))
+    return ranking.Explicit(pick, probs)
+
+
+def observations(rng, scores, temp=1.0):
+    return np.asarray(prefcal.pl.sample(np.asarray(scores) * temp, size=1, seed=int(rng.integers(1 << 30))))[
+        :, 0
+    ]
+
+
+# -------------------------------------------------------------------------------------- classwise vs brute
+@pytest.mark.parametrize("n", [3, 4])
+@pytest.mark.parametrize("model_kind", ["pl", "explicit"])
+def test_classwise_matches_enumeration(host, rng, n, model_kind):
+    n_rows = 40
+    s = rng.normal(size=(n_rows, n)) * 1.5
+    model = ranking.PL(s) if model_kind == "pl" else random_explicit(rng, n_rows, n)
+    obs = observations(rng, s, 1.4)
+    options = [
+        ("uniform", "abs", "linear"),
+        ("prevalence", "kl", "log"),
+        ("pred_mass", "jeff", "linear"),
+        ("uniform", "rel_p", "linear"),
+        ("uniform", "rel_q", "log"),
+        ("uniform", "log_ratio", "linear"),
+    ]
+    for k in range(2, n + 1):
+        for w, d, sp in options:
+            got = ranking.subranking_ece(model, obs, k, weighting=w, discrepancy=d, bin_spacing=sp)
+            want = brute_classwise(model, obs, k, False, w, d, sp)
+            assert got.ece == pytest.approx(want, rel=1e-9, abs=1e-12), (k, w, d, sp)
+            assert got.n_classes == math.comb(n, k) * math.factorial(k)
+    for k in range(1, n):
+        for w, d, sp in options + [("top5_mass", "abs", "linear")]:
+            got = ranking.topk_ece(model, obs, k, weighting=w, discrepancy=d, bin_spacing=sp)
+            want = brute_classwise(model, obs, k, True, w, d, sp)
+            assert got.ece == pytest.approx(want, rel=1e-9, abs=1e-12), (k, w, d, sp)
+
+
+def test_classwise_table_and_reliability(host, rng):
+    s = rng.normal(size=(50, 4))
+    obs = observations(rng, s)
+    res = ranking.subranking_ece(s, obs, 2)
+    assert len(res.classes) == 12 and res.n_skipped == 0
+    rec = res.classes[3]
+    rel = res.reliability(rec["cls"])
+    assert rel.count.sum() == rec["count"] == 50
+    assert rel.ece() == pytest.approx(rec["ece"])
+    assert res.to_dict()["classes"][3]["cls"] == list(rec["cls"])
+    with pytest.raises(KeyError):
+        res.reliability((3, 3))
+
+
+def test_observed_classes_and_filters_match_enumeration(host, rng):
+    n, n_rows = 4, 80
+    s = rng.normal(size=(n_rows, n))
+    obs = observations(rng, s)
+    res = ranking.topk_ece(s, obs, 2, classes="observed")
+    seen = {tuple(r[:2]) for r in obs.tolist()}
+    assert {r["cls"] for r in res.classes} == seen
+    # filter: rows whose ordering is among the 10 most frequent; probabilities summed over retained orderings
+    uniq, first, counts = np.unique(obs, axis=0, return_index=True, return_counts=True)
+    order = np.lexsort((first, -counts))[:10]
+    retained = [tuple(u) for u in uniq[order]]
+    keep = np.array([tuple(r) in retained for r in obs.tolist()])
+    table = np.array([[pl_prob(row, o) for o in retained] for row in s[keep]])
+    eces = []
+    for cls in itertools.permutations(range(n), 2):
+        sat = np.array([satisfies(list(o), cls, False) for o in retained], float)
+        y = np.array([satisfies(list(r), cls, False) for r in obs[keep]], float)
+        eces.append(binary_ece(y, table @ sat))
+    got = ranking.subranking_ece(s, obs, 2, filter="top10")
+    assert got.ece == pytest.approx(np.mean(eces), rel=1e-9)
+    assert sum(r["count"] for r in got.classes) == keep.sum() * 12
+
+
+# ----------------------------------------------------------------------------- the reference's 3-item cases
+def ranks_from(orders):
+    return np.argsort(orders, axis=1)
+
+
+ALL3 = np.array(all_orders(3))
+
+
+def test_reference_examples(host):
+    # SPEC items 0..2 are the reference code's 1..3
+    probs = np.array([2 / 6, 1 / 12, 1 / 12, 1 / 12, 1 / 12, 2 / 6])
+    m = ranking.Explicit(ALL3, np.tile(probs, (6, 1)))
+    assert ranking.subranking_ece(m, ALL3, 2).ece == pytest.approx(0.0, abs=1e-12)
+    m2 = ranking.Explicit(ALL3, np.tile([1 / 3, 0, 0, 0, 0, 2 / 3], (6, 1)))
+    # every pair is predicted 1/3 or 2/3 and observed half the time: each class is off by 1/6
+    assert ranking.subranking_ece(m2, ALL3, 2).ece == pytest.approx(1 / 6, abs=1e-12)
+    m3 = ranking.Explicit(ALL3, np.tile([1 / 3, 0, 0, 1 / 3, 0, 1 / 3], (6, 1)))
+    assert ranking.topk_ece(m3, ALL3, 1).ece == pytest.approx(0.0, abs=1e-12)
+    assert ranking.topk_ece(m3, ALL3, 2).ece > 1e-6
+    # the same observations given as ranks per item
+    assert ranking.subranking_ece(m2, observed_ranks=ranks_from(ALL3), k=2).ece == pytest.approx(
+        1 / 6, abs=1e-12
+    )
+
+
+# ---------------------------------------------------------------------------------------- top label
+def brute_top_label(model, obs, k, level, n_bins=15):
+    n = obs.shape[1]
+    orders, probs = table_of(model, n)
+    conf, hit = [], []
+    for b, r in enumerate(obs.tolist()):
+        if level == "sub":
+            for a in itertools.combinations(range(n), k):
+                cand = list(itertools.permutations(a))
+                ps = [sum(probs[b, i] for i, o in enumerate(orders) if satisfies(o, c, False)) for c in cand]
+                best = int(np.argmax(ps))
+                conf.append(ps[best])
+                hit.append(satisfies(r, cand[best], False))
+        else:
+            cand = (
+                list(itertools.permutations(range(n), k))
+                if level == "top"
+                else list(itertools.combinations(range(n), k))
+            )
+            if level == "top":
+                ps = [sum(probs[b, i] for i, o in enumerate(orders) if o[:k] == c) for c in cand]
+            else:
+                ps = [
+                    sum(probs[b, i] for i, o in enumerate(orders) if tuple(sorted(o[:k])) == c) for c in cand
+                ]
+            best = int(np.argmax(np.round(ps, 12)))
+            conf.append(ps[best])
+            hit.append(tuple(r[:k]) == cand[best] if level == "top" else tuple(sorted(r[:k])) == cand[best])
+    conf, hit = np.array(conf), np.array(hit, float)
+    return binary_ece(hit, conf, n_bins=n_bins), hit.mean(), conf.mean()
+
+
+@pytest.mark.parametrize("model_kind", ["pl", "explicit"])
+def test_top_label_matches_enumeration(host, rng, model_kind):
+    n, n_rows = 4, 30
+    s = rng.normal(size=(n_rows, n)) * 2
+    model = ranking.PL(s) if model_kind == "pl" else random_explicit(rng, n_rows, n)
+    obs = observations(rng, s)
+    for k in (2, 3):
+        got = ranking.subranking_ece(model, obs, k, kind="top_label")
+        ece, acc, conf = brute_top_label(model, obs, k, "sub")
+        assert (got.ece, got.accuracy, got.mean_confidence) == pytest.approx(
+            (ece, acc, conf), rel=1e-9, abs=1e-12
+        )
+        assert got.n_events == n_rows * math.comb(n, k)
+    for k in (1, 2, 3):
+        got = ranking.topk_ece(model, obs, k, kind="top_label")
+        assert (got.ece, got.accuracy, got.mean_confidence) == pytest.approx(
+            brute_top_label(model, obs, k, "top"), rel=1e-9, abs=1e-12
+        )
+    for k in (1, 2):
+        got = ranking.topk_ece(model, obs, k, kind="top_label", ordered=False)
+        assert (got.ece, got.accuracy, got.mean_confidence) == pytest.approx(
+            brute_top_label(model, obs, k, "set"), rel=1e-9, abs=1e-12
+        )
+    full = ranking.full_ece(model, obs)
+    assert full.ece == pytest.approx(brute_top_label(model, obs, n - 1, "top")[0], rel=1e-9, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- canonical
+def brute_kernel(probs, labels, h=1.0):
+    n, c = probs.shape
+    y = np.eye(c)[labels]
+    alpha = probs / h + 1
+    out = 0.0
+    for j in range(n):
+        logk = np.array(
+            [
+                math.lgamma(alpha[i].sum())
+                - sum(math.lgamma(a) for a in alpha[i])
+                + ((alpha[i] - 1) * np.log(np.maximum(probs[j], 1e-8))).sum()
+                for i in range(n)
+            ]
+        )
+        logk[j] = -np.inf
+        w = np.exp(logk - logk.max())
+        cond = w @ y / (w.sum() + 1e-8)
+        out += np.abs(cond - probs[j]).sum()
+    return out / n
+
+
+def test_canonical_kernel_matches_loops(host, rng):
+    n, n_rows = 4, 30
+    s = rng.normal(size=(n_rows, n))
+    obs = observations(rng, s)
+    orders, probs = table_of(ranking.PL(s), n)
+    per = []
+    for a in itertools.combinations(range(n), 2):
+        cls = list(itertools.permutations(a))
+        p = np.stack([probs @ np.array([satisfies(o, c, False) for o in orders], float) for c in cls], axis=1)
+        lab = np.array([[satisfies(list(r), c, False) for c in cls].index(True) for r in obs])
+        per.append(brute_kernel(p, lab))
+    got = ranking.subranking_ece(s, obs, 2, kind="canonical")
+    assert got.ece == pytest.approx(np.mean(per), rel=1e-9)
+    assert len(got.per_subset) == 6
+    cls = list(itertools.permutations(range(n), 1))
+    p = np.stack([probs @ np.array([o[:1] == c for o in orders], float) for c in cls], axis=1)
+    lab = obs[:, 0]
+    assert ranking.topk_ece(s, obs, 1, kind="canonical").ece == pytest.approx(brute_kernel(p, lab), rel=1e-9)
+
+
+def test_canonical_binning(host, rng):
+    s = rng.normal(size=(200, 3))
+    obs = observations(rng, s)
+    got = ranking.subranking_ece(s, obs, 2, kind="canonical", estimator="binning")
+    # sub-2 of items (a, b): classes (a, b), (b, a); bin by the first probability's tenth
+    per = []
+    for a, b in itertools.combinations(range(3), 2):
+        p = 1 / (1 + np.exp(s[:, b] - s[:, a]))
+        y = (np.argsort(obs, axis=1)[:, a] < np.argsort(obs, axis=1)[:, b]).astype(float)
+        idx = np.minimum((p * 10).astype(int), 9)
+        tot = 0.0
+        for i in range(10):
+            m = idx == i
+            if m.any():
+                tot += m.sum() / len(p) * 2 * abs(p[m].mean() - y[m].mean())
+        per.append(tot)
+    assert got.ece == pytest.approx(np.mean(per), rel=1e-9)
+    with pytest.raises(ValueError, match="2 or 3 classes"):
+        ranking.subranking_ece(s, obs, 3, kind="canonical", estimator="binning")
+
+
+# ------------------------------------------------------------------------- calibrated vs sharpened data
+def test_calibrated_data_gives_small_errors_and_sharpening_larger(host, rng):
+    n, n_rows = 4, 20000
+    s = rng.normal(size=(n_rows, n))
+    obs = observations(rng, s)
+    for fn, k in ((ranking.subranking_ece, 2), (ranking.topk_ece, 1), (ranking.topk_ece, 2)):
+        cal = fn(s, obs, k)
+        sharp = fn(s * 2.5, obs, k)
+        for rec in cal.classes:
+            t = cal.reliability(rec["cls"])
+            nb = np.maximum(t.count, 1)
+            q = t.sum_confidence / nb
+            bound = (t.count / t.count.sum() * 4 * np.sqrt(q * (1 - q) / nb)).sum()
+            assert rec["ece"] <= bound + 1e-3, (fn.__name__, k, rec)
+        assert sharp.ece > 2 * cal.ece
+    tl = ranking.topk_ece(s, obs, 1, kind="top_label")
+    assert tl.ece < 0.02
+    assert ranking.topk_ece(s * 2.5, obs, 1, kind="top_label").ece > 0.05
+
+
+# ------------------------------------------------------------------------------- undetermined events
+def test_partial_orderings_skip_undetermined_events(host):
+    s = np.zeros((2, 3))
+    obs = np.array([[0, -1, -1], [2, 1, 0]])
+    res = ranking.subranking_ece(s, obs, 2)
+    counts = {r["cls"]: r["count"] for r in res.classes}
+    # row 0 only says 0 is first: pair (1, 2) is undetermined there
+    assert counts[(1, 2)] == counts[(2, 1)] == 1
+    assert counts[(0, 1)] == counts[(2, 0)] == 2
+    assert res.n_skipped == 2
+    top = ranking.topk_ece(s, obs, 2)
+    assert top.n_skipped == 6  # row 0's top-2 is unknown for every one of the 6 classes
+    assert ranking.topk_ece(s, obs, 1).n_skipped == 0
+
+
+def test_ties_and_unknown_ranks(host):
+    s = np.zeros((3, 3))
+    ranks = np.array([[1.0, 1.0, 2.0], [0.0, np.nan, 1.0], [2.0, 1.0, 0.0]])
+    res = ranking.subranking_ece(s, observed_ranks=ranks, k=2)
+    counts = {r["cls"]: r["count"] for r in res.classes}
+    assert counts[(0, 1)] == 1  # tied in row 0, unknown in row 1
+    assert counts[(0, 2)] == 3
+    assert counts[(1, 2)] == 2
+    top = ranking.topk_ece(s, observed_ranks=ranks, k=1, kind="top_label")
+    assert top.n_skipped == 2 and top.n_events == 1  # a tie at the top, an unknown item
+    assert ranking.topk_ece(s, observed_ranks=ranks, k=2, kind="top_label", ordered=False).n_events == 2
+
+
+def test_mask_leaves_unavailable_items_out(host, rng):
+    s = rng.normal(size=(30, 4))
+    mask = np.ones((30, 4), bool)
+    mask[:, 3] = False
+    obs = observations(rng, np.where(mask, s, -50.0))[:, :3]
+    got = ranking.subranking_ece(ranking.PL(s, mask), obs, 2)
+    want = ranking.subranking_ece(s[:, :3], obs, 2)
+    by = {r["cls"]: r for r in got.classes}
+    for r in want.classes:
+        assert by[r["cls"]]["ece"] == pytest.approx(r["ece"], rel=1e-12)
+    assert all(by[c]["count"] == 0 for c in by if 3 in c)
+
+
+def test_empirical_equals_explicit_frequencies(host, rng):
+    n, n_rows, size = 3, 25, 37  # 37 draws: no frequency lands on a bin edge
+    s = rng.normal(size=(n_rows, n))
+    samples = np.asarray(prefcal.pl.sample(s, size=size, seed=3))
+    orders = np.array(all_orders(n))
+    freq = np.stack([(samples == o).all(axis=2).mean(axis=1) for o in orders], axis=1)
+    obs = observations(rng, s)
+    a = ranking.subranking_ece(ranking.Empirical(samples), obs, 2)
+    b = ranking.subranking_ece(ranking.Explicit(orders, freq), obs, 2)
+    assert a.ece == pytest.approx(b.ece, rel=1e-12)
+    c = ranking.topk_ece(ranking.Empirical(samples), obs, 1, kind="top_label")
+    d = ranking.topk_ece(ranking.Explicit(orders, freq), obs, 1, kind="top_label")
+    assert c.ece == pytest.approx(d.ece, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------- marginal events
+def test_marginal_ece_matches_loops(host, rng):
+    n, n_rows = 4, 50
+    s = rng.normal(size=(n_rows, n))
+    obs = observations(rng, s)
+    orders, probs = table_of(ranking.PL(s), n)
+    pos = np.zeros((n_rows, n, n))
+    for c, o in enumerate(orders):
+        for j, i in enumerate(o):
+            pos[:, i, j] += probs[:, c]
+    truth = np.zeros((n_rows, n, n))
+    for b, r in enumerate(obs):
+        truth[b, r, np.arange(n)] = 1
+    got = ranking.marginal_ece(s, obs)
+    assert got.n_events == n_rows * n * n
+    assert got.ece == pytest.approx(binary_ece(truth.ravel(), pos.ravel(), n_bins=15), rel=1e-7)
+    top2 = ranking.marginal_ece(s, obs, event="topk", k=2)
+    assert top2.ece == pytest.approx(
+        binary_ece(truth[:, :, :2].sum(2).ravel(), pos[:, :, :2].sum(2).ravel(), n_bins=15), rel=1e-7
+    )
+
+
+# ------------------------------------------------------------------------------------- sweep and report
+def test_sweep_and_report(host, rng):
+    s = rng.normal(size=(40, 4))
+    obs = observations(rng, s)
+    t = ranking.sweep(s, obs)
+    assert [(r["level"], r["k"]) for r in t.records] == [
+        ("sub", 2),
+        ("sub", 3),
+        ("sub", 4),
+        ("top", 1),
+        ("top", 2),
+        ("top", 3),
+    ]
+    assert t.records[0]["ece"] == ranking.subranking_ece(s, obs, 2).ece
+    assert "| sub | 2 |" in t.to_markdown()
+    rep = ranking.report(s, obs)
+    assert set(rep.levels) == {"sub2", "sub3", "top1", "top2", "full", "positions"}
+    d = rep.to_dict()
+    assert d["full"]["kind"] == "top_label" and d["sub2"]["kind"] == "classwise"
+    assert "sub2" in rep.to_markdown()
+    rep2 = ranking.report(s, obs, levels=("top2_set", "sub2"), kinds={"sub2": "top_label"})
+    assert rep2["sub2"].ece == ranking.subranking_ece(s, obs, 2, kind="top_label").ece
+
+
+# ------------------------------------------------------------------------------------------ rejections
+def test_rejections(host):
+    s = np.zeros((2, 3))
+    obs = np.array([[0, 1, 2], [2, 1, 0]])
+    with pytest.raises(ValueError, match="k must be"):
+        ranking.subranking_ece(s, obs, 1)
+    with pytest.raises(ValueError, match="k must be"):
+        ranking.topk_ece(s, obs, 3)
+    with pytest.raises(ValueError, match="weighting.*uniform"):
+        ranking.subranking_ece(s, obs, 2, weighting="mass")
+    with pytest.raises(ValueError, match="discrepancy.*jeff"):
+        ranking.subranking_ece(s, obs, 2, discrepancy="l2")
+    with pytest.raises(ValueError, match="kind.*canonical"):
+        ranking.subranking_ece(s, obs, 2, kind="strong")
+    with pytest.raises(ValueError, match="top5_mass"):
+        ranking.subranking_ece(s, obs, 2, weighting="top5_mass")
+    with pytest.raises(ValueError, match="ordered=False"):
+        ranking.topk_ece(s, obs, 1, ordered=False)
+    with pytest.raises(ValueError, match=r"rankings\[1\] repeats item 1"):
+        ranking.subranking_ece(s, np.array([[0, 1, 2], [1, 1, 0]]), 2)
+    with pytest.raises(ValueError, match=r"rankings\[0, 1\] = 5 is out of range"):
+        ranking.subranking_ece(s, np.array([[0, 5, 2], [1, 2, 0]]), 2)
+    with pytest.raises(TypeError, match="integer"):
+        ranking.subranking_ece(s, obs.astype(float), 2)
+    with pytest.raises(ValueError, match="3 rows but the observations have 2"):
+        ranking.subranking_ece(np.zeros((3, 3)), obs, 2)
+    with pytest.raises(ValueError, match="not both"):
+        ranking.subranking_ece(s, obs, 2, observed_ranks=obs.astype(float))
+    with pytest.raises(ValueError, match=r"scores contains inf at \[1, 2\]"):
+        ranking.subranking_ece(np.array([[0, 0, 0], [0, 0, np.inf]]), obs, 2)
+    with pytest.raises(ValueError, match=r"probs\[0, 1\] = 1.5"):
+        ranking.Explicit(ALL3[:2], [[0.1, 1.5]])
+    with pytest.raises(ValueError, match=r"probs\[1\] sums to"):
+        ranking.Explicit(ALL3[:2], [[0.5, 0.5], [0.6, 0.5]])
+    with pytest.raises(ValueError, match=r"orderings\[1\] repeats item 0"):
+        ranking.Explicit([[0, 1, 2], [0, 0, 1]], [[0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"samples\[0, 1\] repeats"):
+        ranking.Empirical(np.array([[[0, 1, 2], [2, 2, 0]]]))
+    with pytest.raises(ValueError, match=r"samples\[0, 0, 2\] = 7 is out of range"):
+        ranking.Empirical(np.array([[[0, 1, 7]]]))
+    with pytest.raises(ValueError, match="filter"):
+        ranking.subranking_ece(s, obs, 2, filter="top5")
+    with pytest.raises(ValueError, match="complete observed orderings"):
+        ranking.subranking_ece(s, np.array([[0, -1, -1], [2, 1, 0]]), 2, filter="mass95")
+    with pytest.raises(ValueError, match="2 or 3 classes"):
+        ranking.topk_ece(
+            np.zeros((2, 4)), np.array([[0, 1, 2, 3]] * 2), 1, kind="canonical", estimator="binning"
+        )
+    with pytest.raises(ValueError, match="level"):
+        ranking.report(s, obs, levels=("sub9",))
+    with pytest.raises(ValueError, match="undetermined"):
+        ranking.topk_ece(s, np.array([[-1, -1, -1], [-1, -1, -1]]), 1, kind="top_label")
+    with pytest.raises(TypeError, match="dict"):
+        ranking.subranking_ece({(0, 1, 2): [1.0, 1.0]}, obs, 2)
