@@ -472,6 +472,91 @@ py::array_t<double> rank_classwise(const py::array& scores, const py::array& key
   return out;
 }
 
+py::array_t<double> rank_classwise_subsets(const py::array& scores, const py::array& keys, int64_t k,
+                                           const py::array& slot, int64_t n_classes, int32_t n_bins,
+                                           const py::object& edges, const py::object& keep) {
+  require(scores, 2, "scores");
+  require(keys, 2, "keys");
+  require(slot, 1, "slot");
+  require_dtype(scores, DType::kF64, "scores");
+  require_dtype(keys, DType::kF64, "keys");
+  require_dtype(slot, DType::kI32, "slot");
+  const int64_t rows = keys.shape(0), n = keys.shape(1);
+  if (scores.shape(1) != n || (scores.shape(0) != 1 && scores.shape(0) != rows) || k < 2 || k > n || k > 12 ||
+      n_bins < 1) {
+    throw std::invalid_argument("internal error: rank_classwise_subsets shapes");
+  }
+  int64_t count = 1, kf = 1;
+  for (int64_t j = 0; j < k; ++j) count = count * (n - j) / (j + 1);
+  for (int64_t j = 2; j <= k; ++j) kf *= j;
+  if (slot.shape(0) != count * kf) throw std::invalid_argument("internal error: slot size");
+  const int32_t* sl = static_cast<const int32_t*>(slot.data());
+  for (int64_t i = 0; i < count * kf; ++i) {
+    if (sl[i] < -1 || sl[i] >= n_classes) throw std::invalid_argument("internal error: slot out of range");
+  }
+  const double* ed = nullptr;
+  if (!edges.is_none()) {
+    auto e = edges.cast<py::array>();
+    require(e, 1, "edges");
+    require_dtype(e, DType::kF64, "edges");
+    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
+    ed = static_cast<const double*>(e.data());
+  }
+  const uint8_t* kp = nullptr;
+  if (!keep.is_none()) {
+    auto e = keep.cast<py::array>();
+    require(e, 1, "keep");
+    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
+    kp = static_cast<const uint8_t*>(e.data());
+  }
+  py::array_t<double> out({n_classes, int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  const double* sp = static_cast<const double*>(scores.data());
+  const double* kk = static_cast<const double*>(keys.data());
+  const int64_t score_rows = scores.shape(0);
+  {
+    py::gil_scoped_release nogil;
+    prefcal::cpu::rank_classwise_subsets(sp, score_rows, kk, rows, n, k, sl, count * kf, n_classes, n_bins, ed, kp, o);
+  }
+  return out;
+}
+
+py::tuple rank_keys(const py::array& rankings, const py::object& mask, int64_t n) {
+  require(rankings, 2, "rankings");
+  require_dtype(rankings, DType::kI64, "rankings");
+  const int64_t rows = rankings.shape(0), m = rankings.shape(1);
+  if (m > n) throw std::invalid_argument("internal error: rank_keys shapes");
+  bool global = false;
+  const uint8_t* mk = mask_ptr(mask, rows, n, &global);
+  py::array_t<double> out({rows, n});
+  double* o = out.mutable_data();
+  const int64_t* r = static_cast<const int64_t*>(rankings.data());
+  int64_t bad = 0;
+  {
+    py::gil_scoped_release nogil;
+    bad = prefcal::cpu::rank_keys(r, rows, m, n, mk, global, o);
+  }
+  return py::make_tuple(out, bad);
+}
+
+py::array_t<uint8_t> rank_seen_subsets(const py::array& keys, int64_t k) {
+  require(keys, 2, "keys");
+  require_dtype(keys, DType::kF64, "keys");
+  const int64_t rows = keys.shape(0), n = keys.shape(1);
+  if (k < 2 || k > n || k > 12) throw std::invalid_argument("internal error: rank_seen_subsets k");
+  int64_t count = 1, kf = 1;
+  for (int64_t j = 0; j < k; ++j) count = count * (n - j) / (j + 1);
+  for (int64_t j = 2; j <= k; ++j) kf *= j;
+  py::array_t<uint8_t> out(count * kf);
+  uint8_t* o = out.mutable_data();
+  const double* kk = static_cast<const double*>(keys.data());
+  {
+    py::gil_scoped_release nogil;
+    prefcal::cpu::rank_seen_subsets(kk, rows, n, k, o);
+  }
+  return out;
+}
+
 py::tuple rank_top_label(const py::array& scores, const py::array& keys, int level, const py::object& groups,
                          int64_t k, int32_t n_bins) {
   require(scores, 2, "scores");
@@ -565,6 +650,11 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("rank_classwise", &rank_classwise, py::arg("scores").noconvert(), py::arg("keys").noconvert(),
         py::arg("classes").noconvert(), py::arg("top"), py::arg("n_bins"), py::arg("edges").none(true),
         py::arg("keep").none(true));
+  m.def("rank_classwise_subsets", &rank_classwise_subsets, py::arg("scores").noconvert(), py::arg("keys").noconvert(),
+        py::arg("k"), py::arg("slot").noconvert(), py::arg("n_classes"), py::arg("n_bins"), py::arg("edges").none(true),
+        py::arg("keep").none(true));
+  m.def("rank_keys", &rank_keys, py::arg("rankings").noconvert(), py::arg("mask").none(true), py::arg("n"));
+  m.def("rank_seen_subsets", &rank_seen_subsets, py::arg("keys").noconvert(), py::arg("k"));
   m.def("rank_top_label", &rank_top_label, py::arg("scores").noconvert(), py::arg("keys").noconvert(),
         py::arg("level"), py::arg("groups").none(true), py::arg("k"), py::arg("n_bins"));
   m.def("rank_canonical", &rank_canonical, py::arg("probs").noconvert(), py::arg("labels").noconvert(), py::arg("h"),

@@ -10,7 +10,9 @@
 #include <limits>
 #include <vector>
 
+#include "prefcal/cpu/clones.hpp"
 #include "prefcal/cpu/parallel.hpp"
+#include "prefcal/common.hpp"
 #include "prefcal/fastmath.hpp"
 
 namespace prefcal::cpu {
@@ -107,9 +109,9 @@ struct Binner {
   int32_t bins;
   const double* edges;
   int32_t operator()(double p) const {
-    if (edges == nullptr) {
-      const double x = std::floor(p * bins);
-      return x >= bins ? bins - 1 : static_cast<int32_t>(x);
+    if (edges == nullptr) {  // p is in [0, 1]: truncation is the floor
+      const int32_t x = static_cast<int32_t>(p * bins);
+      return x >= bins ? bins - 1 : x;
     }
     int32_t b = 0;
     while (b + 1 <= bins && edges[b + 1] <= p) ++b;  // the number of edges <= p, minus one
@@ -117,7 +119,7 @@ struct Binner {
   }
 };
 
-double clip01(double p) { return p < 0.0 ? 0.0 : (p > 1.0 ? 1.0 : p); }
+double clip01(double p) { return p > 0.0 ? (p < 1.0 ? p : 1.0) : 0.0; }  // NaN to 0
 
 // The observed top-k of a row: items by key (stable), and whether the prefix (or set) is decided.
 bool observed_prefix(const double* key, int64_t n, int64_t k, bool ordered, std::vector<int32_t>& order) {
@@ -151,11 +153,52 @@ int sub_truth(const double* key, const int32_t* a, int64_t k) {
   return 0;
 }
 
+// P(prefix) for classes met in lexicographic order: the factors of the prefix shared with the previous class
+// are kept, so a sorted class list costs about one division per class.
+struct PrefixCache {
+  std::vector<int32_t> last;
+  std::vector<double> prod, tail;  // prod[j], tail[j]: product of the first j factors, worth left after j items
+  int64_t depth = 0;               // how many leading items of `last` are valid
+
+  explicit PrefixCache(int64_t k)
+      : last(static_cast<size_t>(k)), prod(static_cast<size_t>(k + 1)), tail(static_cast<size_t>(k + 1)) {}
+
+  void reset() { depth = 0; }
+
+  double prob(const Row& r, const int32_t* c, int64_t k, int64_t n) {
+    if (r.slow) return top_prob(r, c, k, n);
+    int64_t j = 0;
+    while (j < depth && c[j] == last[j]) ++j;
+    if (j == 0) {
+      prod[0] = 1.0;
+      tail[0] = r.total;
+    }
+    for (; j < k; ++j) {
+      const double wj = r.w[c[j]];
+      prod[j + 1] = prod[j] * (wj / tail[j]);
+      double t = tail[j] - wj;
+      if (t < kCancel * r.total && j + 1 < k) {  // re-sum the rest directly: no cancellation
+        t = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+          bool used = false;
+          for (int64_t l = 0; l <= j; ++l) used |= c[l] == i;
+          if (!used) t += r.w[i];
+        }
+      }
+      tail[j + 1] = t;
+      last[j] = c[j];
+    }
+    depth = k;
+    return prod[k];
+  }
+};
+
 // Adds the events of rows [lo, hi) for classes [c0, c1) into acc laid out [class - c0][bin][3].
-void classwise_rows(const double* scores, int64_t score_rows, const double* keys, int64_t lo, int64_t hi, int64_t n,
+PREFCAL_CLONES void classwise_rows(const double* scores, int64_t score_rows, const double* keys, int64_t lo, int64_t hi, int64_t n,
                     const int32_t* classes, int64_t c0, int64_t c1, int64_t k, bool top, const Binner& bin,
                     const uint8_t* keep, double* acc, Row& row, std::vector<int32_t>& order) {
   const int64_t nb = bin.bins;
+  PrefixCache prefix(k);
   bool loaded = false;
   for (int64_t b = lo; b < hi; ++b) {
     if (keep != nullptr && !keep[b]) continue;
@@ -166,6 +209,7 @@ void classwise_rows(const double* scores, int64_t score_rows, const double* keys
     const double* key = keys + b * n;
     if (top) {
       if (!observed_prefix(key, n, k, true, order)) continue;
+      prefix.reset();
       for (int64_t c = c0; c < c1; ++c) {
         const int32_t* cl = classes + c * k;
         bool avail = true, hit = true;
@@ -174,7 +218,7 @@ void classwise_rows(const double* scores, int64_t score_rows, const double* keys
           hit &= cl[j] == order[j];
         }
         if (!avail) continue;
-        const double p = clip01(top_prob(row, cl, k, n));
+        const double p = clip01(prefix.prob(row, cl, k, n));
         double* t = acc + ((c - c0) * nb + bin(p)) * 3;
         t[0] += 1.0;
         t[1] += p;
@@ -203,7 +247,315 @@ void transpose_into(const double* acc, int64_t c0, int64_t c1, int64_t nb, doubl
   }
 }
 
+// Sub-k with a slot table: for each subset A (combinations order) and each order of A (lexicographic in
+// the positions within A), slot[subset * k! + rank] is the class index or -1. Per subset the k! order
+// probabilities share the 2^k subset sums of A, and the observed order is found once.
+struct SubsetWalk {
+  int64_t k, kf;
+  std::vector<double> wa, inv, sums_, probs;
+  std::vector<int32_t> a, rel;
+
+  SubsetWalk(int64_t k_, int64_t kf_)
+      : k(k_), kf(kf_), wa(static_cast<size_t>(k_)), inv(static_cast<size_t>(int64_t{1} << k_)),
+        sums_(static_cast<size_t>(int64_t{1} << k_)),
+        probs(static_cast<size_t>(kf_)), a(static_cast<size_t>(k_)), rel(static_cast<size_t>(k_)) {}
+
+  // probabilities of every order of A in lexicographic order of the positions
+  void orders(const Row& r) {
+    const int64_t full = (int64_t{1} << k) - 1;
+    if (r.slow) {
+      int64_t idx = 0;
+      for (int64_t j = 0; j < k; ++j) rel[j] = static_cast<int32_t>(j);
+      std::vector<int32_t> items(static_cast<size_t>(k));
+      do {
+        for (int64_t j = 0; j < k; ++j) items[j] = a[rel[j]];
+        probs[idx++] = sub_prob(r, items.data(), k);
+      } while (std::next_permutation(rel.begin(), rel.end()));
+      return;
+    }
+    for (int64_t j = 0; j < k; ++j) wa[j] = r.w[a[j]];
+    inv[0] = 0.0;
+    sums_[0] = 0.0;
+    for (int64_t m = 1; m <= full; ++m) {
+      int64_t low = 0;
+      while (!((m >> low) & 1)) ++low;
+      sums_[m] = sums_[m & (m - 1)] + wa[low];
+      inv[m] = (m & (m - 1)) ? 1.0 / sums_[m] : 0.0;  // one item left: its factor is 1, no inverse needed
+    }
+    int64_t idx = 0;
+    walk(0, full, 1.0, idx);
+  }
+
+  void walk(int64_t depth, int64_t left, double p, int64_t& idx) {
+    if (depth == k - 1) {
+      probs[idx++] = p;  // the last item's factor is w / w = 1
+      return;
+    }
+    const double il = inv[left];
+    for (int64_t j = 0; j < k; ++j) {
+      if ((left >> j) & 1) walk(depth + 1, left ^ (int64_t{1} << j), p * (wa[j] * il), idx);
+    }
+  }
+
+  // lexicographic rank of the observed order of A, or -1 when undecided
+  int64_t observed(const double* key) {
+    for (int64_t j = 0; j < k; ++j) {
+      if (!std::isfinite(key[a[j]])) return -1;
+    }
+    int64_t rank = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      // the j-th best item of A is the one with exactly j smaller keys; ties leave it undecided
+      int64_t below = 0;
+      for (int64_t l = 0; l < k; ++l) {
+        if (l == j) continue;
+        if (key[a[l]] == key[a[j]]) return -1;
+        below += key[a[l]] < key[a[j]];
+      }
+      rel[below] = static_cast<int32_t>(j);
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t smaller = 0;
+      for (int64_t l = j + 1; l < k; ++l) smaller += rel[l] < rel[j];
+      rank = rank * (k - j) + smaller;
+    }
+    return rank;
+  }
+};
+
+// Adds an event of class c (if listed) at probability p; the outcome is added by the caller.
+inline void add_event(double* acc, int32_t c, double p, const Binner& bin) {
+  if (c < 0) return;
+  double* t = acc + (static_cast<int64_t>(c) * bin.bins + bin(p)) * 3;
+  t[0] += 1.0;
+  t[1] += p;
+}
+
+inline void add_outcome(double* acc, int32_t c, double p, const Binner& bin) {
+  if (c >= 0) acc[(static_cast<int64_t>(c) * bin.bins + bin(p)) * 3 + 2] += 1.0;
+}
+
+// Pairs: the two orders of (a, b), a < b: rank 0 = a before b.
+void pair_row(const Row& row, const double* key, const int32_t* subs, int64_t m, const int32_t* slot,
+              const Binner& bin, double* acc) {
+  for (int64_t g = 0; g < m; ++g) {
+    const int32_t a = subs[2 * g], b = subs[2 * g + 1];
+    const double ka = key[a], kb = key[b];
+    if (!(std::isfinite(ka) && std::isfinite(kb)) || ka == kb) continue;
+    double p0;
+    if (!row.slow) {
+      p0 = clip01(row.w[a] / (row.w[a] + row.w[b]));
+    } else {
+      const int32_t ab[2] = {a, b};
+      p0 = clip01(sub_prob(row, ab, 2));
+    }
+    const double p1 = clip01(1.0 - p0);
+    const int32_t* sl = slot + 2 * g;
+    add_event(acc, sl[0], p0, bin);
+    add_event(acc, sl[1], p1, bin);
+    if (ka < kb) {
+      add_outcome(acc, sl[0], p0, bin);
+    } else {
+      add_outcome(acc, sl[1], p1, bin);
+    }
+  }
+}
+
+// Triples: the six orders of (a, b, c), a < b < c, lexicographic in the positions.
+void triple_row(const Row& row, const double* key, const int32_t* subs, int64_t m, const int32_t* slot,
+                const Binner& bin, double* acc) {
+  double p[6];
+  for (int64_t g = 0; g < m; ++g) {
+    const int32_t a = subs[3 * g], b = subs[3 * g + 1], c = subs[3 * g + 2];
+    const double ka = key[a], kb = key[b], kc = key[c];
+    if (!(std::isfinite(ka) && std::isfinite(kb) && std::isfinite(kc)) || ka == kb || ka == kc || kb == kc) continue;
+    if (!row.slow) {
+      const double wa = row.w[a], wb = row.w[b], wc = row.w[c];
+      const double is = 1.0 / (wa + wb + wc);
+      const double ibc = 1.0 / (wb + wc), iac = 1.0 / (wa + wc), iab = 1.0 / (wa + wb);
+      const double fa = wa * is, fb = wb * is, fc = wc * is;
+      p[0] = fa * (wb * ibc);
+      p[1] = fa * (wc * ibc);
+      p[2] = fb * (wa * iac);
+      p[3] = fb * (wc * iac);
+      p[4] = fc * (wa * iab);
+      p[5] = fc * (wb * iab);
+    } else {
+      const int32_t items[3] = {a, b, c};
+      int32_t rel[3] = {0, 1, 2}, ord[3];
+      int idx = 0;
+      do {
+        for (int j = 0; j < 3; ++j) ord[j] = items[rel[j]];
+        p[idx++] = sub_prob(row, ord, 3);
+      } while (std::next_permutation(rel, rel + 3));
+    }
+    // observed order: rank = 2 * (position of the best among a, b, c) + (which of the other two is next)
+    const int first = ka < kb ? (ka < kc ? 0 : 2) : (kb < kc ? 1 : 2);
+    const double k0 = first == 0 ? kb : ka, k1 = first == 2 ? kb : kc;  // the other two, in position order
+    const int seen = 2 * first + (k0 < k1 ? 0 : 1);
+    const int32_t* sl = slot + 6 * g;
+    for (int r = 0; r < 6; ++r) {
+      p[r] = clip01(p[r]);
+      add_event(acc, sl[r], p[r], bin);
+    }
+    add_outcome(acc, sl[seen], p[seen], bin);
+  }
+}
+
+PREFCAL_CLONES void subset_rows(const double* scores, int64_t score_rows, const double* keys, int64_t lo, int64_t hi, int64_t n,
+                 int64_t k, const int32_t* slot, int64_t kf, const Binner& bin, const uint8_t* keep, double* acc,
+                 int64_t* undecided) {
+  const int64_t nb = bin.bins;
+  Row row(n);
+  SubsetWalk sw(k, kf);
+  // the subsets in combinations order, for the specialised pair and triple loops
+  std::vector<int32_t> subs;
+  if (k <= 3) {
+    std::vector<int32_t> a(static_cast<size_t>(k));
+    for (int64_t j = 0; j < k; ++j) a[j] = static_cast<int32_t>(j);
+    while (true) {
+      subs.insert(subs.end(), a.begin(), a.end());
+      int64_t j = k - 1;
+      while (j >= 0 && a[j] == n - k + j) --j;
+      if (j < 0) break;
+      ++a[j];
+      for (int64_t l = j + 1; l < k; ++l) a[l] = a[l - 1] + 1;
+    }
+  }
+  const int64_t m = static_cast<int64_t>(subs.size()) / std::max<int64_t>(k, 1);
+  bool loaded = false;
+  for (int64_t b = lo; b < hi; ++b) {
+    if (keep != nullptr && !keep[b]) continue;
+    if (score_rows != 1 || !loaded) {
+      row.load(scores + (score_rows == 1 ? 0 : b) * n, n);
+      loaded = true;
+    }
+    const double* key = keys + b * n;
+    if (k == 2) {
+      pair_row(row, key, subs.data(), m, slot, bin, acc);
+      continue;
+    }
+    if (k == 3) {
+      triple_row(row, key, subs.data(), m, slot, bin, acc);
+      continue;
+    }
+    for (int64_t j = 0; j < k; ++j) sw.a[j] = static_cast<int32_t>(j);
+    int64_t subset = 0;
+    while (true) {
+      const int64_t seen = sw.observed(key);
+      const int32_t* sl = slot + subset * kf;
+      if (seen < 0) {
+        for (int64_t r = 0; r < kf; ++r) undecided[0] += sl[r] >= 0;
+      } else {
+        sw.orders(row);
+        for (int64_t r = 0; r < kf; ++r) {
+          const int32_t c = sl[r];
+          if (c < 0) continue;
+          const double p = clip01(sw.probs[r]);
+          double* t = acc + (c * nb + bin(p)) * 3;
+          t[0] += 1.0;
+          t[1] += p;
+        }
+        const int32_t c = sl[seen];
+        if (c >= 0) acc[(c * nb + bin(clip01(sw.probs[seen]))) * 3 + 2] += 1.0;
+      }
+      // next combination in lexicographic order
+      int64_t j = k - 1;
+      while (j >= 0 && sw.a[j] == n - k + j) --j;
+      if (j < 0) break;
+      ++sw.a[j];
+      for (int64_t l = j + 1; l < k; ++l) sw.a[l] = sw.a[l - 1] + 1;
+      ++subset;
+    }
+  }
+}
+
 }  // namespace
+
+int64_t rank_keys(const int64_t* rankings, int64_t rows, int64_t m, int64_t n, const uint8_t* mask, bool global,
+                  double* keys) {
+  std::vector<int64_t> first_bad(static_cast<size_t>(std::max<int64_t>(1, num_threads())), kNoError);
+  const int64_t chunk = 4096;
+  for_chunks(rows, chunk, threads_for((rows + chunk - 1) / chunk), [&](int t, int64_t, int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const int64_t* r = rankings + b * m;
+      const uint8_t* mk = mask == nullptr ? nullptr : mask + (global ? 0 : b * n);
+      double* key = keys + b * n;
+      int64_t len = 0;
+      while (len < m && r[len] != -1) ++len;
+      bool bad = false;
+      for (int64_t j = len; j < m; ++j) bad |= r[j] != -1;  // a value after padding
+      for (int64_t i = 0; i < n; ++i) key[i] = (mk == nullptr || mk[i]) ? static_cast<double>(len) : kInf;
+      for (int64_t j = 0; j < len && !bad; ++j) {
+        const int64_t v = r[j];
+        if (v < 0 || v >= n || (mk != nullptr && !mk[v]) || key[v] != static_cast<double>(len)) {
+          bad = true;  // out of range, unavailable, or repeated
+          break;
+        }
+        key[v] = static_cast<double>(j);
+      }
+      if (bad) {
+        first_bad[t] = std::min(first_bad[t], b);
+        break;
+      }
+    }
+  });
+  return *std::min_element(first_bad.begin(), first_bad.end());
+}
+
+void rank_seen_subsets(const double* keys, int64_t rows, int64_t n, int64_t k, uint8_t* seen) {
+  int64_t kf = 1, count = 1;
+  for (int64_t j = 2; j <= k; ++j) kf *= j;
+  for (int64_t j = 0; j < k; ++j) count = count * (n - j) / (j + 1);
+  const int64_t size = count * kf;
+  constexpr int64_t kChunks = 16;
+  const int64_t chunk = std::max<int64_t>(1, (rows + kChunks - 1) / kChunks);
+  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  std::vector<uint8_t> part(static_cast<size_t>(n_chunks * size), 0);
+  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t ci, int64_t lo, int64_t hi) {
+    SubsetWalk sw(k, kf);
+    uint8_t* mine = part.data() + ci * size;
+    for (int64_t b = lo; b < hi; ++b) {
+      const double* key = keys + b * n;
+      for (int64_t j = 0; j < k; ++j) sw.a[j] = static_cast<int32_t>(j);
+      int64_t subset = 0;
+      while (true) {
+        const int64_t r = sw.observed(key);
+        if (r >= 0) mine[subset * kf + r] = 1;
+        int64_t j = k - 1;
+        while (j >= 0 && sw.a[j] == n - k + j) --j;
+        if (j < 0) break;
+        ++sw.a[j];
+        for (int64_t l = j + 1; l < k; ++l) sw.a[l] = sw.a[l - 1] + 1;
+        ++subset;
+      }
+    }
+  });
+  std::fill(seen, seen + size, uint8_t{0});
+  for (int64_t ci = 0; ci < n_chunks; ++ci) {
+    for (int64_t i = 0; i < size; ++i) seen[i] |= part[ci * size + i];
+  }
+}
+
+void rank_classwise_subsets(const double* scores, int64_t score_rows, const double* keys, int64_t rows, int64_t n,
+                            int64_t k, const int32_t* slot, int64_t n_slots, int64_t n_classes, int32_t n_bins,
+                            const double* edges, const uint8_t* keep, double* tables) {
+  const Binner bin{n_bins, edges};
+  const int64_t nb = n_bins;
+  int64_t kf = 1;
+  for (int64_t j = 2; j <= k; ++j) kf *= j;
+  (void)n_slots;
+  constexpr int64_t kChunks = 16;  // fixed: the sums do not depend on the thread count
+  const int64_t chunk = std::max<int64_t>(1, (rows + kChunks - 1) / kChunks);
+  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  std::vector<double> part(static_cast<size_t>(n_chunks * n_classes * nb * 3), 0.0);
+  std::vector<int64_t> undecided(static_cast<size_t>(n_chunks), 0);
+  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t ci, int64_t lo, int64_t hi) {
+    subset_rows(scores, score_rows, keys, lo, hi, n, k, slot, kf, bin, keep, part.data() + ci * n_classes * nb * 3,
+                undecided.data() + ci);
+  });
+  std::fill(tables, tables + n_classes * 3 * nb, 0.0);
+  for (int64_t ci = 0; ci < n_chunks; ++ci) transpose_into(part.data() + ci * n_classes * nb * 3, 0, n_classes, nb, tables);
+}
 
 void rank_classwise(const double* scores, int64_t score_rows, const double* keys, int64_t rows, int64_t n,
                     const int32_t* classes, int64_t n_classes, int64_t k, bool top, int32_t n_bins,

@@ -322,6 +322,17 @@ def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
         _validation.mask_shape(mask.shape, n_rows, n)
         avail = np.broadcast_to(mask, (n_rows, n))
     full_avail = avail if avail is not None else np.ones((n_rows, n), dtype=bool)
+    cpu = _backend.cpu_module() if _backend.choose(on_gpu=False) == "cpu" else None
+    if rankings is not None and cpu is not None:
+        mask_arg = None if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
+        keys, bad_row = cpu.rank_keys(np.ascontiguousarray(r, dtype=np.int64), mask_arg, n)
+        if bad_row != _validation.NO_ERROR:
+            raise ValueError(
+                _validation.ranking_row_message(
+                    bad_row, r[bad_row], n, None if avail is None else avail[bad_row]
+                )
+            )
+        return _Data(model, keys, n, avail)
     if rankings is not None:
         listed, items, indicator, bad = _reference.parse_rankings(r, full_avail)
         if bad.any():
@@ -492,6 +503,11 @@ def _class_list(data: _Data, k: int, top: bool, classes: str) -> np.ndarray:
                 f"classes='all' at this level has {count} classes (n_items={data.n}, k={k}); use classes='observed'"
             )
         return _reference.all_classes(data.n, k, top)
+    cpu = _backend.cpu_module() if _backend.choose(on_gpu=False) == "cpu" else None
+    if cpu is not None and not top and 2 <= k <= 12 and math.comb(data.n, k) * math.factorial(k) <= MAX_SLOTS:
+        seen = cpu.rank_seen_subsets(data.keys, k).astype(bool)
+        found = _reference.all_classes(data.n, k, False)[seen]
+        return found[np.lexsort(found.T[::-1])] if found.size else found
     return _reference.observed_classes(data.keys, k, top)
 
 
@@ -658,6 +674,38 @@ def _canonical(
 
 
 # ---------------------------------------------------------------------------------------------- kernels
+MAX_SLOTS = 1 << 20  # sub-k slot tables (subsets x orders) up to this size
+MAX_SLOT_TABLES = 1 << 18  # and per-class tables (classes x bins x 3) up to this many float64
+
+
+def _slots(n: int, classes: np.ndarray) -> np.ndarray | None:
+    """slot[subset * k! + rank] = class index or -1 (subsets in combinations order, the orders of a subset in
+    lexicographic order of the positions within it); None when the table would be too large."""
+    c, k = classes.shape
+    kf = math.factorial(k)
+    size = math.comb(n, k) * kf
+    if k > 12 or size > MAX_SLOTS or c * 30 > MAX_SLOT_TABLES:
+        return None
+    srt = np.sort(classes, axis=1).astype(np.int64)
+    # the subset's index in combinations order, found by its bitmask
+    subs = _reference.subsets(n, k).astype(np.int64)
+    weights = np.int64(1) << np.arange(n, dtype=np.int64)
+    sub_keys = (weights[subs]).sum(axis=1)
+    order = np.argsort(sub_keys)
+    pos = np.searchsorted(sub_keys[order], (weights[srt]).sum(axis=1))
+    subset = order[pos]
+    within = np.empty((c, k), dtype=np.int64)
+    for j in range(k):
+        within[:, j] = (srt < classes[:, j : j + 1]).sum(axis=1)  # index of classes[:, j] inside its subset
+    rank = np.zeros(c, dtype=np.int64)
+    for j in range(k):
+        smaller = (within[:, j + 1 :] < within[:, j : j + 1]).sum(axis=1)
+        rank = rank * (k - j) + smaller
+    slot = np.full(size, -1, dtype=np.int32)
+    slot[subset * kf + rank] = np.arange(c, dtype=np.int32)
+    return slot
+
+
 class _Kernels:
     """Routes each kernel to the C++ backend where one exists for the model, else to the reference."""
 
@@ -666,7 +714,20 @@ class _Kernels:
         self.cpu = _backend.cpu_module() if backend == "cpu" else None
 
     def classwise(self, model_t, keys, classes, top, n_bins, edges, keep):
-        if self.cpu is not None and model_t[0] == "pl" and hasattr(self.cpu, "rank_classwise"):
+        if self.cpu is not None and model_t[0] == "pl" and not top:
+            slot = _slots(keys.shape[1], classes)
+            if slot is not None:
+                return self.cpu.rank_classwise_subsets(
+                    np.ascontiguousarray(model_t[1]),
+                    keys,
+                    classes.shape[1],
+                    slot,
+                    classes.shape[0],
+                    n_bins,
+                    edges,
+                    keep,
+                )
+        if self.cpu is not None and model_t[0] == "pl":
             return self.cpu.rank_classwise(
                 np.ascontiguousarray(model_t[1]),
                 keys,

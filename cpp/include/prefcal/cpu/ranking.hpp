@@ -16,6 +16,21 @@ void rank_classwise(const double* scores, int64_t score_rows, const double* keys
                     const int32_t* classes, int64_t n_classes, int64_t k, bool top, int32_t n_bins,
                     const double* edges, const uint8_t* keep, double* tables);
 
+// The same tables for a sub-k level through a slot table: slot[subset * k! + rank] (subsets in combinations
+// order, orders of a subset in lexicographic order of the positions within it) is the class index or -1.
+void rank_classwise_subsets(const double* scores, int64_t score_rows, const double* keys, int64_t rows, int64_t n,
+                            int64_t k, const int32_t* slot, int64_t n_slots, int64_t n_classes, int32_t n_bins,
+                            const double* edges, const uint8_t* keep, double* tables);
+
+// Rank keys of observed orderings (rows, m) (-1 padding) with an optional mask ((n,) when global, else
+// (rows, n)): listed items get their position, unlisted available items the number listed, unavailable +inf.
+// Returns the first invalid row (a value after padding, out of range, unavailable or repeated) or kNoError.
+int64_t rank_keys(const int64_t* rankings, int64_t rows, int64_t m, int64_t n, const uint8_t* mask, bool global,
+                  double* keys);
+
+// seen[subset * k! + rank] = 1 when some row decides subset's order and it is that order (slot layout above).
+void rank_seen_subsets(const double* keys, int64_t rows, int64_t n, int64_t k, uint8_t* seen);
+
 // One table (3, B) of (mode probability, observation == mode) events. level 0: sub-k, one event per (row,
 // subset) over groups (M, k); level 1: the ordered top-k prefix; level 2: the top-k set (k <= 20). Returns the
 // number of skipped (undecided) events.
