@@ -521,6 +521,105 @@ py::array_t<double> rank_classwise_subsets(const py::array& scores, const py::ar
   return out;
 }
 
+py::array_t<double> rank_classwise_table(const py::array& probs, const py::array& indptr, const py::array& idx,
+                                         const py::array& keys, const py::array& classes, bool top, int32_t n_bins,
+                                         const py::object& edges, const py::object& keep) {
+  require(probs, 2, "probs");
+  require(indptr, 1, "indptr");
+  require(idx, 1, "idx");
+  require(keys, 2, "keys");
+  require(classes, 2, "classes");
+  require_dtype(probs, DType::kF64, "probs");
+  require_dtype(indptr, DType::kI64, "indptr");
+  require_dtype(idx, DType::kI32, "idx");
+  require_dtype(keys, DType::kF64, "keys");
+  require_dtype(classes, DType::kI32, "classes");
+  const int64_t rows = keys.shape(0), n = keys.shape(1), nc = classes.shape(0), k = classes.shape(1);
+  const int64_t n_orders = probs.shape(1);
+  if (probs.shape(0) != rows || indptr.shape(0) != nc + 1 || k < 1 || k > n || n_bins < 1) {
+    throw std::invalid_argument("internal error: rank_classwise_table shapes");
+  }
+  const int64_t* ip = static_cast<const int64_t*>(indptr.data());
+  const int32_t* ix = static_cast<const int32_t*>(idx.data());
+  if (ip[0] != 0 || ip[nc] != idx.shape(0)) throw std::invalid_argument("internal error: indptr");
+  for (int64_t c = 0; c < nc; ++c) {
+    if (ip[c + 1] < ip[c]) throw std::invalid_argument("internal error: indptr order");
+  }
+  for (int64_t e = 0; e < idx.shape(0); ++e) {
+    if (ix[e] < 0 || ix[e] >= n_orders) throw std::invalid_argument("internal error: idx out of range");
+  }
+  const int32_t* cl = static_cast<const int32_t*>(classes.data());
+  for (int64_t i = 0; i < nc * k; ++i) {
+    if (cl[i] < 0 || cl[i] >= n) throw std::invalid_argument("internal error: class item out of range");
+  }
+  const double* ed = nullptr;
+  if (!edges.is_none()) {
+    auto e = edges.cast<py::array>();
+    require(e, 1, "edges");
+    require_dtype(e, DType::kF64, "edges");
+    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
+    ed = static_cast<const double*>(e.data());
+  }
+  const uint8_t* kp = nullptr;
+  if (!keep.is_none()) {
+    auto e = keep.cast<py::array>();
+    require(e, 1, "keep");
+    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
+    kp = static_cast<const uint8_t*>(e.data());
+  }
+  py::array_t<double> out({nc, int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  const double* pp = static_cast<const double*>(probs.data());
+  const double* kk = static_cast<const double*>(keys.data());
+  {
+    py::gil_scoped_release nogil;
+    prefcal::cpu::rank_classwise_table(pp, rows, n_orders, ip, ix, kk, n, cl, nc, k, top, n_bins, ed, kp, o);
+  }
+  return out;
+}
+
+void rank_classwise_given(const py::array& pmat, const py::array& keys, const py::array& classes, bool top,
+                          const py::object& edges, const py::object& keep, py::array& tables) {
+  require(pmat, 2, "pmat");
+  require(keys, 2, "keys");
+  require(classes, 2, "classes");
+  require(tables, 3, "tables");
+  require_dtype(pmat, DType::kF64, "pmat");
+  require_dtype(keys, DType::kF64, "keys");
+  require_dtype(classes, DType::kI32, "classes");
+  require_dtype(tables, DType::kF64, "tables");
+  const int64_t rows = keys.shape(0), n = keys.shape(1), nc = classes.shape(0), k = classes.shape(1);
+  const int32_t n_bins = static_cast<int32_t>(tables.shape(2));
+  if (pmat.shape(0) != rows || pmat.shape(1) != nc || tables.shape(0) != nc || tables.shape(1) != 3 || k < 1 ||
+      k > n || n_bins < 1 || !tables.writeable()) {
+    throw std::invalid_argument("internal error: rank_classwise_given shapes");
+  }
+  const int32_t* cl = static_cast<const int32_t*>(classes.data());
+  for (int64_t i = 0; i < nc * k; ++i) {
+    if (cl[i] < 0 || cl[i] >= n) throw std::invalid_argument("internal error: class item out of range");
+  }
+  const double* ed = nullptr;
+  if (!edges.is_none()) {
+    auto e = edges.cast<py::array>();
+    require(e, 1, "edges");
+    require_dtype(e, DType::kF64, "edges");
+    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
+    ed = static_cast<const double*>(e.data());
+  }
+  const uint8_t* kp = nullptr;
+  if (!keep.is_none()) {
+    auto e = keep.cast<py::array>();
+    require(e, 1, "keep");
+    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
+    kp = static_cast<const uint8_t*>(e.data());
+  }
+  double* o = static_cast<double*>(tables.mutable_data());
+  const double* pp = static_cast<const double*>(pmat.data());
+  const double* kk = static_cast<const double*>(keys.data());
+  py::gil_scoped_release nogil;
+  prefcal::cpu::rank_classwise_given(pp, kk, rows, n, cl, nc, k, top, n_bins, ed, kp, o);
+}
+
 py::tuple rank_keys(const py::array& rankings, const py::object& mask, int64_t n) {
   require(rankings, 2, "rankings");
   require_dtype(rankings, DType::kI64, "rankings");
@@ -653,6 +752,12 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("rank_classwise_subsets", &rank_classwise_subsets, py::arg("scores").noconvert(), py::arg("keys").noconvert(),
         py::arg("k"), py::arg("slot").noconvert(), py::arg("n_classes"), py::arg("n_bins"), py::arg("edges").none(true),
         py::arg("keep").none(true));
+  m.def("rank_classwise_table", &rank_classwise_table, py::arg("probs").noconvert(), py::arg("indptr").noconvert(),
+        py::arg("idx").noconvert(), py::arg("keys").noconvert(), py::arg("classes").noconvert(), py::arg("top"),
+        py::arg("n_bins"), py::arg("edges").none(true), py::arg("keep").none(true));
+  m.def("rank_classwise_given", &rank_classwise_given, py::arg("pmat").noconvert(), py::arg("keys").noconvert(),
+        py::arg("classes").noconvert(), py::arg("top"), py::arg("edges").none(true), py::arg("keep").none(true),
+        py::arg("tables").noconvert());
   m.def("rank_keys", &rank_keys, py::arg("rankings").noconvert(), py::arg("mask").none(true), py::arg("n"));
   m.def("rank_seen_subsets", &rank_seen_subsets, py::arg("keys").noconvert(), py::arg("k"));
   m.def("rank_top_label", &rank_top_label, py::arg("scores").noconvert(), py::arg("keys").noconvert(),

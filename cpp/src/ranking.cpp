@@ -137,6 +137,26 @@ bool observed_prefix(const double* key, int64_t n, int64_t k, bool ordered, std:
   return k == n || key[order[k]] > key[order[k - 1]];
 }
 
+// Every key finite and no two equal: every sub-k event of the row is decided.
+bool row_clean(const double* key, int64_t n, std::vector<double>& scratch) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(key[i])) return false;
+    scratch[i] = key[i];
+  }
+  std::sort(scratch.begin(), scratch.begin() + n);
+  for (int64_t i = 1; i < n; ++i) {
+    if (scratch[i] == scratch[i - 1]) return false;
+  }
+  return true;
+}
+
+// Sub-k truth on a clean row: the keys increase along the class.
+inline int sub_truth_clean(const double* key, const int32_t* a, int64_t k) {
+  bool inc = true;
+  for (int64_t j = 1; j < k; ++j) inc &= key[a[j - 1]] < key[a[j]];
+  return inc ? 1 : 0;
+}
+
 // Sub-k truth: 1 in order, 0 decided otherwise, -1 undecided (unknown or unavailable item, or a tie).
 int sub_truth(const double* key, const int32_t* a, int64_t k) {
   bool inc = true;
@@ -199,6 +219,7 @@ PREFCAL_CLONES void classwise_rows(const double* scores, int64_t score_rows, con
                     const uint8_t* keep, double* acc, Row& row, std::vector<int32_t>& order) {
   const int64_t nb = bin.bins;
   PrefixCache prefix(k);
+  std::vector<double> scratch(static_cast<size_t>(n));
   bool loaded = false;
   for (int64_t b = lo; b < hi; ++b) {
     if (keep != nullptr && !keep[b]) continue;
@@ -225,9 +246,10 @@ PREFCAL_CLONES void classwise_rows(const double* scores, int64_t score_rows, con
         t[2] += hit ? 1.0 : 0.0;
       }
     } else {
+      const bool clean = row_clean(key, n, scratch);
       for (int64_t c = c0; c < c1; ++c) {
         const int32_t* cl = classes + c * k;
-        const int truth = sub_truth(key, cl, k);
+        const int truth = clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k);
         if (truth < 0) continue;
         const double p = clip01(sub_prob(row, cl, k));
         double* t = acc + ((c - c0) * nb + bin(p)) * 3;
@@ -470,6 +492,111 @@ PREFCAL_CLONES void subset_rows(const double* scores, int64_t score_rows, const 
 }
 
 }  // namespace
+
+// Explicit model, classes [c0, c1): a class's probability is the sum of the probabilities of the orderings
+// listed for it (CSC: orderings idx[indptr[c] .. indptr[c + 1])). acc is laid out [class - c0][bin][3].
+PREFCAL_CLONES void table_rows(const double* probs, int64_t n_orders, const int64_t* indptr, const int32_t* idx,
+                               const double* keys, int64_t rows, int64_t n, const int32_t* classes, int64_t c0,
+                               int64_t c1, int64_t k, bool top, const Binner& bin, const uint8_t* keep, double* acc) {
+  const int64_t nb = bin.bins;
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  std::vector<double> scratch(static_cast<size_t>(n));
+  for (int64_t b = 0; b < rows; ++b) {
+    if (keep != nullptr && !keep[b]) continue;
+    const double* key = keys + b * n;
+    if (top && !observed_prefix(key, n, k, true, order)) continue;
+    const bool clean = !top && row_clean(key, n, scratch);
+    const double* pr = probs + b * n_orders;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int32_t* cl = classes + c * k;
+      int truth;
+      if (top) {
+        bool avail = true, hit = true;
+        for (int64_t j = 0; j < k; ++j) {
+          avail &= !std::isinf(key[cl[j]]);
+          hit &= cl[j] == order[j];
+        }
+        truth = avail ? (hit ? 1 : 0) : -1;
+      } else {
+        truth = clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k);
+      }
+      if (truth < 0) continue;
+      double p = 0.0;
+      for (int64_t e = indptr[c]; e < indptr[c + 1]; ++e) p += pr[idx[e]];
+      const double q = clip01(p);
+      double* t = acc + ((c - c0) * nb + bin(q)) * 3;
+      t[0] += 1.0;
+      t[1] += q;
+      t[2] += static_cast<double>(truth);
+    }
+  }
+}
+
+// Given probabilities P (rows, C) of the classes (an explicit model's, computed by a matrix product), adds the
+// decided events of classes [c0, c1) into acc laid out [class - c0][bin][3].
+PREFCAL_CLONES void given_rows(const double* pmat, const double* keys, int64_t rows, int64_t n,
+                               const int32_t* classes, int64_t n_classes, int64_t c0, int64_t c1, int64_t k, bool top,
+                               const Binner& bin, const uint8_t* keep, double* acc) {
+  const int64_t nb = bin.bins;
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  std::vector<double> scratch(static_cast<size_t>(n));
+  for (int64_t b = 0; b < rows; ++b) {
+    if (keep != nullptr && !keep[b]) continue;
+    const double* key = keys + b * n;
+    if (top && !observed_prefix(key, n, k, true, order)) continue;
+    const bool clean = !top && row_clean(key, n, scratch);
+    const double* pr = pmat + b * n_classes;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int32_t* cl = classes + c * k;
+      int truth;
+      if (top) {
+        bool avail = true, hit = true;
+        for (int64_t j = 0; j < k; ++j) {
+          avail &= !std::isinf(key[cl[j]]);
+          hit &= cl[j] == order[j];
+        }
+        truth = avail ? (hit ? 1 : 0) : -1;
+      } else {
+        truth = clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k);
+      }
+      if (truth < 0) continue;
+      const double q = clip01(pr[c]);
+      double* t = acc + ((c - c0) * nb + bin(q)) * 3;
+      t[0] += 1.0;
+      t[1] += q;
+      t[2] += static_cast<double>(truth);
+    }
+  }
+}
+
+void rank_classwise_given(const double* pmat, const double* keys, int64_t rows, int64_t n, const int32_t* classes,
+                          int64_t n_classes, int64_t k, bool top, int32_t n_bins, const double* edges,
+                          const uint8_t* keep, double* tables) {
+  const Binner bin{n_bins, edges};
+  const int64_t nb = n_bins;
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(512, (n_classes + 1) / 2));
+  for_chunks(n_classes, block, threads_for((n_classes + block - 1) / block), [&](int, int64_t, int64_t c0, int64_t c1) {
+    std::vector<double> acc(static_cast<size_t>((c1 - c0) * nb * 3), 0.0);
+    given_rows(pmat, keys, rows, n, classes, n_classes, c0, c1, k, top, bin, keep, acc.data());
+    transpose_into(acc.data(), c0, c1, nb, tables);  // adds: callers accumulate over row chunks
+  });
+}
+
+void rank_classwise_table(const double* probs, int64_t rows, int64_t n_orders, const int64_t* indptr,
+                          const int32_t* idx, const double* keys, int64_t n, const int32_t* classes, int64_t n_classes,
+                          int64_t k, bool top, int32_t n_bins, const double* edges, const uint8_t* keep,
+                          double* tables) {
+  const Binner bin{n_bins, edges};
+  const int64_t nb = n_bins;
+  std::fill(tables, tables + n_classes * 3 * nb, 0.0);
+  // class blocks small enough for their tables to stay in cache; each block streams every row
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(512, (n_classes + 1) / 2));
+  for_chunks(n_classes, block, threads_for((n_classes + block - 1) / block), [&](int, int64_t, int64_t c0, int64_t c1) {
+    std::vector<double> acc(static_cast<size_t>((c1 - c0) * nb * 3), 0.0);
+    table_rows(probs, n_orders, indptr, idx, keys, rows, n, classes, c0, c1, k, top, bin, keep, acc.data());
+    transpose_into(acc.data(), c0, c1, nb, tables);
+  });
+}
 
 int64_t rank_keys(const int64_t* rankings, int64_t rows, int64_t m, int64_t n, const uint8_t* mask, bool global,
                   double* keys) {

@@ -706,6 +706,53 @@ def _slots(n: int, classes: np.ndarray) -> np.ndarray | None:
     return slot
 
 
+DENSE_MAX = 1 << 22  # orderings x classes of a dense incidence matrix
+
+
+def _dense_product(orders: np.ndarray, classes: np.ndarray, top: bool) -> bool:
+    """Whether an explicit model's class probabilities are best a dense matrix product: sub-k with k <= 3 (an
+    ordering satisfies 1 in k! of the classes) and an incidence matrix of bounded size."""
+    return not top and classes.shape[1] <= 3 and orders.shape[0] * classes.shape[0] <= DENSE_MAX
+
+
+def _incidence(orders: np.ndarray, classes: np.ndarray, top: bool) -> tuple[np.ndarray, np.ndarray]:
+    """CSC (indptr, idx): for each class, the orderings that satisfy it (an ordering satisfies one class per
+    subset for sub-k, at most one for top-k)."""
+    r, n = orders.shape
+    c, k = classes.shape
+    if top:
+        index = {tuple(v): i for i, v in enumerate(classes.tolist())}
+        hits = [index.get(tuple(o[:k]), -1) for o in orders.tolist()]
+        idx = np.array(hits, dtype=np.int64)
+        owner = np.arange(r)
+    else:
+        slot = _slots(n, classes)
+        if slot is None:
+            owner_l, idx_l = [], []
+            for sl in _reference._chunks(r, c * k):
+                o, cc = np.nonzero(_reference._satisfies(orders[sl], classes.astype(np.intp), False))
+                owner_l.append(o + sl.start)
+                idx_l.append(cc)
+            owner, idx = np.concatenate(owner_l), np.concatenate(idx_l)
+        else:
+            subs = _reference.subsets(n, k).astype(np.intp)
+            pos = np.argsort(orders, axis=1)[:, subs]  # (R, M, k) positions of each subset's items
+            rel = np.argsort(pos, axis=2)  # the subset's items (as indices 0..k-1) in the ordering's order
+            rank = np.zeros(pos.shape[:2], dtype=np.int64)
+            for j in range(k):
+                smaller = (rel[:, :, j + 1 :] < rel[:, :, j : j + 1]).sum(axis=2)
+                rank = rank * (k - j) + smaller
+            cls = slot[np.arange(subs.shape[0])[None, :] * math.factorial(k) + rank]
+            owner = np.broadcast_to(np.arange(r)[:, None], cls.shape).ravel()
+            idx = cls.ravel().astype(np.int64)
+    keep = idx >= 0
+    owner, idx = owner[keep], idx[keep]
+    order = np.argsort(idx, kind="stable")  # class-major (CSC): each class's orderings together
+    indptr = np.zeros(c + 1, dtype=np.int64)
+    np.cumsum(np.bincount(idx, minlength=c), out=indptr[1:])
+    return indptr, np.ascontiguousarray(owner[order], dtype=np.int32)
+
+
 class _Kernels:
     """Routes each kernel to the C++ backend where one exists for the model, else to the reference."""
 
@@ -727,6 +774,30 @@ class _Kernels:
                     edges,
                     keep,
                 )
+        if self.cpu is not None and model_t[0] == "explicit" and _dense_product(model_t[1], classes, top):
+            # dense incidence: a BLAS product per chunk of rows, then the binning kernel
+            sat = _reference._satisfies(model_t[1], classes.astype(np.intp), top).astype(np.float64)
+            cls = np.ascontiguousarray(classes, dtype=np.int32)
+            tables = np.zeros((classes.shape[0], 3, n_bins))
+            for sl in _reference._chunks(keys.shape[0], classes.shape[0]):
+                pmat = np.ascontiguousarray(model_t[2][sl] @ sat)
+                self.cpu.rank_classwise_given(
+                    pmat, keys[sl], cls, bool(top), edges, None if keep is None else keep[sl], tables
+                )
+            return tables
+        if self.cpu is not None and model_t[0] == "explicit":
+            indptr, idx = _incidence(model_t[1], classes, top)
+            return self.cpu.rank_classwise_table(
+                np.ascontiguousarray(model_t[2]),
+                indptr,
+                idx,
+                keys,
+                np.ascontiguousarray(classes, dtype=np.int32),
+                bool(top),
+                n_bins,
+                edges,
+                keep,
+            )
         if self.cpu is not None and model_t[0] == "pl":
             return self.cpu.rank_classwise(
                 np.ascontiguousarray(model_t[1]),

@@ -22,6 +22,18 @@ void rank_classwise_subsets(const double* scores, int64_t score_rows, const doub
                             int64_t k, const int32_t* slot, int64_t n_slots, int64_t n_classes, int32_t n_bins,
                             const double* edges, const uint8_t* keep, double* tables);
 
+// The same tables for an explicit model: probs (rows, R) of R orderings; class c is satisfied by the orderings
+// idx[indptr[c] .. indptr[c + 1]) (CSC); its probability is the sum of theirs.
+void rank_classwise_table(const double* probs, int64_t rows, int64_t n_orders, const int64_t* indptr,
+                          const int32_t* idx, const double* keys, int64_t n, const int32_t* classes, int64_t n_classes,
+                          int64_t k, bool top, int32_t n_bins, const double* edges, const uint8_t* keep,
+                          double* tables);
+
+// Adds to tables (C, 3, B) the decided events of rows with given class probabilities pmat (rows, C).
+void rank_classwise_given(const double* pmat, const double* keys, int64_t rows, int64_t n, const int32_t* classes,
+                          int64_t n_classes, int64_t k, bool top, int32_t n_bins, const double* edges,
+                          const uint8_t* keep, double* tables);
+
 // Rank keys of observed orderings (rows, m) (-1 padding) with an optional mask ((n,) when global, else
 // (rows, n)): listed items get their position, unlisted available items the number listed, unavailable +inf.
 // Returns the first invalid row (a value after padding, out of range, unavailable or repeated) or kNoError.
