@@ -620,6 +620,87 @@ void rank_classwise_given(const py::array& pmat, const py::array& keys, const py
   prefcal::cpu::rank_classwise_given(pp, kk, rows, n, cl, nc, k, top, n_bins, ed, kp, o);
 }
 
+py::array_t<double> rank_classwise_grouped(const py::array& probs, const py::array& indptr, const py::array& idx,
+                                           const py::array& keys, int64_t k, bool top, const py::array& cls_group,
+                                           const py::array& cls_rank, const py::array& groups,
+                                           const py::array& row_class, int32_t n_bins, const py::object& edges,
+                                           const py::object& keep) {
+  require(probs, 2, "probs");
+  require(indptr, 1, "indptr");
+  require(idx, 1, "idx");
+  require(keys, 2, "keys");
+  require(cls_group, 1, "cls_group");
+  require(cls_rank, 1, "cls_rank");
+  require(groups, 2, "groups");
+  require(row_class, 1, "row_class");
+  require_dtype(probs, DType::kF64, "probs");
+  require_dtype(indptr, DType::kI64, "indptr");
+  require_dtype(idx, DType::kI32, "idx");
+  require_dtype(keys, DType::kF64, "keys");
+  require_dtype(cls_group, DType::kI32, "cls_group");
+  require_dtype(cls_rank, DType::kI32, "cls_rank");
+  require_dtype(groups, DType::kI32, "groups");
+  require_dtype(row_class, DType::kI32, "row_class");
+  const int64_t rows = keys.shape(0), n = keys.shape(1), nc = cls_group.shape(0), n_orders = probs.shape(1);
+  const int64_t ng = groups.shape(0);
+  int64_t kf = 1;
+  for (int64_t j = 2; j <= k; ++j) kf *= j;
+  if (probs.shape(0) != rows || indptr.shape(0) != nc + 1 || cls_rank.shape(0) != nc || k < 1 || k > n ||
+      k > 12 || n_bins < 1 || (top && row_class.shape(0) != rows) || (!top && groups.shape(1) != k) || nc < 1) {
+    throw std::invalid_argument("internal error: rank_classwise_grouped shapes");
+  }
+  const int64_t* ip = static_cast<const int64_t*>(indptr.data());
+  const int32_t* ix = static_cast<const int32_t*>(idx.data());
+  const int32_t* cg = static_cast<const int32_t*>(cls_group.data());
+  const int32_t* cr = static_cast<const int32_t*>(cls_rank.data());
+  const int32_t* gp = static_cast<const int32_t*>(groups.data());
+  const int32_t* rc = static_cast<const int32_t*>(row_class.data());
+  if (ip[0] != 0 || ip[nc] != idx.shape(0)) throw std::invalid_argument("internal error: indptr");
+  for (int64_t c = 0; c < nc; ++c) {
+    if (ip[c + 1] < ip[c]) throw std::invalid_argument("internal error: indptr order");
+    if (!top && (cg[c] < 0 || cg[c] >= ng || (c > 0 && cg[c] < cg[c - 1]) || cr[c] < 0 || cr[c] >= kf)) {
+      throw std::invalid_argument("internal error: class groups");
+    }
+  }
+  for (int64_t e = 0; e < idx.shape(0); ++e) {
+    if (ix[e] < 0 || ix[e] >= n_orders) throw std::invalid_argument("internal error: idx out of range");
+  }
+  if (!top) {
+    for (int64_t i = 0; i < ng * k; ++i) {
+      if (gp[i] < 0 || gp[i] >= n) throw std::invalid_argument("internal error: group item out of range");
+    }
+  } else {
+    for (int64_t b = 0; b < rows; ++b) {
+      if (rc[b] < -2 || rc[b] >= nc) throw std::invalid_argument("internal error: row class");
+    }
+  }
+  const double* ed = nullptr;
+  if (!edges.is_none()) {
+    auto e = edges.cast<py::array>();
+    require(e, 1, "edges");
+    require_dtype(e, DType::kF64, "edges");
+    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
+    ed = static_cast<const double*>(e.data());
+  }
+  const uint8_t* kp = nullptr;
+  if (!keep.is_none()) {
+    auto e = keep.cast<py::array>();
+    require(e, 1, "keep");
+    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
+    kp = static_cast<const uint8_t*>(e.data());
+  }
+  py::array_t<double> out({nc, int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  const double* pp = static_cast<const double*>(probs.data());
+  const double* kk = static_cast<const double*>(keys.data());
+  {
+    py::gil_scoped_release nogil;
+    prefcal::cpu::rank_classwise_grouped(pp, rows, n_orders, ip, ix, kk, n, k, top, cg, cr, nc, gp, rc, n_bins, ed, kp,
+                                         o);
+  }
+  return out;
+}
+
 py::tuple rank_keys(const py::array& rankings, const py::object& mask, int64_t n) {
   require(rankings, 2, "rankings");
   require_dtype(rankings, DType::kI64, "rankings");
@@ -758,6 +839,10 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("rank_classwise_given", &rank_classwise_given, py::arg("pmat").noconvert(), py::arg("keys").noconvert(),
         py::arg("classes").noconvert(), py::arg("top"), py::arg("edges").none(true), py::arg("keep").none(true),
         py::arg("tables").noconvert());
+  m.def("rank_classwise_grouped", &rank_classwise_grouped, py::arg("probs").noconvert(),
+        py::arg("indptr").noconvert(), py::arg("idx").noconvert(), py::arg("keys").noconvert(), py::arg("k"),
+        py::arg("top"), py::arg("cls_group").noconvert(), py::arg("cls_rank").noconvert(), py::arg("groups").noconvert(),
+        py::arg("row_class").noconvert(), py::arg("n_bins"), py::arg("edges").none(true), py::arg("keep").none(true));
   m.def("rank_keys", &rank_keys, py::arg("rankings").noconvert(), py::arg("mask").none(true), py::arg("n"));
   m.def("rank_seen_subsets", &rank_seen_subsets, py::arg("keys").noconvert(), py::arg("k"));
   m.def("rank_top_label", &rank_top_label, py::arg("scores").noconvert(), py::arg("keys").noconvert(),

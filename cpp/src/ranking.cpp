@@ -598,6 +598,78 @@ void rank_classwise_table(const double* probs, int64_t rows, int64_t n_orders, c
   });
 }
 
+// Explicit model with classes sorted by group: a task owns a range of classes (whole groups) and streams every
+// row; the observed order of each of its groups is found once per row.
+PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const int64_t* indptr, const int32_t* idx,
+                                 const double* keys, int64_t rows, int64_t n, int64_t k, bool top,
+                                 const int32_t* cls_group, const int32_t* cls_rank, int64_t c0, int64_t c1,
+                                 const int32_t* groups, const int32_t* row_class, const Binner& bin,
+                                 const uint8_t* keep, double* acc) {
+  const int64_t nb = bin.bins;
+  int64_t kf = 1;
+  for (int64_t j = 2; j <= k; ++j) kf *= j;
+  SubsetWalk sw(k, kf);
+  const int64_t g0 = top ? 0 : cls_group[c0], g1 = top ? 0 : cls_group[c1 - 1] + 1;
+  std::vector<int64_t> seen(static_cast<size_t>(std::max<int64_t>(1, g1 - g0)));
+  for (int64_t b = 0; b < rows; ++b) {
+    if (keep != nullptr && !keep[b]) continue;
+    const double* pr = probs + b * n_orders;
+    int64_t rc = -1;
+    if (top) {
+      rc = row_class[b];
+      if (rc == -2) continue;
+    } else {
+      const double* key = keys + b * n;
+      for (int64_t g = g0; g < g1; ++g) {
+        for (int64_t j = 0; j < k; ++j) sw.a[j] = groups[g * k + j];
+        seen[g - g0] = sw.observed(key);
+      }
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t truth;
+      if (top) {
+        truth = c == rc;
+      } else {
+        const int64_t o = seen[cls_group[c] - g0];
+        if (o < 0) continue;
+        truth = o == cls_rank[c];
+      }
+      double p = 0.0;
+      for (int64_t e = indptr[c]; e < indptr[c + 1]; ++e) p += pr[idx[e]];
+      const double q = clip01(p);
+      double* t = acc + ((c - c0) * nb + bin(q)) * 3;
+      t[0] += 1.0;
+      t[1] += q;
+      t[2] += static_cast<double>(truth);
+    }
+  }
+}
+
+void rank_classwise_grouped(const double* probs, int64_t rows, int64_t n_orders, const int64_t* indptr,
+                            const int32_t* idx, const double* keys, int64_t n, int64_t k, bool top,
+                            const int32_t* cls_group, const int32_t* cls_rank, int64_t n_classes, const int32_t* groups,
+                            const int32_t* row_class, int32_t n_bins, const double* edges, const uint8_t* keep,
+                            double* tables) {
+  const Binner bin{n_bins, edges};
+  const int64_t nb = n_bins;
+  std::fill(tables, tables + n_classes * 3 * nb, 0.0);
+  // class ranges of about 512 classes, cut at group boundaries
+  std::vector<int64_t> cuts{0};
+  const int64_t target = std::max<int64_t>(1, std::min<int64_t>(512, (n_classes + 1) / 2));
+  for (int64_t c = 1; c < n_classes; ++c) {
+    if (c - cuts.back() >= target && (top || cls_group[c] != cls_group[c - 1])) cuts.push_back(c);
+  }
+  cuts.push_back(n_classes);
+  const int64_t n_tasks = static_cast<int64_t>(cuts.size()) - 1;
+  for_chunks(n_tasks, 1, threads_for(n_tasks), [&](int, int64_t task, int64_t, int64_t) {
+    const int64_t c0 = cuts[task], c1 = cuts[task + 1];
+    std::vector<double> acc(static_cast<size_t>((c1 - c0) * nb * 3), 0.0);
+    grouped_rows(probs, n_orders, indptr, idx, keys, rows, n, k, top, cls_group, cls_rank, c0, c1, groups, row_class,
+                 bin, keep, acc.data());
+    transpose_into(acc.data(), c0, c1, nb, tables);
+  });
+}
+
 int64_t rank_keys(const int64_t* rankings, int64_t rows, int64_t m, int64_t n, const uint8_t* mask, bool global,
                   double* keys) {
   std::vector<int64_t> first_bad(static_cast<size_t>(std::max<int64_t>(1, num_threads())), kNoError);

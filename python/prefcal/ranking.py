@@ -706,6 +706,75 @@ def _slots(n: int, classes: np.ndarray) -> np.ndarray | None:
     return slot
 
 
+def _order_ranks(classes: np.ndarray) -> np.ndarray:
+    """Lexicographic rank of each class's order among the orders of its (sorted) item set."""
+    c, k = classes.shape
+    srt = np.sort(classes, axis=1)
+    within = np.empty((c, k), dtype=np.int64)
+    for j in range(k):
+        within[:, j] = (srt < classes[:, j : j + 1]).sum(axis=1)  # index of classes[:, j] inside its subset
+    rank = np.zeros(c, dtype=np.int64)
+    for j in range(k):
+        rank = rank * (k - j) + (within[:, j + 1 :] < within[:, j : j + 1]).sum(axis=1)
+    return rank
+
+
+def _grouped(
+    cpu: Any,
+    model_t: tuple,
+    keys: np.ndarray,
+    classes: np.ndarray,
+    top: bool,
+    n_bins: int,
+    edges: np.ndarray | None,
+    keep: np.ndarray | None,
+) -> np.ndarray:
+    """Explicit model through the grouped kernel: classes sorted by item set (sub-k) with the observed order found
+    once per (row, set), or with each row's observed prefix class given (top-k)."""
+    c, k = classes.shape
+    n = keys.shape[1]
+    if top:
+        perm = np.arange(c)
+        group = np.zeros(c, dtype=np.int32)
+        rank = np.zeros(c, dtype=np.int32)
+        groups = np.zeros((1, k), dtype=np.int32)
+        prefix, ok = _reference.observed_prefix(keys, k)
+        base = np.int64(n) ** np.arange(k - 1, -1, -1, dtype=np.int64)
+        codes = classes.astype(np.int64) @ base
+        order = np.argsort(codes)
+        at = np.searchsorted(codes[order], prefix.astype(np.int64) @ base)
+        at = np.minimum(at, c - 1)
+        found = codes[order][at] == prefix.astype(np.int64) @ base
+        row_class = np.where(ok, np.where(found, order[at], -1), -2).astype(np.int32)
+    else:
+        uniq, inv = np.unique(np.sort(classes, axis=1), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        rnk = _order_ranks(classes)
+        perm = np.lexsort((rnk, inv))
+        group, rank = inv[perm].astype(np.int32), rnk[perm].astype(np.int32)
+        groups = np.ascontiguousarray(uniq, dtype=np.int32)
+        row_class = np.zeros(1, dtype=np.int32)
+    indptr, idx = _incidence(model_t[1], classes[perm], top)
+    tables = cpu.rank_classwise_grouped(
+        np.ascontiguousarray(model_t[2]),
+        indptr,
+        idx,
+        keys,
+        k,
+        bool(top),
+        group,
+        rank,
+        groups,
+        row_class,
+        n_bins,
+        edges,
+        keep,
+    )
+    out = np.empty_like(tables)
+    out[perm] = tables
+    return out
+
+
 DENSE_MAX = 1 << 22  # orderings x classes of a dense incidence matrix
 
 
@@ -785,6 +854,8 @@ class _Kernels:
                     pmat, keys[sl], cls, bool(top), edges, None if keep is None else keep[sl], tables
                 )
             return tables
+        if self.cpu is not None and model_t[0] == "explicit" and classes.shape[1] <= 12:
+            return _grouped(self.cpu, model_t, keys, classes, top, n_bins, edges, keep)
         if self.cpu is not None and model_t[0] == "explicit":
             indptr, idx = _incidence(model_t[1], classes, top)
             return self.cpu.rank_classwise_table(

@@ -29,6 +29,15 @@ void rank_classwise_table(const double* probs, int64_t rows, int64_t n_orders, c
                           int64_t k, bool top, int32_t n_bins, const double* edges, const uint8_t* keep,
                           double* tables);
 
+// The same with the classes sorted by group: sub-k, class c is order cls_rank[c] (lexicographic in the positions)
+// of the subset groups[cls_group[c]] (sorted items); top-k, row_class[b] is the class of row b's observed prefix
+// (-1: none of the classes, -2: undecided).
+void rank_classwise_grouped(const double* probs, int64_t rows, int64_t n_orders, const int64_t* indptr,
+                            const int32_t* idx, const double* keys, int64_t n, int64_t k, bool top,
+                            const int32_t* cls_group, const int32_t* cls_rank, int64_t n_classes, const int32_t* groups,
+                            const int32_t* row_class, int32_t n_bins, const double* edges, const uint8_t* keep,
+                            double* tables);
+
 // Adds to tables (C, 3, B) the decided events of rows with given class probabilities pmat (rows, C).
 void rank_classwise_given(const double* pmat, const double* keys, int64_t rows, int64_t n, const int32_t* classes,
                           int64_t n_classes, int64_t k, bool top, int32_t n_bins, const double* edges,
