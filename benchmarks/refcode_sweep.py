@@ -59,7 +59,6 @@ def main() -> int:
         )
         return 2
     import torch
-
     from prefcal import ranking
 
     ref = load_reference(root)

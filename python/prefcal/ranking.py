@@ -117,7 +117,7 @@ def _not_permutation(name: str, index: str, row: np.ndarray, n: int) -> str:
         if not 0 <= v < n:
             return f"{name}[{index}, {j}] = {v} is out of range for n_items={n}"
         if v in seen:
-            return f"{name}[{index}] repeats item {v} (positions {seen[v]} and {j}); orderings must be permutations"
+            return f"{name}[{index}] repeats item {v} (positions {seen[v]} and {j})"
         seen[v] = j
     return f"{name}[{index}] is not a permutation of 0..{n - 1}"
 
@@ -211,7 +211,8 @@ class Explicit:
         if over.any():
             r = int(np.argmax(over))
             raise ValueError(
-                f"probs[{r}] sums to {float(p[r].sum())!r} > 1 (+{EXPLICIT_SUM_TOL}); rows must sum to at most 1"
+                f"probs[{r}] sums to {float(p[r].sum())!r} > 1 (+{EXPLICIT_SUM_TOL}); "
+                "rows must sum to at most 1"
             )
         object.__setattr__(self, "orderings", o)
         object.__setattr__(self, "probs", p)
@@ -375,7 +376,8 @@ class LevelResult:
 @dataclass(frozen=True)
 class ClasswiseResult:
     """Rank-wise (classwise) ECE: the aggregate ``ece`` and the per-class table ``classes`` (records with
-    ``cls``, ``ece``, ``prevalence``, ``pred_mass``, ``count``); :meth:`reliability` gives a class's diagram."""
+    ``cls``, ``ece``, ``prevalence``, ``pred_mass``, ``count``); :meth:`reliability` gives a class's
+    diagram."""
 
     ece: float
     n_classes: int
@@ -500,7 +502,8 @@ def _class_list(data: _Data, k: int, top: bool, classes: str) -> np.ndarray:
         count = math.perm(data.n, k) if top else math.comb(data.n, k) * math.factorial(k)
         if count > 50_000_000:
             raise ValueError(
-                f"classes='all' at this level has {count} classes (n_items={data.n}, k={k}); use classes='observed'"
+                f"classes='all' at this level has {count} classes (n_items={data.n}, k={k}); "
+                "use classes='observed'"
             )
         return _reference.all_classes(data.n, k, top)
     cpu = _backend.cpu_module() if _backend.choose(on_gpu=False) == "cpu" else None
@@ -520,7 +523,8 @@ def _filtered(data: _Data, how: str) -> tuple[tuple, np.ndarray]:
     incomplete = ~np.isfinite(keys).all(axis=1) | (srt[:, 1:] == srt[:, :-1]).any(axis=1)
     if incomplete.any():
         raise ValueError(
-            f"filter={how!r} needs complete observed orderings; row {int(np.argmax(incomplete))} is partial or tied"
+            f"filter={how!r} needs complete observed orderings; "
+            f"row {int(np.argmax(incomplete))} is partial or tied"
         )
     orders = np.argsort(keys, axis=1)
     uniq, first, inverse, counts = np.unique(
@@ -729,8 +733,8 @@ def _grouped(
     edges: np.ndarray | None,
     keep: np.ndarray | None,
 ) -> np.ndarray:
-    """Explicit model through the grouped kernel: classes sorted by item set (sub-k) with the observed order found
-    once per (row, set), or with each row's observed prefix class given (top-k)."""
+    """Explicit model through the grouped kernel: classes sorted by item set (sub-k) with the observed order
+    found once per (row, set), or with each row's observed prefix class given (top-k)."""
     c, k = classes.shape
     n = keys.shape[1]
     if top:
@@ -1311,7 +1315,8 @@ def sweep(
 
 @dataclass(frozen=True)
 class Report:
-    """Results of several levels by name (``sub2``, ``top1``, ``full``, ``positions``, ``top{k}_set``, ...)."""
+    """Results of several levels by name (``sub2``, ``top1``, ``full``, ``positions``, ``top{k}_set``,
+    ...)."""
 
     levels: dict[str, Any]
 

@@ -747,7 +747,8 @@ def ranking_metrics(
     --------
     >>> import numpy as np, prefcal
     >>> rewards = np.array([[2.0, 1.0, 0.0], [0.5, 0.0, 1.0]])
-    >>> rep = prefcal.reward.ranking_metrics(rewards, np.array([[0, 1, 2], [2, 0, 1]]), levels=("sub2", "top1"))
+    >>> orders = np.array([[0, 1, 2], [2, 0, 1]])
+    >>> rep = prefcal.reward.ranking_metrics(rewards, orders, levels=("sub2", "top1"))
     >>> sorted(rep.levels)
     ['sub2', 'top1']
     """
