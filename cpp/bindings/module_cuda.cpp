@@ -16,6 +16,7 @@
 #include "prefcal/binning.hpp"
 #include "prefcal/dtypes.hpp"
 #include "prefcal/marginals.hpp"
+#include "ranking.hpp"
 
 namespace py = pybind11;
 namespace pc = prefcal::cuda;
@@ -396,6 +397,201 @@ py::dict build_info() {
   return d;
 }
 
+// ------------------------------------------------------------------ ranking (cuda/ranking.hpp)
+// The twins of prefcal._cpu.rank_*: arrays as (pointer, typestr) on `device`, shapes passed explicitly; the
+// tables come back as NumPy arrays (rank_keys writes its keys to the device pointer `out`).
+template <class T>
+const T* typed(const py::tuple& t, DType want, const char* what) {
+  const View v = view(t);
+  if (v.type != want) throw std::invalid_argument(std::string("internal error: dtype of ") + what);
+  return static_cast<const T*>(v.ptr);
+}
+
+const double* optional_f64(const py::object& o, const char* what) {
+  return o.is_none() ? nullptr : typed<double>(o.cast<py::tuple>(), DType::kF64, what);
+}
+
+const uint8_t* optional_bytes(const py::object& o, const char* what) {
+  if (o.is_none()) return nullptr;
+  const View v = view(o.cast<py::tuple>());
+  if (v.type != DType::kBool && v.type != DType::kU8) {
+    throw std::invalid_argument(std::string("internal error: dtype of ") + what);
+  }
+  return static_cast<const uint8_t*>(v.ptr);
+}
+
+void check_rank_rows(int64_t score_rows, int64_t rows, int64_t n) {
+  if (rows < 0 || n < 1 || (score_rows != 1 && score_rows != rows)) {
+    throw std::invalid_argument("internal error: ranking shapes");
+  }
+}
+
+int64_t subset_slots(int64_t n, int64_t k) {
+  int64_t count = 1, kf = 1;
+  for (int64_t j = 0; j < k; ++j) count = count * (n - j) / (j + 1);
+  for (int64_t j = 2; j <= k; ++j) kf *= j;
+  return count * kf;
+}
+
+int64_t rank_keys_cuda(const py::tuple& rankings, const py::object& mask, bool global_mask, int64_t rows, int64_t m,
+                       int64_t n, uintptr_t out, uintptr_t stream, int device) {
+  if (rows < 0 || m < 0 || n < 0 || m > n) throw std::invalid_argument("internal error: rank_keys shapes");
+  const int64_t* r = typed<int64_t>(rankings, DType::kI64, "rankings");
+  const uint8_t* mk = mask_of(mask);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::rank_keys(r, rows, m, n, mk, global_mask, reinterpret_cast<double*>(out), stream_of(stream));
+}
+
+py::array_t<uint8_t> rank_seen_subsets_cuda(const py::tuple& keys, int64_t rows, int64_t n, int64_t k,
+                                            uintptr_t stream, int device) {
+  if (rows < 0 || k < 2 || k > n || k > 12) throw std::invalid_argument("internal error: rank_seen_subsets k");
+  const double* kk = typed<double>(keys, DType::kF64, "keys");
+  py::array_t<uint8_t> out(subset_slots(n, k));
+  uint8_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    pc::rank_seen_subsets(kk, rows, n, k, o, stream_of(stream));
+  }
+  return out;
+}
+
+py::array_t<double> rank_classwise_cuda(const py::tuple& scores, const py::tuple& keys, const py::tuple& classes,
+                                        bool top, int32_t n_bins, const py::object& edges, const py::object& keep,
+                                        int64_t score_rows, int64_t rows, int64_t n, int64_t n_classes, int64_t k,
+                                        uintptr_t stream, int device) {
+  check_rank_rows(score_rows, rows, n);
+  check_bins(n_bins);
+  if (n_classes < 0 || k < 1 || k > n) throw std::invalid_argument("internal error: rank_classwise shapes");
+  const double* sp = typed<double>(scores, DType::kF64, "scores");
+  const double* kk = typed<double>(keys, DType::kF64, "keys");
+  const int32_t* cl = typed<int32_t>(classes, DType::kI32, "classes");
+  const double* ed = optional_f64(edges, "edges");
+  const uint8_t* kp = optional_bytes(keep, "keep");
+  py::array_t<double> out({n_classes, int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    pc::rank_classwise(sp, score_rows, kk, rows, n, cl, n_classes, k, top, n_bins, ed, kp, o, stream_of(stream));
+  }
+  return out;
+}
+
+py::array_t<double> rank_classwise_subsets_cuda(const py::tuple& scores, const py::tuple& keys, int64_t k,
+                                                const py::tuple& slot, int64_t n_classes, int32_t n_bins,
+                                                const py::object& edges, const py::object& keep, int64_t score_rows,
+                                                int64_t rows, int64_t n, uintptr_t stream, int device) {
+  check_rank_rows(score_rows, rows, n);
+  check_bins(n_bins);
+  if (n_classes < 0 || k < 2 || k > n || k > 12) throw std::invalid_argument("internal error: rank_classwise_subsets k");
+  const double* sp = typed<double>(scores, DType::kF64, "scores");
+  const double* kk = typed<double>(keys, DType::kF64, "keys");
+  const int32_t* sl = typed<int32_t>(slot, DType::kI32, "slot");
+  const double* ed = optional_f64(edges, "edges");
+  const uint8_t* kp = optional_bytes(keep, "keep");
+  const int64_t n_slots = subset_slots(n, k);
+  py::array_t<double> out({n_classes, int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    pc::rank_classwise_subsets(sp, score_rows, kk, rows, n, k, sl, n_slots, n_classes, n_bins, ed, kp, o,
+                               stream_of(stream));
+  }
+  return out;
+}
+
+double time_rank_classwise_subsets_cuda(const py::tuple& scores, const py::tuple& keys, int64_t k,
+                                        const py::tuple& slot, int64_t n_classes, int32_t n_bins,
+                                        const py::object& edges, const py::object& keep, int64_t score_rows,
+                                        int64_t rows, int64_t n, int reps, uintptr_t stream, int device) {
+  check_rank_rows(score_rows, rows, n);
+  check_bins(n_bins);
+  if (n_classes < 0 || k < 2 || k > n || k > 12) throw std::invalid_argument("internal error: rank_classwise_subsets k");
+  const double* sp = typed<double>(scores, DType::kF64, "scores");
+  const double* kk = typed<double>(keys, DType::kF64, "keys");
+  const int32_t* sl = typed<int32_t>(slot, DType::kI32, "slot");
+  const double* ed = optional_f64(edges, "edges");
+  const uint8_t* kp = optional_bytes(keep, "keep");
+  const int64_t n_slots = subset_slots(n, k);
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::time_rank_classwise_subsets(sp, score_rows, kk, rows, n, k, sl, n_slots, n_classes, n_bins, ed, kp, reps,
+                                         stream_of(stream));
+}
+
+py::tuple rank_top_label_cuda(const py::tuple& scores, const py::tuple& keys, int level, const py::object& groups,
+                              int64_t k, int32_t n_bins, int64_t score_rows, int64_t rows, int64_t n,
+                              int64_t n_groups, uintptr_t stream, int device) {
+  check_rank_rows(score_rows, rows, n);
+  check_bins(n_bins);
+  if (k < 1 || k > n || level < 0 || level > 2 || (level == 2 && k > 20) || n_groups < 0) {
+    throw std::invalid_argument("internal error: rank_top_label arguments");
+  }
+  const double* sp = typed<double>(scores, DType::kF64, "scores");
+  const double* kk = typed<double>(keys, DType::kF64, "keys");
+  const int32_t* gp = nullptr;
+  if (level == 0) {
+    if (groups.is_none()) throw std::invalid_argument("internal error: rank_top_label groups");
+    gp = typed<int32_t>(groups.cast<py::tuple>(), DType::kI32, "groups");
+  }
+  py::array_t<double> out({int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  int64_t skipped = 0;
+  {
+    py::gil_scoped_release nogil;
+    pc::DeviceGuard guard(device);
+    skipped = pc::rank_top_label(sp, score_rows, kk, rows, n, level, gp, level == 0 ? n_groups : 0, k, n_bins, o,
+                                 stream_of(stream));
+  }
+  return py::make_tuple(out, skipped);
+}
+
+double rank_canonical_cuda(const py::tuple& probs, const py::tuple& labels, int64_t rows, int64_t n_classes, double h,
+                           double p, uintptr_t stream, int device) {
+  if (rows < 0 || n_classes < 1 || !(h > 0) || !(p > 0)) throw std::invalid_argument("internal error: rank_canonical");
+  const double* pp = typed<double>(probs, DType::kF64, "probs");
+  const int64_t* lb = typed<int64_t>(labels, DType::kI64, "labels");
+  py::gil_scoped_release nogil;
+  pc::DeviceGuard guard(device);
+  return pc::rank_canonical(pp, lb, rows, n_classes, h, p, stream_of(stream));
+}
+
+void def_ranking(py::module_& m) {
+  m.def("rank_keys", &rank_keys_cuda, py::arg("rankings"), py::arg("mask").none(true), py::arg("global_mask"),
+        py::arg("rows"), py::arg("m"), py::arg("n"), py::arg("out"), py::arg("stream"), py::arg("device"));
+  m.def("rank_seen_subsets", &rank_seen_subsets_cuda, py::arg("keys"), py::arg("rows"), py::arg("n"), py::arg("k"),
+        py::arg("stream"), py::arg("device"));
+  m.def("rank_classwise", &rank_classwise_cuda, py::arg("scores"), py::arg("keys"), py::arg("classes"), py::arg("top"),
+        py::arg("n_bins"), py::arg("edges").none(true), py::arg("keep").none(true), py::arg("score_rows"),
+        py::arg("rows"), py::arg("n"), py::arg("n_classes"), py::arg("k"), py::arg("stream"), py::arg("device"));
+  m.def("rank_classwise_subsets", &rank_classwise_subsets_cuda, py::arg("scores"), py::arg("keys"), py::arg("k"),
+        py::arg("slot"), py::arg("n_classes"), py::arg("n_bins"), py::arg("edges").none(true),
+        py::arg("keep").none(true), py::arg("score_rows"), py::arg("rows"), py::arg("n"), py::arg("stream"),
+        py::arg("device"));
+  m.def("time_rank_classwise_subsets", &time_rank_classwise_subsets_cuda, py::arg("scores"), py::arg("keys"),
+        py::arg("k"), py::arg("slot"), py::arg("n_classes"), py::arg("n_bins"), py::arg("edges").none(true),
+        py::arg("keep").none(true), py::arg("score_rows"), py::arg("rows"), py::arg("n"), py::arg("reps"),
+        py::arg("stream"), py::arg("device"));
+  m.def(
+      "describe_rank_classwise",
+      [](int64_t rows, int64_t n, int64_t k, int64_t n_classes, bool subsets, bool top, int32_t n_bins, bool log_edges,
+         bool global_scores, int device) {
+        check_bins(n_bins);
+        pc::DeviceGuard guard(device);
+        return pc::describe_rank_classwise(rows, n, k, n_classes, subsets, top, n_bins, log_edges, global_scores);
+      },
+      py::arg("rows"), py::arg("n"), py::arg("k"), py::arg("n_classes"), py::arg("subsets"), py::arg("top"),
+      py::arg("n_bins"), py::arg("log_edges"), py::arg("global_scores"), py::arg("device"));
+  m.def("rank_top_label", &rank_top_label_cuda, py::arg("scores"), py::arg("keys"), py::arg("level"),
+        py::arg("groups").none(true), py::arg("k"), py::arg("n_bins"), py::arg("score_rows"), py::arg("rows"),
+        py::arg("n"), py::arg("n_groups"), py::arg("stream"), py::arg("device"));
+  m.def("rank_canonical", &rank_canonical_cuda, py::arg("probs"), py::arg("labels"), py::arg("rows"),
+        py::arg("n_classes"), py::arg("h"), py::arg("p"), py::arg("stream"), py::arg("device"));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -472,6 +668,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("device_count", &device_count);
   m.def("device_props", &device_props, py::arg("device"));
   m.def("build_info", &build_info);
+  def_ranking(m);
   py::class_<DeviceArray>(m, "DeviceArray")
       .def(py::init<const py::array&, int>(), py::arg("array"), py::arg("device"))
       .def_static(
