@@ -10,15 +10,19 @@ import math
 import numpy as np
 import prefcal
 import pytest
-from conftest import Backend
+from conftest import get_backend
 from prefcal import ranking
 
-HOST = ("reference", "cpu")
+HOST = (
+    "reference",
+    "cpu",
+    "cuda-staged",
+)  # cuda-staged: host inputs through the CUDA kernels (skips without a GPU)
 
 
 @pytest.fixture(params=HOST)
 def host(request: pytest.FixtureRequest):
-    b = Backend(request.param)
+    b = get_backend(request.param)
     with b.active():
         yield b
 

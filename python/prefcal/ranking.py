@@ -88,6 +88,24 @@ def _host(name: str, x: Any) -> np.ndarray:
     return _arrays.host_copy(x) if w.on_gpu else np.asarray(_arrays.to_numpy_input(x))
 
 
+def _on_gpu(*xs: Any) -> bool:
+    return any(x is not None and _arrays.where(x).on_gpu for x in xs)
+
+
+def _engine(on_gpu: bool) -> tuple[Any, Any]:
+    """(module for the PL, keys and canonical kernels, host C++ module for the explicit-model kernels): the
+    CUDA adapter and _cpu, _cpu twice, or None twice for the NumPy reference."""
+    backend = _backend.choose(on_gpu=on_gpu)
+    if backend == "cuda":
+        from . import _ranking_cuda
+
+        return _ranking_cuda, _backend.cpu_module()
+    if backend == "cpu":
+        cpu = _backend.cpu_module()
+        return cpu, cpu
+    return None, None
+
+
 def _int_array(name: str, x: Any) -> np.ndarray:
     a = _host(name, x)
     if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
@@ -138,6 +156,7 @@ class PL:
     mask: Any = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_device", _on_gpu(self.scores, self.mask))
         s = _float_array("scores", self.scores)
         _validation.scores_shape(s.shape)
         if s.ndim == 1:
@@ -187,6 +206,7 @@ class Explicit:
     probs: Any
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_device", _on_gpu(self.orderings, self.probs))
         o = _int_array("orderings", self.orderings)
         p = _float_array("probs", self.probs)
         if o.ndim != 2 or o.shape[0] == 0 or o.shape[1] == 0:
@@ -242,6 +262,7 @@ class Empirical:
     samples: Any
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_device", _on_gpu(self.samples))
         s = _int_array("samples", self.samples)
         if s.ndim != 3 or 0 in s.shape:
             raise ValueError(
@@ -281,6 +302,7 @@ class _Data:
     keys: np.ndarray  # (N, n) float64 rank keys: NaN unknown, +inf unavailable
     n: int
     avail: np.ndarray | None  # (N, n) or None when every item is available
+    on_gpu: bool = False  # an input came from a GPU: the CUDA kernels run where available
 
     @property
     def n_rows(self) -> int:
@@ -323,7 +345,8 @@ def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
         _validation.mask_shape(mask.shape, n_rows, n)
         avail = np.broadcast_to(mask, (n_rows, n))
     full_avail = avail if avail is not None else np.ones((n_rows, n), dtype=bool)
-    cpu = _backend.cpu_module() if _backend.choose(on_gpu=False) == "cpu" else None
+    on_gpu = getattr(model, "_device", False) or _on_gpu(rankings, observed_ranks)
+    cpu, _ = _engine(on_gpu)
     if rankings is not None and cpu is not None:
         mask_arg = None if mask is None else np.ascontiguousarray(mask, dtype=np.bool_)
         keys, bad_row = cpu.rank_keys(np.ascontiguousarray(r, dtype=np.int64), mask_arg, n)
@@ -333,7 +356,7 @@ def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
                     bad_row, r[bad_row], n, None if avail is None else avail[bad_row]
                 )
             )
-        return _Data(model, keys, n, avail)
+        return _Data(model, np.asarray(keys), n, avail, on_gpu)
     if rankings is not None:
         listed, items, indicator, bad = _reference.parse_rankings(r, full_avail)
         if bad.any():
@@ -348,7 +371,7 @@ def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
         keys = np.where(np.isnan(r) | (r < 0), np.nan, r)
     if avail is not None:
         keys = np.where(avail, keys, np.inf)
-    return _Data(model, np.ascontiguousarray(keys), n, avail)
+    return _Data(model, np.ascontiguousarray(keys), n, avail, on_gpu)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -506,7 +529,7 @@ def _class_list(data: _Data, k: int, top: bool, classes: str) -> np.ndarray:
                 "use classes='observed'"
             )
         return _reference.all_classes(data.n, k, top)
-    cpu = _backend.cpu_module() if _backend.choose(on_gpu=False) == "cpu" else None
+    cpu, _ = _engine(data.on_gpu)
     if cpu is not None and not top and 2 <= k <= 12 and math.comb(data.n, k) * math.factorial(k) <= MAX_SLOTS:
         seen = cpu.rank_seen_subsets(data.keys, k).astype(bool)
         found = _reference.all_classes(data.n, k, False)[seen]
@@ -583,7 +606,7 @@ def _classwise(
         model_t, keep = _filtered(data, filter)
     if class_list.shape[0] == 0:
         raise ValueError("no class of this level is observed in any row: every event is undetermined")
-    tables = _kernels().classwise(model_t, data.keys, class_list, top, n_bins, edges, keep)
+    tables = _kernels(data.on_gpu).classwise(model_t, data.keys, class_list, top, n_bins, edges, keep)
     total, ece, prev, mass, count = classwise_summary(tables, discrepancy, weighting)
     rows = int(keep.sum()) if keep is not None else data.n_rows
     records = [
@@ -626,7 +649,7 @@ def _level_result(tables: np.ndarray, skipped: int, kind: str = "top_label") -> 
 
 
 def _top_label(data: _Data, k: int, level: str, n_bins: int) -> LevelResult:
-    tables, skipped = _kernels().top_label(data.tuple(), data.keys, level, k, n_bins)
+    tables, skipped = _kernels(data.on_gpu).top_label(data.tuple(), data.keys, level, k, n_bins)
     return _level_result(tables, skipped)
 
 
@@ -665,7 +688,7 @@ def _canonical(
             labels[sl] = np.where(hit.any(axis=1), np.argmax(hit, axis=1), -1)
         skipped += int((labels < 0).sum())
         if estimator == "kernel":
-            err = _kernels().canonical(probs, labels, h, p)
+            err = _kernels(data.on_gpu).canonical(probs, labels, h, p)
         else:
             err = _reference.simplex_bins(probs, labels, n_bins)
         per[a if a is not None else tuple(range(k))] = float(err)
@@ -829,9 +852,10 @@ def _incidence(orders: np.ndarray, classes: np.ndarray, top: bool) -> tuple[np.n
 class _Kernels:
     """Routes each kernel to the C++ backend where one exists for the model, else to the reference."""
 
-    def __init__(self, backend: str):
-        self.backend = backend
-        self.cpu = _backend.cpu_module() if backend == "cpu" else None
+    def __init__(self, on_gpu: bool):
+        self.cpu, self.host = _engine(
+            on_gpu
+        )  # self.cpu: the _cpu module or the CUDA adapter (same signatures)
 
     def classwise(self, model_t, keys, classes, top, n_bins, edges, keep):
         if self.cpu is not None and model_t[0] == "pl" and not top:
@@ -847,22 +871,22 @@ class _Kernels:
                     edges,
                     keep,
                 )
-        if self.cpu is not None and model_t[0] == "explicit" and _dense_product(model_t[1], classes, top):
+        if self.host is not None and model_t[0] == "explicit" and _dense_product(model_t[1], classes, top):
             # dense incidence: a BLAS product per chunk of rows, then the binning kernel
             sat = _reference._satisfies(model_t[1], classes.astype(np.intp), top).astype(np.float64)
             cls = np.ascontiguousarray(classes, dtype=np.int32)
             tables = np.zeros((classes.shape[0], 3, n_bins))
             for sl in _reference._chunks(keys.shape[0], classes.shape[0]):
                 pmat = np.ascontiguousarray(model_t[2][sl] @ sat)
-                self.cpu.rank_classwise_given(
+                self.host.rank_classwise_given(
                     pmat, keys[sl], cls, bool(top), edges, None if keep is None else keep[sl], tables
                 )
             return tables
-        if self.cpu is not None and model_t[0] == "explicit" and classes.shape[1] <= 12:
-            return _grouped(self.cpu, model_t, keys, classes, top, n_bins, edges, keep)
-        if self.cpu is not None and model_t[0] == "explicit":
+        if self.host is not None and model_t[0] == "explicit" and classes.shape[1] <= 12:
+            return _grouped(self.host, model_t, keys, classes, top, n_bins, edges, keep)
+        if self.host is not None and model_t[0] == "explicit":
             indptr, idx = _incidence(model_t[1], classes, top)
-            return self.cpu.rank_classwise_table(
+            return self.host.rank_classwise_table(
                 np.ascontiguousarray(model_t[2]),
                 indptr,
                 idx,
@@ -903,8 +927,8 @@ class _Kernels:
         return _reference.canonical_kernel(probs, labels, h, p)
 
 
-def _kernels() -> _Kernels:
-    return _Kernels(_backend.choose(on_gpu=False))
+def _kernels(on_gpu: bool = False) -> _Kernels:
+    return _Kernels(on_gpu)
 
 
 # ------------------------------------------------------------------------------------------ public API
