@@ -713,13 +713,17 @@ void rank_seen_subsets(const double* keys, int64_t rows, int64_t n, int64_t k, u
   for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t ci, int64_t lo, int64_t hi) {
     SubsetWalk sw(k, kf);
     uint8_t* mine = part.data() + ci * size;
-    for (int64_t b = lo; b < hi; ++b) {
+    int64_t found = 0;  // once every class is seen the rest of the chunk cannot add one
+    for (int64_t b = lo; b < hi && found < size; ++b) {
       const double* key = keys + b * n;
       for (int64_t j = 0; j < k; ++j) sw.a[j] = static_cast<int32_t>(j);
       int64_t subset = 0;
       while (true) {
         const int64_t r = sw.observed(key);
-        if (r >= 0) mine[subset * kf + r] = 1;
+        if (r >= 0 && !mine[subset * kf + r]) {
+          mine[subset * kf + r] = 1;
+          ++found;
+        }
         int64_t j = k - 1;
         while (j >= 0 && sw.a[j] == n - k + j) --j;
         if (j < 0) break;
