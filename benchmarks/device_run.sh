@@ -25,6 +25,8 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     -q -p no:cacheprovider -x -k "cupy" >> "$OUT/sanitizer.log" 2>&1
   timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest \
     tests/test_marginals.py -q -p no:cacheprovider -x -k "cupy" >> "$OUT/sanitizer.log" 2>&1
+  timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest \
+    tests/test_ranking_cuda.py -q -p no:cacheprovider -x >> "$OUT/sanitizer.log" 2>&1
   echo "compute-sanitizer memcheck: exit $? ($(( $(date +%s) - t0 )) s); $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitizer.log") clean summaries"
   grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer.log" | tail -3
 fi
@@ -33,4 +35,6 @@ if [ "${BENCH:-1}" = 1 ]; then
   python3 benchmarks/gpu_pl.py --json "$OUT/gpu_pl.json" ${BENCH_PL_ARGS:-} 2>&1 | tee "$OUT/bench_pl.log" | tail -30
   python3 benchmarks/gpu_marginals.py --json "$OUT/gpu_marginals.json" ${BENCH_MARG_ARGS:-} 2>&1 \
     | tee "$OUT/bench_marginals.log" | tail -20
+  python3 benchmarks/gpu_ranking.py --json "$OUT/gpu_ranking.json" ${BENCH_RANK_ARGS:-} 2>&1 \
+    | tee "$OUT/bench_ranking.log" | tail -20
 fi
