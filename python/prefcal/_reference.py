@@ -771,13 +771,14 @@ def classwise_hist(model, keys, classes, top, n_bins, edges, keep):
 def all_classes(n: int, k: int, top: bool) -> np.ndarray:
     """Every class of the level in the library's order: top-k: itertools.permutations(range(n), k); sub-k:
     the subsets in combinations order, each followed by its permutations."""
-    from itertools import combinations, permutations
+    from itertools import permutations
 
-    if top:
-        rows = list(permutations(range(n), k))
-    else:
-        rows = [p for a in combinations(range(n), k) for p in permutations(a)]
-    return np.array(rows, dtype=np.int32).reshape(-1, k)
+    perms = np.array(list(permutations(range(k))), dtype=np.intp).reshape(-1, k)  # lexicographic
+    combos = subsets(n, k).astype(np.intp)
+    out = combos[:, perms].reshape(-1, k)  # each subset's orders, lexicographic in the positions
+    if top:  # permutations(range(n), k) is lexicographic in the items
+        out = out[np.lexsort(out.T[::-1])]
+    return np.ascontiguousarray(out, dtype=np.int32)
 
 
 def subsets(n: int, k: int) -> np.ndarray:
@@ -800,7 +801,12 @@ def observed_classes(keys: np.ndarray, k: int, top: bool) -> np.ndarray:
             ok = np.isfinite(r).all(axis=1) & (srt[:, 1:] > srt[:, :-1]).all(axis=1)
             parts.append(a[np.argsort(r[ok], axis=1)])
         found = np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.intp)
-    return np.unique(found.astype(np.int32).reshape(-1, k), axis=0)
+    found = found.astype(np.int64).reshape(-1, k)
+    if k * np.log2(max(n, 2)) < 62:  # unique of integer codes (base n): much faster than rows
+        base = np.int64(n) ** np.arange(k - 1, -1, -1, dtype=np.int64)
+        codes = np.unique(found @ base)
+        return ((codes[:, None] // base) % n).astype(np.int32)
+    return np.unique(found.astype(np.int32), axis=0)
 
 
 def _pl_mode_sub(s: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
