@@ -527,3 +527,19 @@ def test_rejections(host):
         ranking.topk_ece(s, np.array([[-1, -1, -1], [-1, -1, -1]]), 1, kind="top_label")
     with pytest.raises(TypeError, match="dict"):
         ranking.subranking_ece({(0, 1, 2): [1.0, 1.0]}, obs, 2)
+
+
+def test_pairs_and_top1_calibration_are_different_properties(host, rng):
+    """Observed orderings are uniform over the 6 orderings of 3 items. A model with all its mass on 012 and
+    210 gets every pair right (1/2) and the winner wrong (1/2, 0, 1/2 vs 1/3); one uniform over the cyclic
+    rotations gets the winner right (1/3 each) and every pair wrong (2/3 or 1/3 vs 1/2): sub-2 and top-1
+    calibration do not imply each other (Thies et al.)."""
+    n_rows = 6000
+    obs = np.array([rng.permutation(3) for _ in range(n_rows)])
+    ends = ranking.Explicit([[0, 1, 2], [2, 1, 0]], np.full((n_rows, 2), 0.5))
+    cycles = ranking.Explicit([[0, 1, 2], [1, 2, 0], [2, 0, 1]], np.full((n_rows, 3), 1 / 3))
+    se = 4 * math.sqrt(0.25 / n_rows)  # four binomial standard errors of a frequency near 1/2
+    assert ranking.subranking_ece(ends, obs, 2).ece < se
+    assert ranking.topk_ece(ends, obs, 1).ece == pytest.approx(2 / 9, abs=se)
+    assert ranking.topk_ece(cycles, obs, 1).ece < se
+    assert ranking.subranking_ece(cycles, obs, 2).ece == pytest.approx(1 / 6, abs=se)
