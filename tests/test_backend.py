@@ -151,3 +151,22 @@ def test_doctests(name):
     module = importlib.import_module(f"prefcal.{name}")
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_demo_writes_its_report(tmp_path, capsys):
+    import json
+
+    from prefcal import cli
+
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--prompts", "400", "--items", "4", "--seed", "3"]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert set(doc["levels"]) == {"true_model", "over-confident", "under-confident"}
+    over, true = doc["levels"]["over-confident"], doc["levels"]["true_model"]
+    assert set(over) >= {"sub2", "sub3", "top1", "top2", "full", "positions", "temperature"}
+    assert over["temperature"]["beta"] < 1 < doc["levels"]["under-confident"]["temperature"]["beta"]
+    assert over["top1"]["ece"] > true["top1"]["ece"]
+    assert "| over-confident |" in (out / "report.md").read_text()
+    assert len(list(out.glob("reliability_*.png"))) == 3
+    assert "over-confident" in capsys.readouterr().out
+    assert cli.main(["demo", "--items", "40"]) == 2

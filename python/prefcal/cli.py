@@ -59,7 +59,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_info = sub.add_parser("info", help="version, backends found (CPU threads, CUDA devices), build options")
     p_info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p_demo = sub.add_parser("demo", help="the full calibration report on a reproducible synthetic data set")
+    p_demo.add_argument("--out", default="prefcal-demo", help="output directory (default: prefcal-demo)")
+    p_demo.add_argument("--prompts", type=int, default=20_000, help="number of prompts (default 20000)")
+    p_demo.add_argument("--items", type=int, default=6, help="responses per prompt (default 6)")
+    p_demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from . import demo
+
+        if args.prompts < 2 or not 2 <= args.items <= 12:
+            print("prefcal demo: --prompts must be >= 2 and --items between 2 and 12", file=sys.stderr)
+            return 2
+        try:
+            demo.run(args.out, args.prompts, args.items, args.seed)
+        except OSError as exc:
+            print(f"prefcal demo: cannot write to {args.out!r}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "info":
         d = info()
         if args.json:
