@@ -140,7 +140,7 @@ def test_console_script_runs():
 
 
 @pytest.mark.parametrize(
-    "name", ["calibration", "marginals", "pl", "ranking", "recalibrate", "reward", "noise", "torch"]
+    "name", ["calibration", "marginals", "metrics", "pl", "ranking", "recalibrate", "reward", "noise", "torch"]
 )
 def test_doctests(name):
     import doctest

@@ -12,7 +12,7 @@ ListMLE loss.
 Importing prefcal imports neither CuPy nor torch; their arrays are accepted when you pass them.
 """
 
-from . import calibration, config, marginals, noise, pl, ranking, recalibrate, reward
+from . import calibration, config, marginals, metrics, noise, pl, ranking, recalibrate, reward
 from ._backend import backends
 from ._version import __version__
 from .calibration import Reliability, brier, ece, log_loss, multiclass_ece, reliability
@@ -23,6 +23,7 @@ __all__ = [
     "calibration",
     "config",
     "marginals",
+    "metrics",
     "noise",
     "pl",
     "ranking",

@@ -1,0 +1,97 @@
+"""Mergeable states (SPEC §9): any split of the data, merged, gives the one-call result."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import prefcal
+import pytest
+from prefcal import metrics, ranking
+
+
+def split(rng, n, parts):
+    cuts = np.sort(rng.choice(np.arange(1, n), size=parts - 1, replace=False))
+    return np.split(np.arange(n), cuts)
+
+
+def test_calibration_state(rng):
+    conf = rng.random(1000)
+    correct = rng.random(1000) < conf
+    whole = prefcal.reliability(conf, correct, n_bins=12)
+    states = []
+    for idx in split(rng, 1000, 4):
+        m = metrics.Calibration(12)
+        m.update(conf[idx], correct[idx])
+        states.append(pickle.loads(pickle.dumps(m)))
+    merged = states[0] + states[1] + states[2] + states[3]
+    got = merged.compute()
+    assert got.count.tolist() == whole.count.tolist()
+    np.testing.assert_allclose(got.sum_confidence, whole.sum_confidence, rtol=1e-13)
+    with pytest.raises(ValueError, match="before any update"):
+        metrics.Calibration().compute()
+    with pytest.raises(ValueError, match="same n_bins"):
+        metrics.Calibration(10).merge(metrics.Calibration(12))
+
+
+LEVELS = ("sub2", "sub3", "top1", "top2", "top2_set", "full", "positions")
+
+
+@pytest.mark.parametrize("kind", ["classwise", "top_label"])
+def test_ranking_state_equals_one_call(rng, kind):
+    n_rows, n = 300, 4
+    s = rng.normal(size=(n_rows, n))
+    obs = np.asarray(prefcal.pl.sample(s * 1.3, seed=int(rng.integers(1 << 30))))[:, 0]
+    obs[::5, 2:] = -1  # some partial rankings
+    states = []
+    for idx in split(rng, n_rows, 3):
+        m = metrics.RankingCalibration(LEVELS, kind=kind)
+        m.update(s[idx], obs[idx])
+        states.append(pickle.loads(pickle.dumps(m)))
+    got = (states[0] + states[1] + states[2]).compute()
+    want = ranking.report(
+        s, obs, levels=LEVELS, kinds={"sub2": kind, "sub3": kind, "top1": kind, "top2": kind}
+    )
+    for name in LEVELS:
+        assert got[name].ece == pytest.approx(want[name].ece, rel=1e-12, abs=1e-15), name
+        assert got[name].n_skipped == want[name].n_skipped, name
+        assert got[name].n_events == want[name].n_events, name
+
+
+def test_observed_classes_are_exact_across_splits(rng):
+    n_rows, n = 40, 8  # n >= 8: classes="auto" keeps the observed classes; few rows leave many unobserved
+    s = rng.normal(size=(n_rows, n))
+    obs = np.asarray(prefcal.pl.sample(s, seed=5))[:, 0]
+    a, b = (
+        metrics.RankingCalibration(("sub2", "top1", "top2")),
+        metrics.RankingCalibration(("sub2", "top1", "top2")),
+    )
+    a.update(s[:13], obs[:13])
+    b.update(s[13:], obs[13:])
+    got = (a + b).compute()
+    assert got["top2"].n_classes <= n_rows < 56  # the observed prefixes only
+    for name, fn, k in (
+        ("sub2", ranking.subranking_ece, 2),
+        ("top1", ranking.topk_ece, 1),
+        ("top2", ranking.topk_ece, 2),
+    ):
+        want = fn(s, obs, k)
+        assert got[name].n_classes == want.n_classes
+        assert got[name].ece == pytest.approx(want.ece, rel=1e-12)
+        assert [r["cls"] for r in got[name].classes] == [r["cls"] for r in want.classes]
+
+
+def test_ranking_state_rejections(rng):
+    with pytest.raises(ValueError, match="no mergeable state"):
+        metrics.RankingCalibration(kind="canonical")
+    with pytest.raises(ValueError, match="before any update"):
+        metrics.RankingCalibration().compute()
+    with pytest.raises(ValueError, match="does not exist"):
+        metrics.RankingCalibration(("sub5",), n_items=4)
+    with pytest.raises(ValueError, match="too many"):
+        metrics.RankingCalibration(("top9",), n_items=12)
+    a = metrics.RankingCalibration(n_items=4)
+    with pytest.raises(ValueError, match="n_items=4, the update has 5"):
+        a.update(np.zeros((2, 5)), np.array([[0, 1, 2, 3, 4]] * 2))
+    with pytest.raises(ValueError, match="same levels"):
+        a.merge(metrics.RankingCalibration(("sub2",), n_items=4))
