@@ -19,8 +19,9 @@
 // single row block the partial table is the result). Each class has one owner thread per row block, so the
 // partial tables, and the result, are the same on every run.
 //   Sub-k through the slot table: per (row, subset) the observed order is found once and the k! (k = 3: six)
-//   order probabilities share the subset's sums, with the CPU's arithmetic (pair_row, triple_row and
-//   SubsetWalk: the same operations in the same order, so the same bits given the same worths).
+//   order probabilities share the subset's sums, with the CPU's arithmetic (pairs and triples: the same
+//   functions of prefcal/ranking.hpp; k >= 4: SubsetWalk's operations in the same order), so the same bits
+//   given the same worths.
 //   When a thread's cells do not fit (k! * n_bins too large even with fewer orders per thread and 32-thread
 //   blocks), the same kernels add their events with float64 atomics to one global table (counts stay exact:
 //   integers below 2^53 add exactly in any order; sums are then reproducible up to rounding only).
@@ -56,6 +57,7 @@
 #include <vector>
 
 #include "prefcal/common.hpp"
+#include "prefcal/ranking.hpp"
 #include "ranking.hpp"
 #include "reduce.cuh"
 #include "runtime.cuh"
@@ -66,9 +68,17 @@ namespace {
 
 using device::report_bad;
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kSlowGap = -660.0;  // as the CPU: a row with a score this far below its max is done in logs
-constexpr double kCancel = 1e-4;     // as the CPU: top-k tails below this share of the total are re-summed
+using rank::Binner;
+using rank::clip01;
+using rank::dmax;
+using rank::is_fin;
+using rank::is_inf;
+using rank::kInf;
+using rank::log_add;
+using rank::observed_prefix;
+using rank::sub_prob;
+using rank::sub_truth;
+using rank::top_prob;
 constexpr int kThreads = 128;        // largest block of the binning kernels
 constexpr int kTileRows = 64;        // rows per shared-memory tile
 constexpr size_t kSmemBudget = 110 * 1024;     // dynamic shared memory per block (2 blocks per H100 SM)
@@ -86,22 +96,10 @@ constexpr uint8_t kSkipRow = 1;  // row flags in the tile
 constexpr uint8_t kSlowRow = 2;
 
 // ------------------------------------------------------------------------------------------- device helpers
-// The arithmetic of cpp/src/ranking.cpp, operation for operation (no products feed additions, so contraction
-// into fused multiply-adds cannot change a bit).
+// The per-event arithmetic is that of cpp/src/ranking.cpp through prefcal/ranking.hpp (rank::), shared
+// with the CPU build.
 
-__host__ __device__ __forceinline__ bool is_nan(double x) { return x != x; }
-__host__ __device__ __forceinline__ bool is_inf(double x) { return x == kInf || x == -kInf; }
-__host__ __device__ __forceinline__ bool is_fin(double x) { return fabs(x) < kInf; }
-__host__ __device__ __forceinline__ double dmax(double a, double b) { return a < b ? b : a; }  // std::max
 __host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
-__device__ __forceinline__ double clip01(double p) { return p > 0.0 ? (p < 1.0 ? p : 1.0) : 0.0; }  // NaN to 0
-
-__device__ __forceinline__ double log_add(double a, double b) {
-  if (a == -kInf) return b;
-  if (b == -kInf) return a;
-  const double m = dmax(a, b);
-  return m + log1p(exp(-fabs(a - b)));
-}
 
 // fastmath::exp_neg's domain: arguments clamped to [-700, 0], NaN to -700.
 __device__ __forceinline__ double exp_clamped(double x) {
@@ -110,34 +108,11 @@ __device__ __forceinline__ double exp_clamped(double x) {
   return exp(x);
 }
 
-// The CPU's Binner: uniform bins (truncation of p * B) or the number of edges[1..B] <= p, minus one (edges
-// sorted: a binary search gives the CPU's linear scan), clamped to the last bin.
-struct Binner {
-  int32_t bins;
-  const double* edges;
-  __device__ __forceinline__ int32_t operator()(double p) const {
-    if (edges == nullptr) {
-      const int32_t x = static_cast<int32_t>(p * bins);
-      return x >= bins ? bins - 1 : x;
-    }
-    int32_t lo = 0, hi = bins;
-    while (lo < hi) {
-      const int32_t mid = lo + (hi - lo + 1) / 2;
-      if (edges[mid] <= p) {
-        lo = mid;
-      } else {
-        hi = mid - 1;
-      }
-    }
-    return lo < bins ? lo : bins - 1;
-  }
-};
-
 // Item j of a class or group: p[j * stride].
 struct Items {
   const int32_t* p;
   int64_t stride;
-  __device__ __forceinline__ int32_t operator[](int64_t j) const { return p[j * stride]; }
+  __host__ __device__ __forceinline__ int32_t operator[](int64_t j) const { return p[j * stride]; }
 };
 
 // One row as the kernels see it.
@@ -148,113 +123,6 @@ struct RowRef {
   double total;       // sum of w in index order
   bool slow;
 };
-
-// P(a_0 > ... > a_{k-1}) under PL restricted to the items (the CPU's sub_prob).
-template <class A>
-__device__ double sub_prob(const RowRef& r, const A& a, int64_t k) {
-  if (!r.slow) {
-    double suf = 0.0, p = 1.0;
-    for (int64_t j = k - 1; j >= 0; --j) {
-      const double wj = r.w[a[j]];
-      suf += wj;
-      p *= wj / suf;
-    }
-    return p;
-  }
-  double suf = -kInf, lp = 0.0;
-  for (int64_t j = k - 1; j >= 0; --j) {
-    const double sj = r.s[a[j]];
-    suf = log_add(suf, sj);
-    lp += sj - suf;
-  }
-  return exp(lp);
-}
-
-// P(the top-k prefix is c_0, ..., c_{k-1}) (the CPU's top_prob; its PrefixCache gives the same bits).
-template <class A>
-__device__ double top_prob(const RowRef& r, const A& c, int64_t k, int64_t n) {
-  if (!r.slow) {
-    double tail = r.total, p = 1.0;
-    for (int64_t j = 0; j < k; ++j) {
-      const double wj = r.w[c[j]];
-      p *= wj / tail;
-      tail -= wj;
-      if (tail < kCancel * r.total && j + 1 < k) {  // re-sum the rest directly
-        tail = 0.0;
-        for (int64_t i = 0; i < n; ++i) {
-          bool used = false;
-          for (int64_t l = 0; l <= j; ++l) used |= c[l] == i;
-          if (!used) tail += r.w[i];
-        }
-      }
-    }
-    return p;
-  }
-  double lp = 0.0;
-  for (int64_t j = 0; j < k; ++j) {
-    double tail = -kInf;
-    for (int64_t i = 0; i < n; ++i) {
-      bool used = false;
-      for (int64_t l = 0; l < j; ++l) used |= c[l] == i;
-      if (!used) tail = log_add(tail, r.s[i]);
-    }
-    lp += r.s[c[j]] - tail;
-  }
-  return exp(lp);
-}
-
-// Sub-k truth: 1 in order, 0 decided otherwise, -1 undecided (the CPU's sub_truth).
-template <class A>
-__device__ int sub_truth(const double* key, const A& a, int64_t k) {
-  bool inc = true;
-  for (int64_t j = 0; j < k; ++j) {
-    if (!is_fin(key[a[j]])) return -1;
-    if (j > 0) inc &= key[a[j - 1]] < key[a[j]];
-  }
-  if (inc) return 1;
-  for (int64_t j = 0; j < k; ++j) {
-    for (int64_t l = j + 1; l < k; ++l) {
-      if (key[a[j]] == key[a[l]]) return -1;
-    }
-  }
-  return 0;
-}
-
-// The CPU's observed_prefix by selection in (key, index) order (its stable sort): writes order(j) for
-// j < k and returns whether the prefix (ordered) or the set is decided.
-template <class Out>
-__device__ bool observed_prefix(const double* key, int64_t n, int64_t k, bool ordered, Out out) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (is_nan(key[i])) return false;
-  }
-  if (k > n) return false;
-  int64_t prev = -1;
-  double pk = 0.0, last = 0.0;
-  const int64_t upto = k < n ? k + 1 : k;
-  for (int64_t j = 0; j < upto; ++j) {
-    int64_t best = -1;
-    double bk = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double ki = key[i];
-      if (prev >= 0 && !(ki > pk || (ki == pk && i > prev))) continue;
-      if (best < 0 || ki < bk) {
-        best = i;
-        bk = ki;
-      }
-    }
-    if (j < k) {
-      out(j, static_cast<int32_t>(best));
-      if (j == k - 1 && is_inf(bk)) return false;  // fewer than k available items
-      if (ordered && j > 0 && !(bk > last)) return false;
-      last = bk;
-    } else if (!(bk > last)) {
-      return false;
-    }
-    prev = best;
-    pk = bk;
-  }
-  return true;
-}
 
 __device__ __forceinline__ int64_t binom(int64_t a, int64_t b) {
   if (b < 0 || b > a) return 0;
@@ -277,40 +145,11 @@ __device__ void unrank_combination(int64_t s, int64_t n, int k, int32_t* it) {
   }
 }
 
-__device__ __forceinline__ bool next_combination(int32_t* it, int k, int64_t n) {
-  int j = k - 1;
-  while (j >= 0 && it[j] == n - k + j) --j;
-  if (j < 0) return false;
-  ++it[j];
-  for (int l = j + 1; l < k; ++l) it[l] = it[l - 1] + 1;
-  return true;
-}
-
-// Lexicographic rank of the observed order of the subset's items (positions within the subset), or -1 when
-// undecided (the CPU's SubsetWalk::observed).
-__device__ int64_t observed_rank(const double* key, const int32_t* it, int k) {
-  for (int j = 0; j < k; ++j) {
-    if (!is_fin(key[it[j]])) return -1;
-  }
+// Lexicographic rank of the observed order of the subset's items, or -1 when undecided (the CPU's
+// SubsetWalk::observed).
+__device__ __forceinline__ int64_t observed_rank(const double* key, const int32_t* it, int k) {
   int8_t rel[kMaxSubsetK];
-  for (int j = 0; j < k; ++j) {
-    int below = 0;
-    const double kj = key[it[j]];
-    for (int l = 0; l < k; ++l) {
-      if (l == j) continue;
-      const double kl = key[it[l]];
-      if (kl == kj) return -1;
-      below += kl < kj;
-    }
-    rel[below] = static_cast<int8_t>(j);
-  }
-  int64_t rank = 0;
-  for (int j = 0; j < k; ++j) {
-    int64_t smaller = 0;
-    for (int l = j + 1; l < k; ++l) smaller += rel[l] < rel[j];
-    rank = rank * (k - j) + smaller;
-  }
-  return rank;
+  return rank::observed_rank(key, it, k, rel);
 }
 
 // Positions of the order of lexicographic rank r of k positions.
@@ -487,19 +326,8 @@ __global__ void __launch_bounds__(kThreads)
               double* __restrict__ total, uint8_t* __restrict__ slow) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += stride) {
-    const double* sr = s + r * n;
-    double* wr = w + r * n;
-    double mx = -kInf;
-    for (int64_t i = 0; i < n; ++i) mx = dmax(mx, sr[i]);
     double tot = 0.0;
-    bool sl = false;
-    for (int64_t i = 0; i < n; ++i) {
-      const double si = sr[i], d = si - mx;
-      const double wi = is_inf(si) ? 0.0 : exp(d);
-      if (!is_inf(si) && d < kSlowGap) sl = true;
-      wr[i] = wi;
-      tot += wi;
-    }
+    const bool sl = rank::load_row(s + r * n, n, w + r * n, tot);
     total[r] = tot;
     slow[r] = sl ? 1 : 0;
   }
@@ -529,22 +357,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; b < rows; b += stride) {
     const int64_t* r = rankings + b * m;
     const uint8_t* mk = mask == nullptr ? nullptr : mask + (global ? 0 : b * n);
-    double* key = keys + b * n;
-    int64_t len = 0;
-    while (len < m && r[len] != -1) ++len;
-    bool bad_row = false;
-    for (int64_t j = len; j < m; ++j) bad_row |= r[j] != -1;
-    const double dl = static_cast<double>(len);
-    for (int64_t i = 0; i < n; ++i) key[i] = (mk == nullptr || mk[i]) ? dl : kInf;
-    for (int64_t j = 0; j < len && !bad_row; ++j) {
-      const int64_t v = r[j];
-      if (v < 0 || v >= n || (mk != nullptr && !mk[v]) || key[v] != dl) {
-        bad_row = true;
-        break;
-      }
-      key[v] = static_cast<double>(j);
-    }
-    if (bad_row && b < first) first = b;
+    if (rank::row_keys(r, m, n, mk, keys + b * n) && b < first) first = b;
   }
   report_bad(first, bad);
 }
@@ -569,7 +382,7 @@ __global__ void __launch_bounds__(kThreads)
         uint8_t* dst = seen + subset * kf + r;
         if (*dst == 0) *dst = 1;
       }
-      next_combination(it, k, n);
+      rank::next_combination(it, k, n);
     }
   }
 }
@@ -650,15 +463,10 @@ __global__ void __launch_bounds__(kThreads) classwise_kernel(UnitArgs a) {
            [&](const RowRef& row, const int32_t* pre) {
              if (!active) return;
              if (kTop) {
-               bool avail = true, hit = true;
-               for (int64_t j = 0; j < k; ++j) {
-                 const int32_t x = cl[j];
-                 avail &= !is_inf(row.key[x]);
-                 hit &= x == pre[j];
-               }
-               if (!avail) return;
+               const int truth = rank::top_truth(row.key, cl, pre, k);
+               if (truth < 0) return;
                const double p = clip01(top_prob(row, cl, k, n));
-               emit(p, hit);
+               emit(p, truth == 1);
              } else {
                const int truth = sub_truth(row.key, cl, k);
                if (truth < 0) return;
@@ -729,43 +537,18 @@ __global__ void __launch_bounds__(kThreads) subsets_kernel(UnitArgs a) {
              const double* key = row.key;
              if constexpr (K == 2) {
                const double ka = key[ia], kb = key[ib];
-               if (!(is_fin(ka) && is_fin(kb)) || ka == kb) return;
-               double p0;
-               if (!row.slow) {
-                 p0 = clip01(row.w[ia] / (row.w[ia] + row.w[ib]));
-               } else {
-                 const int32_t ab[2] = {ia, ib};
-                 p0 = clip01(sub_prob(row, ab, 2));
-               }
+               if (!rank::pair_decided(ka, kb)) return;
+               const double p0 = clip01(rank::pair_prob(row, ia, ib));
                const double p1 = clip01(1.0 - p0);
                const int seen = ka < kb ? 0 : 1;
                if (cs[0] >= 0) emit(0, cs[0], p0, seen == 0);
                if (cs[1] >= 0) emit(1, cs[1], p1, seen == 1);
              } else if constexpr (K == 3) {
                const double ka = key[ia], kb = key[ib], kc = key[ic];
-               if (!(is_fin(ka) && is_fin(kb) && is_fin(kc)) || ka == kb || ka == kc || kb == kc) return;
+               if (!rank::triple_decided(ka, kb, kc)) return;
                double p[6];
-               if (!row.slow) {
-                 const double wa = row.w[ia], wb = row.w[ib], wc = row.w[ic];
-                 const double is = 1.0 / (wa + wb + wc);
-                 const double ibc = 1.0 / (wb + wc), iac = 1.0 / (wa + wc), iab = 1.0 / (wa + wb);
-                 const double fa = wa * is, fb = wb * is, fc = wc * is;
-                 p[0] = fa * (wb * ibc);
-                 p[1] = fa * (wc * ibc);
-                 p[2] = fb * (wa * iac);
-                 p[3] = fb * (wc * iac);
-                 p[4] = fc * (wa * iab);
-                 p[5] = fc * (wb * iab);
-               } else {
-                 // the orders of the positions in lexicographic order
-                 const int32_t ord[6][3] = {{ia, ib, ic}, {ia, ic, ib}, {ib, ia, ic},
-                                            {ib, ic, ia}, {ic, ia, ib}, {ic, ib, ia}};
-#pragma unroll
-                 for (int r = 0; r < 6; ++r) p[r] = sub_prob(row, ord[r], 3);
-               }
-               const int first = ka < kb ? (ka < kc ? 0 : 2) : (kb < kc ? 1 : 2);
-               const double k0 = first == 0 ? kb : ka, k1 = first == 2 ? kb : kc;
-               const int seen = 2 * first + (k0 < k1 ? 0 : 1);
+               rank::triple_probs(row, ia, ib, ic, p);
+               const int seen = rank::triple_seen(ka, kb, kc);
 #pragma unroll
                for (int r = 0; r < 6; ++r) {
                  if (cs[r] >= 0) emit(r, cs[r], clip01(p[r]), r == seen);
@@ -1012,87 +795,11 @@ __global__ void __launch_bounds__(kThreads) top_rows_kernel(TopRowsArgs a) {
       ++skip;
       continue;
     }
-    bool hit = true;
-    if (a.level == 1) {
-      for (int64_t j = 0; j < k; ++j) hit &= order[j * S] == mode[j * S];
-    } else {
-      for (int64_t j = 0; j < k && hit; ++j) {
-        bool found = false;
-        for (int64_t l = 0; l < k; ++l) found |= order[l * S] == mode[j * S];
-        hit = found;
-      }
-    }
-    const bool slow = a.in.slow[srow] != 0;
-    double p;
-    if (a.level == 1) {
-      if (!slow) {
-        double suf = 0.0;
-        for (int64_t j = n - 1; j >= 0; --j) {
-          suf += w[mode[j * S]];
-          if (j < k) tmp[j * S] = suf;
-        }
-        p = 1.0;
-        for (int64_t j = 0; j < k; ++j) p *= w[mode[j * S]] / tmp[j * S];
-      } else {
-        double suf = -kInf;
-        for (int64_t j = n - 1; j >= 0; --j) {
-          suf = log_add(suf, s[mode[j * S]]);
-          if (j < k) tmp[j * S] = suf;
-        }
-        double lp = 0.0;
-        for (int64_t j = 0; j < k; ++j) lp += s[mode[j * S]] - tmp[j * S];
-        p = exp(lp);
-      }
-    } else {
-      // P(the k best items by score fill the top k in any order): the CPU's set_prob / log_set_prob
-      const int64_t full = (int64_t{1} << k) - 1;
-      double* f = a.f + g;
-      double* sums = a.sums + g;
-      if (!slow) {
-        double rest = 0.0;
-        for (int64_t j = k; j < n; ++j) rest += w[mode[j * S]];
-        for (int64_t j = 0; j < k; ++j) tmp[j * S] = w[mode[j * S]];
-        sums[0] = 0.0;
-        for (int64_t t = 1; t <= full; ++t) {
-          int64_t low = 0;
-          while (!((t >> low) & 1)) ++low;
-          sums[t * S] = sums[(t & (t - 1)) * S] + tmp[low * S];
-        }
-        f[0] = 1.0;
-        for (int64_t t = 1; t <= full; ++t) {
-          double acc = 0.0;
-          for (int64_t i = 0; i < k; ++i) {
-            if (!((t >> i) & 1)) continue;
-            const int64_t prv = t ^ (int64_t{1} << i);
-            acc += f[prv * S] * tmp[i * S] / (rest + sums[(full ^ prv) * S]);
-          }
-          f[t * S] = acc;
-        }
-        p = f[full * S];
-      } else {
-        double rest = -kInf;
-        for (int64_t j = k; j < n; ++j) rest = log_add(rest, s[mode[j * S]]);
-        for (int64_t j = 0; j < k; ++j) tmp[j * S] = s[mode[j * S]];
-        sums[0] = -kInf;
-        for (int64_t t = 1; t <= full; ++t) {
-          int64_t low = 0;
-          while (!((t >> low) & 1)) ++low;
-          sums[t * S] = log_add(sums[(t & (t - 1)) * S], tmp[low * S]);
-        }
-        f[0] = 0.0;
-        for (int64_t t = 1; t <= full; ++t) {
-          double acc = -kInf;
-          for (int64_t i = 0; i < k; ++i) {
-            if (!((t >> i) & 1)) continue;
-            const int64_t prv = t ^ (int64_t{1} << i);
-            acc = log_add(acc, f[prv * S] + tmp[i * S] - log_add(rest, sums[(full ^ prv) * S]));
-          }
-          f[t * S] = acc;
-        }
-        p = exp(f[full * S]);
-      }
-    }
-    p = clip01(p);
+    const rank::Strided<int32_t> mode_s{mode, S};
+    const bool hit = rank::mode_hit(rank::Strided<int32_t>{order, S}, mode_s, k, a.level);
+    const RowRef row{w, s, key, 0.0, a.in.slow[srow] != 0};
+    const rank::Strided<double> tmp_s{tmp, S}, f_s{a.f + g, S}, sums_s{a.sums + g, S};
+    const double p = clip01(rank::mode_top_prob(row, mode_s, n, k, a.level, tmp_s, f_s, sums_s));
     const int32_t bb = bin(p);
     if (kPriv) {
       cells.add(bb, p, hit);

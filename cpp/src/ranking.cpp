@@ -14,127 +14,39 @@
 #include "prefcal/cpu/parallel.hpp"
 #include "prefcal/common.hpp"
 #include "prefcal/fastmath.hpp"
+#include "prefcal/ranking.hpp"
 
 namespace prefcal::cpu {
 
 namespace {
 
-constexpr double kInf = std::numeric_limits<double>::infinity();
-constexpr double kSlowGap = -660.0;  // a row with a score this far below its max is done in the log domain
-constexpr double kCancel = 1e-4;     // top-k tails below this share of the total are re-summed directly
+using rank::Binner;
+using rank::clip01;
+using rank::kInf;
+using rank::log_add;
+using rank::sub_prob;
+using rank::sub_truth;
+using rank::top_prob;
 
-// One row of a PL model: worths relative to the row's max, their total, and whether the row needs logs.
+// One row of a PL model (the fields rank:: reads): worths relative to the row's max, their total, and whether
+// the row needs logs.
 struct Row {
   const double* s = nullptr;
   std::vector<double> w;
-  double max = 0.0, total = 0.0;
+  double total = 0.0;
   bool slow = false;
 
   explicit Row(int64_t n) : w(static_cast<size_t>(n)) {}
 
   void load(const double* scores, int64_t n) {
     s = scores;
-    max = -kInf;
-    for (int64_t i = 0; i < n; ++i) max = std::max(max, s[i]);
-    total = 0.0;
-    slow = false;
-    for (int64_t i = 0; i < n; ++i) {
-      const double d = s[i] - max;
-      w[i] = std::isinf(s[i]) ? 0.0 : std::exp(d);
-      if (!std::isinf(s[i]) && d < kSlowGap) slow = true;
-      total += w[i];
-    }
+    slow = rank::load_row(scores, n, w.data(), total);
   }
 };
 
-double log_add(double a, double b) {
-  if (a == -kInf) return b;
-  if (b == -kInf) return a;
-  const double m = std::max(a, b);
-  return m + std::log1p(std::exp(-std::fabs(a - b)));
-}
-
-// P(a_0 > a_1 > ... > a_{k-1}) under PL restricted to the items.
-double sub_prob(const Row& r, const int32_t* a, int64_t k) {
-  if (!r.slow) {
-    double suf = 0.0, p = 1.0;
-    for (int64_t j = k - 1; j >= 0; --j) {
-      const double wj = r.w[a[j]];
-      suf += wj;
-      p *= wj / suf;
-    }
-    return p;
-  }
-  double suf = -kInf, lp = 0.0;
-  for (int64_t j = k - 1; j >= 0; --j) {
-    suf = log_add(suf, r.s[a[j]]);
-    lp += r.s[a[j]] - suf;
-  }
-  return std::exp(lp);
-}
-
-// P(the top-k prefix is c_0, ..., c_{k-1}).
-double top_prob(const Row& r, const int32_t* c, int64_t k, int64_t n) {
-  if (!r.slow) {
-    double tail = r.total, p = 1.0;
-    for (int64_t j = 0; j < k; ++j) {
-      const double wj = r.w[c[j]];
-      p *= wj / tail;
-      tail -= wj;
-      if (tail < kCancel * r.total && j + 1 < k) {  // re-sum the rest directly: no cancellation
-        tail = 0.0;
-        for (int64_t i = 0; i < n; ++i) {
-          bool used = false;
-          for (int64_t l = 0; l <= j; ++l) used |= c[l] == i;
-          if (!used) tail += r.w[i];
-        }
-      }
-    }
-    return p;
-  }
-  double lp = 0.0;
-  for (int64_t j = 0; j < k; ++j) {
-    double tail = -kInf;
-    for (int64_t i = 0; i < n; ++i) {
-      bool used = false;
-      for (int64_t l = 0; l < j; ++l) used |= c[l] == i;
-      if (!used) tail = log_add(tail, r.s[i]);
-    }
-    lp += r.s[c[j]] - tail;
-  }
-  return std::exp(lp);
-}
-
-struct Binner {
-  int32_t bins;
-  const double* edges;
-  int32_t operator()(double p) const {
-    if (edges == nullptr) {  // p is in [0, 1]: truncation is the floor
-      const int32_t x = static_cast<int32_t>(p * bins);
-      return x >= bins ? bins - 1 : x;
-    }
-    int32_t b = 0;
-    while (b + 1 <= bins && edges[b + 1] <= p) ++b;  // the number of edges <= p, minus one
-    return std::min(b, bins - 1);
-  }
-};
-
-double clip01(double p) { return p > 0.0 ? (p < 1.0 ? p : 1.0) : 0.0; }  // NaN to 0
-
-// The observed top-k of a row: items by key (stable), and whether the prefix (or set) is decided.
+// The observed top-k prefix of a row into order[0..k), and whether it (ordered) or the set is decided.
 bool observed_prefix(const double* key, int64_t n, int64_t k, bool ordered, std::vector<int32_t>& order) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (std::isnan(key[i])) return false;
-    order[i] = static_cast<int32_t>(i);
-  }
-  std::stable_sort(order.begin(), order.begin() + n, [&](int32_t a, int32_t b) { return key[a] < key[b]; });
-  if (k > n || std::isinf(key[order[k - 1]])) return false;  // fewer than k available items
-  if (ordered) {
-    for (int64_t j = 1; j < k; ++j) {
-      if (!(key[order[j]] > key[order[j - 1]])) return false;
-    }
-  }
-  return k == n || key[order[k]] > key[order[k - 1]];
+  return rank::observed_prefix(key, n, k, ordered, [&](int64_t j, int32_t v) { order[j] = v; });
 }
 
 // Every key finite and no two equal: every sub-k event of the row is decided.
@@ -155,22 +67,6 @@ inline int sub_truth_clean(const double* key, const int32_t* a, int64_t k) {
   bool inc = true;
   for (int64_t j = 1; j < k; ++j) inc &= key[a[j - 1]] < key[a[j]];
   return inc ? 1 : 0;
-}
-
-// Sub-k truth: 1 in order, 0 decided otherwise, -1 undecided (unknown or unavailable item, or a tie).
-int sub_truth(const double* key, const int32_t* a, int64_t k) {
-  bool inc = true;
-  for (int64_t j = 0; j < k; ++j) {
-    if (!std::isfinite(key[a[j]])) return -1;
-    if (j > 0) inc &= key[a[j - 1]] < key[a[j]];
-  }
-  if (inc) return 1;
-  for (int64_t j = 0; j < k; ++j) {
-    for (int64_t l = j + 1; l < k; ++l) {
-      if (key[a[j]] == key[a[l]]) return -1;
-    }
-  }
-  return 0;
 }
 
 // P(prefix) for classes met in lexicographic order: the factors of the prefix shared with the previous class
@@ -197,14 +93,7 @@ struct PrefixCache {
       const double wj = r.w[c[j]];
       prod[j + 1] = prod[j] * (wj / tail[j]);
       double t = tail[j] - wj;
-      if (t < kCancel * r.total && j + 1 < k) {  // re-sum the rest directly: no cancellation
-        t = 0.0;
-        for (int64_t i = 0; i < n; ++i) {
-          bool used = false;
-          for (int64_t l = 0; l <= j; ++l) used |= c[l] == i;
-          if (!used) t += r.w[i];
-        }
-      }
+      if (t < rank::kCancel * r.total && j + 1 < k) t = rank::rest_worth(r, c, j, n);  // no cancellation
       tail[j + 1] = t;
       last[j] = c[j];
     }
@@ -233,17 +122,13 @@ PREFCAL_CLONES void classwise_rows(const double* scores, int64_t score_rows, con
       prefix.reset();
       for (int64_t c = c0; c < c1; ++c) {
         const int32_t* cl = classes + c * k;
-        bool avail = true, hit = true;
-        for (int64_t j = 0; j < k; ++j) {
-          avail &= !std::isinf(key[cl[j]]);
-          hit &= cl[j] == order[j];
-        }
-        if (!avail) continue;
+        const int truth = rank::top_truth(key, cl, order.data(), k);
+        if (truth < 0) continue;
         const double p = clip01(prefix.prob(row, cl, k, n));
         double* t = acc + ((c - c0) * nb + bin(p)) * 3;
         t[0] += 1.0;
         t[1] += p;
-        t[2] += hit ? 1.0 : 0.0;
+        t[2] += static_cast<double>(truth);
       }
     } else {
       const bool clean = row_clean(key, n, scratch);
@@ -320,28 +205,7 @@ struct SubsetWalk {
   }
 
   // lexicographic rank of the observed order of A, or -1 when undecided
-  int64_t observed(const double* key) {
-    for (int64_t j = 0; j < k; ++j) {
-      if (!std::isfinite(key[a[j]])) return -1;
-    }
-    int64_t rank = 0;
-    for (int64_t j = 0; j < k; ++j) {
-      // the j-th best item of A is the one with exactly j smaller keys; ties leave it undecided
-      int64_t below = 0;
-      for (int64_t l = 0; l < k; ++l) {
-        if (l == j) continue;
-        if (key[a[l]] == key[a[j]]) return -1;
-        below += key[a[l]] < key[a[j]];
-      }
-      rel[below] = static_cast<int32_t>(j);
-    }
-    for (int64_t j = 0; j < k; ++j) {
-      int64_t smaller = 0;
-      for (int64_t l = j + 1; l < k; ++l) smaller += rel[l] < rel[j];
-      rank = rank * (k - j) + smaller;
-    }
-    return rank;
-  }
+  int64_t observed(const double* key) { return rank::observed_rank(key, a.data(), static_cast<int>(k), rel.data()); }
 };
 
 // Adds an event of class c (if listed) at probability p; the outcome is added by the caller.
@@ -362,14 +226,8 @@ void pair_row(const Row& row, const double* key, const int32_t* subs, int64_t m,
   for (int64_t g = 0; g < m; ++g) {
     const int32_t a = subs[2 * g], b = subs[2 * g + 1];
     const double ka = key[a], kb = key[b];
-    if (!(std::isfinite(ka) && std::isfinite(kb)) || ka == kb) continue;
-    double p0;
-    if (!row.slow) {
-      p0 = clip01(row.w[a] / (row.w[a] + row.w[b]));
-    } else {
-      const int32_t ab[2] = {a, b};
-      p0 = clip01(sub_prob(row, ab, 2));
-    }
+    if (!rank::pair_decided(ka, kb)) continue;
+    const double p0 = clip01(rank::pair_prob(row, a, b));
     const double p1 = clip01(1.0 - p0);
     const int32_t* sl = slot + 2 * g;
     add_event(acc, sl[0], p0, bin);
@@ -389,31 +247,9 @@ void triple_row(const Row& row, const double* key, const int32_t* subs, int64_t 
   for (int64_t g = 0; g < m; ++g) {
     const int32_t a = subs[3 * g], b = subs[3 * g + 1], c = subs[3 * g + 2];
     const double ka = key[a], kb = key[b], kc = key[c];
-    if (!(std::isfinite(ka) && std::isfinite(kb) && std::isfinite(kc)) || ka == kb || ka == kc || kb == kc) continue;
-    if (!row.slow) {
-      const double wa = row.w[a], wb = row.w[b], wc = row.w[c];
-      const double is = 1.0 / (wa + wb + wc);
-      const double ibc = 1.0 / (wb + wc), iac = 1.0 / (wa + wc), iab = 1.0 / (wa + wb);
-      const double fa = wa * is, fb = wb * is, fc = wc * is;
-      p[0] = fa * (wb * ibc);
-      p[1] = fa * (wc * ibc);
-      p[2] = fb * (wa * iac);
-      p[3] = fb * (wc * iac);
-      p[4] = fc * (wa * iab);
-      p[5] = fc * (wb * iab);
-    } else {
-      const int32_t items[3] = {a, b, c};
-      int32_t rel[3] = {0, 1, 2}, ord[3];
-      int idx = 0;
-      do {
-        for (int j = 0; j < 3; ++j) ord[j] = items[rel[j]];
-        p[idx++] = sub_prob(row, ord, 3);
-      } while (std::next_permutation(rel, rel + 3));
-    }
-    // observed order: rank = 2 * (position of the best among a, b, c) + (which of the other two is next)
-    const int first = ka < kb ? (ka < kc ? 0 : 2) : (kb < kc ? 1 : 2);
-    const double k0 = first == 0 ? kb : ka, k1 = first == 2 ? kb : kc;  // the other two, in position order
-    const int seen = 2 * first + (k0 < k1 ? 0 : 1);
+    if (!rank::triple_decided(ka, kb, kc)) continue;
+    rank::triple_probs(row, a, b, c, p);
+    const int seen = rank::triple_seen(ka, kb, kc);
     const int32_t* sl = slot + 6 * g;
     for (int r = 0; r < 6; ++r) {
       p[r] = clip01(p[r]);
@@ -434,14 +270,9 @@ PREFCAL_CLONES void subset_rows(const double* scores, int64_t score_rows, const 
   if (k <= 3) {
     std::vector<int32_t> a(static_cast<size_t>(k));
     for (int64_t j = 0; j < k; ++j) a[j] = static_cast<int32_t>(j);
-    while (true) {
+    do {
       subs.insert(subs.end(), a.begin(), a.end());
-      int64_t j = k - 1;
-      while (j >= 0 && a[j] == n - k + j) --j;
-      if (j < 0) break;
-      ++a[j];
-      for (int64_t l = j + 1; l < k; ++l) a[l] = a[l - 1] + 1;
-    }
+    } while (rank::next_combination(a.data(), k, n));
   }
   const int64_t m = static_cast<int64_t>(subs.size()) / std::max<int64_t>(k, 1);
   bool loaded = false;
@@ -480,12 +311,7 @@ PREFCAL_CLONES void subset_rows(const double* scores, int64_t score_rows, const 
         const int32_t c = sl[seen];
         if (c >= 0) acc[(c * nb + bin(clip01(sw.probs[seen]))) * 3 + 2] += 1.0;
       }
-      // next combination in lexicographic order
-      int64_t j = k - 1;
-      while (j >= 0 && sw.a[j] == n - k + j) --j;
-      if (j < 0) break;
-      ++sw.a[j];
-      for (int64_t l = j + 1; l < k; ++l) sw.a[l] = sw.a[l - 1] + 1;
+      if (!rank::next_combination(sw.a.data(), k, n)) break;  // next combination in lexicographic order
       ++subset;
     }
   }
@@ -509,17 +335,8 @@ PREFCAL_CLONES void table_rows(const double* probs, int64_t n_orders, const int6
     const double* pr = probs + b * n_orders;
     for (int64_t c = c0; c < c1; ++c) {
       const int32_t* cl = classes + c * k;
-      int truth;
-      if (top) {
-        bool avail = true, hit = true;
-        for (int64_t j = 0; j < k; ++j) {
-          avail &= !std::isinf(key[cl[j]]);
-          hit &= cl[j] == order[j];
-        }
-        truth = avail ? (hit ? 1 : 0) : -1;
-      } else {
-        truth = clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k);
-      }
+      const int truth = top ? rank::top_truth(key, cl, order.data(), k)
+                            : (clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k));
       if (truth < 0) continue;
       double p = 0.0;
       for (int64_t e = indptr[c]; e < indptr[c + 1]; ++e) p += pr[idx[e]];
@@ -548,17 +365,8 @@ PREFCAL_CLONES void given_rows(const double* pmat, const double* keys, int64_t r
     const double* pr = pmat + b * n_classes;
     for (int64_t c = c0; c < c1; ++c) {
       const int32_t* cl = classes + c * k;
-      int truth;
-      if (top) {
-        bool avail = true, hit = true;
-        for (int64_t j = 0; j < k; ++j) {
-          avail &= !std::isinf(key[cl[j]]);
-          hit &= cl[j] == order[j];
-        }
-        truth = avail ? (hit ? 1 : 0) : -1;
-      } else {
-        truth = clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k);
-      }
+      const int truth = top ? rank::top_truth(key, cl, order.data(), k)
+                            : (clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k));
       if (truth < 0) continue;
       const double q = clip01(pr[c]);
       double* t = acc + ((c - c0) * nb + bin(q)) * 3;
@@ -678,21 +486,7 @@ int64_t rank_keys(const int64_t* rankings, int64_t rows, int64_t m, int64_t n, c
     for (int64_t b = lo; b < hi; ++b) {
       const int64_t* r = rankings + b * m;
       const uint8_t* mk = mask == nullptr ? nullptr : mask + (global ? 0 : b * n);
-      double* key = keys + b * n;
-      int64_t len = 0;
-      while (len < m && r[len] != -1) ++len;
-      bool bad = false;
-      for (int64_t j = len; j < m; ++j) bad |= r[j] != -1;  // a value after padding
-      for (int64_t i = 0; i < n; ++i) key[i] = (mk == nullptr || mk[i]) ? static_cast<double>(len) : kInf;
-      for (int64_t j = 0; j < len && !bad; ++j) {
-        const int64_t v = r[j];
-        if (v < 0 || v >= n || (mk != nullptr && !mk[v]) || key[v] != static_cast<double>(len)) {
-          bad = true;  // out of range, unavailable, or repeated
-          break;
-        }
-        key[v] = static_cast<double>(j);
-      }
-      if (bad) {
+      if (rank::row_keys(r, m, n, mk, keys + b * n)) {
         first_bad[t] = std::min(first_bad[t], b);
         break;
       }
@@ -724,11 +518,7 @@ void rank_seen_subsets(const double* keys, int64_t rows, int64_t n, int64_t k, u
           mine[subset * kf + r] = 1;
           ++found;
         }
-        int64_t j = k - 1;
-        while (j >= 0 && sw.a[j] == n - k + j) --j;
-        if (j < 0) break;
-        ++sw.a[j];
-        for (int64_t l = j + 1; l < k; ++l) sw.a[l] = sw.a[l - 1] + 1;
+        if (!rank::next_combination(sw.a.data(), k, n)) break;
         ++subset;
       }
     }
@@ -795,53 +585,6 @@ void rank_classwise(const double* scores, int64_t score_rows, const double* keys
   for (int64_t ci = 0; ci < n_chunks; ++ci) transpose_into(part.data() + ci * n_classes * nb * 3, 0, n_classes, nb, tables);
 }
 
-namespace {
-
-// P(the items of s (k of them, worths ws) fill the top k in any order), rest = total worth of the others.
-double set_prob(const double* ws, int64_t k, double rest, std::vector<double>& f, std::vector<double>& sums) {
-  const int64_t full = (int64_t{1} << k) - 1;
-  sums[0] = 0.0;
-  for (int64_t t = 1; t <= full; ++t) {
-    int64_t low = 0;
-    while (!((t >> low) & 1)) ++low;
-    sums[t] = sums[t & (t - 1)] + ws[low];
-  }
-  f[0] = 1.0;
-  for (int64_t t = 1; t <= full; ++t) {
-    double acc = 0.0;
-    for (int64_t i = 0; i < k; ++i) {
-      if (!((t >> i) & 1)) continue;
-      const int64_t prev = t ^ (int64_t{1} << i);
-      acc += f[prev] * ws[i] / (rest + sums[full ^ prev]);
-    }
-    f[t] = acc;
-  }
-  return f[full];
-}
-
-double log_set_prob(const double* ls, int64_t k, double log_rest, std::vector<double>& f, std::vector<double>& sums) {
-  const int64_t full = (int64_t{1} << k) - 1;
-  sums[0] = -kInf;
-  for (int64_t t = 1; t <= full; ++t) {
-    int64_t low = 0;
-    while (!((t >> low) & 1)) ++low;
-    sums[t] = log_add(sums[t & (t - 1)], ls[low]);
-  }
-  f[0] = 0.0;
-  for (int64_t t = 1; t <= full; ++t) {
-    double acc = -kInf;
-    for (int64_t i = 0; i < k; ++i) {
-      if (!((t >> i) & 1)) continue;
-      const int64_t prev = t ^ (int64_t{1} << i);
-      acc = log_add(acc, f[prev] + ls[i] - log_add(log_rest, sums[full ^ prev]));
-    }
-    f[t] = acc;
-  }
-  return std::exp(f[full]);
-}
-
-}  // namespace
-
 int64_t rank_top_label(const double* scores, int64_t score_rows, const double* keys, int64_t rows, int64_t n,
                        int level, const int32_t* groups, int64_t n_groups, int64_t k, int32_t n_bins,
                        double* table) {
@@ -902,46 +645,8 @@ int64_t rank_top_label(const double* scores, int64_t score_rows, const double* k
         ++skip;
         continue;
       }
-      bool hit = true;
-      if (level == 1) {
-        for (int64_t j = 0; j < k; ++j) hit &= order[j] == mode[j];
-      } else {
-        std::vector<int32_t> a(mode.begin(), mode.begin() + k), o(order.begin(), order.begin() + k);
-        std::sort(a.begin(), a.end());
-        std::sort(o.begin(), o.end());
-        hit = a == o;
-      }
-      double p;
-      if (level == 1) {
-        if (!row.slow) {
-          double suf = 0.0;
-          for (int64_t j = n - 1; j >= 0; --j) {
-            suf += row.w[mode[j]];
-            tmp[j] = suf;
-          }
-          p = 1.0;
-          for (int64_t j = 0; j < k; ++j) p *= row.w[mode[j]] / tmp[j];
-        } else {
-          double suf = -kInf;
-          for (int64_t j = n - 1; j >= 0; --j) {
-            suf = log_add(suf, row.s[mode[j]]);
-            tmp[j] = suf;
-          }
-          double lp = 0.0;
-          for (int64_t j = 0; j < k; ++j) lp += row.s[mode[j]] - tmp[j];
-          p = std::exp(lp);
-        }
-      } else if (!row.slow) {
-        double rest = 0.0;
-        for (int64_t j = k; j < n; ++j) rest += row.w[mode[j]];
-        for (int64_t j = 0; j < k; ++j) tmp[j] = row.w[mode[j]];
-        p = set_prob(tmp.data(), k, rest, f, sums);
-      } else {
-        double rest = -kInf;
-        for (int64_t j = k; j < n; ++j) rest = log_add(rest, row.s[mode[j]]);
-        for (int64_t j = 0; j < k; ++j) tmp[j] = row.s[mode[j]];
-        p = log_set_prob(tmp.data(), k, rest, f, sums);
-      }
+      const bool hit = rank::mode_hit(order.data(), mode.data(), k, level);
+      const double p = rank::mode_top_prob(row, mode.data(), n, k, level, tmp.data(), f.data(), sums.data());
       add(p, hit);
     }
     skipped[ci] = skip;
