@@ -140,7 +140,8 @@ def test_console_script_runs():
 
 
 @pytest.mark.parametrize(
-    "name", ["calibration", "marginals", "metrics", "pl", "ranking", "recalibrate", "reward", "noise", "torch"]
+    "name",
+    ["calibration", "marginals", "metrics", "pl", "ranking", "recalibrate", "reward", "noise", "torch"],
 )
 def test_doctests(name):
     import doctest
@@ -170,3 +171,17 @@ def test_demo_writes_its_report(tmp_path, capsys):
     assert len(list(out.glob("reliability_*.png"))) == 3
     assert "over-confident" in capsys.readouterr().out
     assert cli.main(["demo", "--items", "40"]) == 2
+
+
+def test_bench_command(capsys):
+    from prefcal import cli
+
+    assert cli.main(["bench", "--scale", "0.001", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "copy bandwidth" in out and "classwise sub-3" in out and "PL log-likelihood" in out
+    assert cli.main(["bench", "--scale", "0"]) == 2
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert cli.main(["bench", "--device", "cuda"]) == 1
+        assert "needs CuPy" in capsys.readouterr().err

@@ -64,7 +64,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo.add_argument("--prompts", type=int, default=20_000, help="number of prompts (default 20000)")
     p_demo.add_argument("--items", type=int, default=6, help="responses per prompt (default 6)")
     p_demo.add_argument("--seed", type=int, default=0)
+    p_bench = sub.add_parser(
+        "bench", help="kernel throughput (rows/s, GB/s) against the measured copy bandwidth"
+    )
+    p_bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p_bench.add_argument("--scale", type=float, default=1.0, help="multiply every size (default 1)")
+    p_bench.add_argument("--reps", type=int, default=5, help="timed runs per kernel (default 5)")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from . import bench
+
+        if not args.scale > 0 or args.reps < 1:
+            print("prefcal bench: --scale must be > 0 and --reps >= 1", file=sys.stderr)
+            return 2
+        if args.device == "cuda":
+            try:
+                import cupy
+
+                cupy.cuda.runtime.getDeviceCount()
+            except Exception as exc:  # noqa: BLE001 - any reason CuPy cannot run is reported the same way
+                print(f"prefcal bench: --device cuda needs CuPy and a CUDA device ({exc})", file=sys.stderr)
+                return 1
+        bench.run(args.device, args.scale, args.reps)
+        return 0
     if args.command == "demo":
         from . import demo
 
