@@ -429,6 +429,35 @@ void require_dtype(const py::array& a, DType want, const char* name) {
   if (dtype_of(a) != want) throw std::invalid_argument(std::string("internal error: ") + name + " has the wrong dtype");
 }
 
+// Optional log-spacing edges (B + 1 float64) or null for uniform bins.
+const double* edges_ptr(const py::object& edges, int32_t n_bins) {
+  if (edges.is_none()) return nullptr;
+  auto e = edges.cast<py::array>();
+  require(e, 1, "edges");
+  require_dtype(e, DType::kF64, "edges");
+  if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
+  return static_cast<const double*>(e.data());
+}
+
+// Optional boolean row filter of length rows.
+const uint8_t* keep_ptr(const py::object& keep, int64_t rows) {
+  if (keep.is_none()) return nullptr;
+  auto e = keep.cast<py::array>();
+  require(e, 1, "keep");
+  if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
+  return static_cast<const uint8_t*>(e.data());
+}
+
+// The classes' items (C, k) int32, each checked to be an item of 0..n-1.
+const int32_t* class_items(const py::array& classes, int64_t n) {
+  const int32_t* cl = static_cast<const int32_t*>(classes.data());
+  const int64_t count = classes.shape(0) * classes.shape(1);
+  for (int64_t i = 0; i < count; ++i) {
+    if (cl[i] < 0 || cl[i] >= n) throw std::invalid_argument("internal error: class item out of range");
+  }
+  return cl;
+}
+
 py::array_t<double> rank_classwise(const py::array& scores, const py::array& keys, const py::array& classes, bool top,
                                    int32_t n_bins, const py::object& edges, const py::object& keep) {
   require(scores, 2, "scores");
@@ -441,25 +470,9 @@ py::array_t<double> rank_classwise(const py::array& scores, const py::array& key
   if (scores.shape(1) != n || (scores.shape(0) != 1 && scores.shape(0) != rows) || k < 1 || k > n || n_bins < 1) {
     throw std::invalid_argument("internal error: rank_classwise shapes");
   }
-  const int32_t* cl = static_cast<const int32_t*>(classes.data());
-  for (int64_t i = 0; i < nc * k; ++i) {
-    if (cl[i] < 0 || cl[i] >= n) throw std::invalid_argument("internal error: class item out of range");
-  }
-  const double* ed = nullptr;
-  if (!edges.is_none()) {
-    auto e = edges.cast<py::array>();
-    require(e, 1, "edges");
-    require_dtype(e, DType::kF64, "edges");
-    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
-    ed = static_cast<const double*>(e.data());
-  }
-  const uint8_t* kp = nullptr;
-  if (!keep.is_none()) {
-    auto e = keep.cast<py::array>();
-    require(e, 1, "keep");
-    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
-    kp = static_cast<const uint8_t*>(e.data());
-  }
+  const int32_t* cl = class_items(classes, n);
+  const double* ed = edges_ptr(edges, n_bins);
+  const uint8_t* kp = keep_ptr(keep, rows);
   py::array_t<double> out({nc, int64_t(3), int64_t(n_bins)});
   double* o = out.mutable_data();
   const double* sp = static_cast<const double*>(scores.data());
@@ -494,21 +507,8 @@ py::array_t<double> rank_classwise_subsets(const py::array& scores, const py::ar
   for (int64_t i = 0; i < count * kf; ++i) {
     if (sl[i] < -1 || sl[i] >= n_classes) throw std::invalid_argument("internal error: slot out of range");
   }
-  const double* ed = nullptr;
-  if (!edges.is_none()) {
-    auto e = edges.cast<py::array>();
-    require(e, 1, "edges");
-    require_dtype(e, DType::kF64, "edges");
-    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
-    ed = static_cast<const double*>(e.data());
-  }
-  const uint8_t* kp = nullptr;
-  if (!keep.is_none()) {
-    auto e = keep.cast<py::array>();
-    require(e, 1, "keep");
-    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
-    kp = static_cast<const uint8_t*>(e.data());
-  }
+  const double* ed = edges_ptr(edges, n_bins);
+  const uint8_t* kp = keep_ptr(keep, rows);
   py::array_t<double> out({n_classes, int64_t(3), int64_t(n_bins)});
   double* o = out.mutable_data();
   const double* sp = static_cast<const double*>(scores.data());
@@ -548,25 +548,9 @@ py::array_t<double> rank_classwise_table(const py::array& probs, const py::array
   for (int64_t e = 0; e < idx.shape(0); ++e) {
     if (ix[e] < 0 || ix[e] >= n_orders) throw std::invalid_argument("internal error: idx out of range");
   }
-  const int32_t* cl = static_cast<const int32_t*>(classes.data());
-  for (int64_t i = 0; i < nc * k; ++i) {
-    if (cl[i] < 0 || cl[i] >= n) throw std::invalid_argument("internal error: class item out of range");
-  }
-  const double* ed = nullptr;
-  if (!edges.is_none()) {
-    auto e = edges.cast<py::array>();
-    require(e, 1, "edges");
-    require_dtype(e, DType::kF64, "edges");
-    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
-    ed = static_cast<const double*>(e.data());
-  }
-  const uint8_t* kp = nullptr;
-  if (!keep.is_none()) {
-    auto e = keep.cast<py::array>();
-    require(e, 1, "keep");
-    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
-    kp = static_cast<const uint8_t*>(e.data());
-  }
+  const int32_t* cl = class_items(classes, n);
+  const double* ed = edges_ptr(edges, n_bins);
+  const uint8_t* kp = keep_ptr(keep, rows);
   py::array_t<double> out({nc, int64_t(3), int64_t(n_bins)});
   double* o = out.mutable_data();
   const double* pp = static_cast<const double*>(probs.data());
@@ -594,25 +578,9 @@ void rank_classwise_given(const py::array& pmat, const py::array& keys, const py
       k > n || n_bins < 1 || !tables.writeable()) {
     throw std::invalid_argument("internal error: rank_classwise_given shapes");
   }
-  const int32_t* cl = static_cast<const int32_t*>(classes.data());
-  for (int64_t i = 0; i < nc * k; ++i) {
-    if (cl[i] < 0 || cl[i] >= n) throw std::invalid_argument("internal error: class item out of range");
-  }
-  const double* ed = nullptr;
-  if (!edges.is_none()) {
-    auto e = edges.cast<py::array>();
-    require(e, 1, "edges");
-    require_dtype(e, DType::kF64, "edges");
-    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
-    ed = static_cast<const double*>(e.data());
-  }
-  const uint8_t* kp = nullptr;
-  if (!keep.is_none()) {
-    auto e = keep.cast<py::array>();
-    require(e, 1, "keep");
-    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
-    kp = static_cast<const uint8_t*>(e.data());
-  }
+  const int32_t* cl = class_items(classes, n);
+  const double* ed = edges_ptr(edges, n_bins);
+  const uint8_t* kp = keep_ptr(keep, rows);
   double* o = static_cast<double*>(tables.mutable_data());
   const double* pp = static_cast<const double*>(pmat.data());
   const double* kk = static_cast<const double*>(keys.data());
@@ -674,21 +642,8 @@ py::array_t<double> rank_classwise_grouped(const py::array& probs, const py::arr
       if (rc[b] < -2 || rc[b] >= nc) throw std::invalid_argument("internal error: row class");
     }
   }
-  const double* ed = nullptr;
-  if (!edges.is_none()) {
-    auto e = edges.cast<py::array>();
-    require(e, 1, "edges");
-    require_dtype(e, DType::kF64, "edges");
-    if (e.shape(0) != n_bins + 1) throw std::invalid_argument("internal error: edges");
-    ed = static_cast<const double*>(e.data());
-  }
-  const uint8_t* kp = nullptr;
-  if (!keep.is_none()) {
-    auto e = keep.cast<py::array>();
-    require(e, 1, "keep");
-    if (e.dtype().kind() != 'b' || e.shape(0) != rows) throw std::invalid_argument("internal error: keep");
-    kp = static_cast<const uint8_t*>(e.data());
-  }
+  const double* ed = edges_ptr(edges, n_bins);
+  const uint8_t* kp = keep_ptr(keep, rows);
   py::array_t<double> out({nc, int64_t(3), int64_t(n_bins)});
   double* o = out.mutable_data();
   const double* pp = static_cast<const double*>(probs.data());

@@ -232,30 +232,12 @@ class RankingCalibration:
                 keep = np.flatnonzero(tables[:, 2].sum(axis=1) > 0)
                 keep = keep[np.lexsort(classes[keep].T[::-1])]  # lexicographic, as a one-shot call lists them
                 tables, classes = tables[keep], classes[keep]
-            if self.weighting == "top5_mass" and lv.base != "top":
-                raise ValueError("weighting='top5_mass' is defined for top-k levels only")
-            total, ece, prev, mass, count = ranking.classwise_summary(
-                tables, self.discrepancy, self.weighting
-            )
-            records = [
-                {
-                    "cls": tuple(int(v) for v in c),
-                    "ece": float(e),
-                    "prevalence": float(p),
-                    "pred_mass": float(q),
-                    "count": int(n_),
-                }
-                for c, e, p, q, n_ in zip(classes, ece, prev, mass, count, strict=True)
-            ]
-            skipped = int(lv.rows * classes.shape[0] - count.sum())
-            out[name] = ranking.ClasswiseResult(
-                total,
-                int(classes.shape[0]),
-                skipped,
-                records,
+            out[name] = ranking.classwise_result(
+                tables,
+                classes,
+                lv.rows,
                 self.weighting,
                 self.discrepancy,
-                tables,
                 np.linspace(0.0, 1.0, lv.n_bins + 1),
             )
         return out

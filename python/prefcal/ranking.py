@@ -607,8 +607,16 @@ def _classwise(
     if class_list.shape[0] == 0:
         raise ValueError("no class of this level is observed in any row: every event is undetermined")
     tables = _kernels(data.on_gpu).classwise(model_t, data.keys, class_list, top, n_bins, edges, keep)
-    total, ece, prev, mass, count = classwise_summary(tables, discrepancy, weighting)
     rows = int(keep.sum()) if keep is not None else data.n_rows
+    show_edges = edges if edges is not None else np.linspace(0.0, 1.0, n_bins + 1)
+    return classwise_result(tables, class_list, rows, weighting, discrepancy, show_edges)
+
+
+def classwise_result(
+    tables: np.ndarray, classes: np.ndarray, rows: int, weighting: str, discrepancy: str, edges: np.ndarray
+) -> ClasswiseResult:
+    """The result of a classwise level from its per-class tables (C, 3, B) over `rows` rows."""
+    total, ece, prev, mass, count = classwise_summary(tables, discrepancy, weighting)
     records = [
         {
             "cls": tuple(int(v) for v in c),
@@ -617,12 +625,11 @@ def _classwise(
             "pred_mass": float(q),
             "count": int(n_),
         }
-        for c, e, p, q, n_ in zip(class_list, ece, prev, mass, count, strict=True)
+        for c, e, p, q, n_ in zip(classes, ece, prev, mass, count, strict=True)
     ]
-    skipped = int(rows * class_list.shape[0] - count.sum())
-    show_edges = edges if edges is not None else np.linspace(0.0, 1.0, n_bins + 1)
+    skipped = int(rows * classes.shape[0] - count.sum())
     return ClasswiseResult(
-        total, int(class_list.shape[0]), skipped, records, weighting, discrepancy, tables, show_edges
+        total, int(classes.shape[0]), skipped, records, weighting, discrepancy, tables, edges
     )
 
 
