@@ -320,10 +320,12 @@ PREFCAL_CLONES void subset_rows(const double* scores, int64_t score_rows, const 
 }  // namespace
 
 // Explicit model, classes [c0, c1): a class's probability is the sum of the probabilities of the orderings
-// listed for it (CSC: orderings idx[indptr[c] .. indptr[c + 1])). acc is laid out [class - c0][bin][3].
-PREFCAL_CLONES void table_rows(const double* probs, int64_t n_orders, const int64_t* indptr, const int32_t* idx,
-                               const double* keys, int64_t rows, int64_t n, const int32_t* classes, int64_t c0,
-                               int64_t c1, int64_t k, bool top, const Binner& bin, const uint8_t* keep, double* acc) {
+// listed for it (CSC: orderings idx[indptr[c] .. indptr[c + 1]) of the row's probs), or, with indptr null, given
+// directly (probs is then (rows, C), from a matrix product). acc is laid out [class - c0][bin][3].
+PREFCAL_CLONES void explicit_rows(const double* probs, int64_t stride, const int64_t* indptr, const int32_t* idx,
+                                  const double* keys, int64_t rows, int64_t n, const int32_t* classes, int64_t c0,
+                                  int64_t c1, int64_t k, bool top, const Binner& bin, const uint8_t* keep,
+                                  double* acc) {
   const int64_t nb = bin.bins;
   std::vector<int32_t> order(static_cast<size_t>(n));
   std::vector<double> scratch(static_cast<size_t>(n));
@@ -332,43 +334,19 @@ PREFCAL_CLONES void table_rows(const double* probs, int64_t n_orders, const int6
     const double* key = keys + b * n;
     if (top && !observed_prefix(key, n, k, true, order)) continue;
     const bool clean = !top && row_clean(key, n, scratch);
-    const double* pr = probs + b * n_orders;
+    const double* pr = probs + b * stride;
     for (int64_t c = c0; c < c1; ++c) {
       const int32_t* cl = classes + c * k;
       const int truth = top ? rank::top_truth(key, cl, order.data(), k)
                             : (clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k));
       if (truth < 0) continue;
       double p = 0.0;
-      for (int64_t e = indptr[c]; e < indptr[c + 1]; ++e) p += pr[idx[e]];
+      if (indptr == nullptr) {
+        p = pr[c];
+      } else {
+        for (int64_t e = indptr[c]; e < indptr[c + 1]; ++e) p += pr[idx[e]];
+      }
       const double q = clip01(p);
-      double* t = acc + ((c - c0) * nb + bin(q)) * 3;
-      t[0] += 1.0;
-      t[1] += q;
-      t[2] += static_cast<double>(truth);
-    }
-  }
-}
-
-// Given probabilities P (rows, C) of the classes (an explicit model's, computed by a matrix product), adds the
-// decided events of classes [c0, c1) into acc laid out [class - c0][bin][3].
-PREFCAL_CLONES void given_rows(const double* pmat, const double* keys, int64_t rows, int64_t n,
-                               const int32_t* classes, int64_t n_classes, int64_t c0, int64_t c1, int64_t k, bool top,
-                               const Binner& bin, const uint8_t* keep, double* acc) {
-  const int64_t nb = bin.bins;
-  std::vector<int32_t> order(static_cast<size_t>(n));
-  std::vector<double> scratch(static_cast<size_t>(n));
-  for (int64_t b = 0; b < rows; ++b) {
-    if (keep != nullptr && !keep[b]) continue;
-    const double* key = keys + b * n;
-    if (top && !observed_prefix(key, n, k, true, order)) continue;
-    const bool clean = !top && row_clean(key, n, scratch);
-    const double* pr = pmat + b * n_classes;
-    for (int64_t c = c0; c < c1; ++c) {
-      const int32_t* cl = classes + c * k;
-      const int truth = top ? rank::top_truth(key, cl, order.data(), k)
-                            : (clean ? sub_truth_clean(key, cl, k) : sub_truth(key, cl, k));
-      if (truth < 0) continue;
-      const double q = clip01(pr[c]);
       double* t = acc + ((c - c0) * nb + bin(q)) * 3;
       t[0] += 1.0;
       t[1] += q;
@@ -385,7 +363,7 @@ void rank_classwise_given(const double* pmat, const double* keys, int64_t rows, 
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(512, (n_classes + 1) / 2));
   for_chunks(n_classes, block, threads_for((n_classes + block - 1) / block), [&](int, int64_t, int64_t c0, int64_t c1) {
     std::vector<double> acc(static_cast<size_t>((c1 - c0) * nb * 3), 0.0);
-    given_rows(pmat, keys, rows, n, classes, n_classes, c0, c1, k, top, bin, keep, acc.data());
+    explicit_rows(pmat, n_classes, nullptr, nullptr, keys, rows, n, classes, c0, c1, k, top, bin, keep, acc.data());
     transpose_into(acc.data(), c0, c1, nb, tables);  // adds: callers accumulate over row chunks
   });
 }
@@ -401,7 +379,7 @@ void rank_classwise_table(const double* probs, int64_t rows, int64_t n_orders, c
   const int64_t block = std::max<int64_t>(1, std::min<int64_t>(512, (n_classes + 1) / 2));
   for_chunks(n_classes, block, threads_for((n_classes + block - 1) / block), [&](int, int64_t, int64_t c0, int64_t c1) {
     std::vector<double> acc(static_cast<size_t>((c1 - c0) * nb * 3), 0.0);
-    table_rows(probs, n_orders, indptr, idx, keys, rows, n, classes, c0, c1, k, top, bin, keep, acc.data());
+    explicit_rows(probs, n_orders, indptr, idx, keys, rows, n, classes, c0, c1, k, top, bin, keep, acc.data());
     transpose_into(acc.data(), c0, c1, nb, tables);
   });
 }
