@@ -917,14 +917,14 @@ class _Kernels:
         return _reference.classwise_hist(model_t, keys, classes, top, n_bins, edges, keep)
 
     def top_label(self, model_t, keys, level, k, n_bins):
-        if self.cpu is not None and model_t[0] == "pl" and hasattr(self.cpu, "rank_top_label"):
+        if self.cpu is not None and model_t[0] == "pl":
             code = ("sub", "top", "set").index(level)
             groups = _reference.subsets(keys.shape[1], k) if code == 0 else None
             return self.cpu.rank_top_label(np.ascontiguousarray(model_t[1]), keys, code, groups, k, n_bins)
         return _reference.top_label_hist(model_t, keys, level, k, n_bins)
 
     def canonical(self, probs, labels, h, p):
-        if self.cpu is not None and hasattr(self.cpu, "rank_canonical"):
+        if self.cpu is not None:
             return self.cpu.rank_canonical(
                 np.ascontiguousarray(probs, dtype=np.float64),
                 np.ascontiguousarray(labels, dtype=np.int64),
