@@ -12,7 +12,7 @@ from conftest import ALL_BACKENDS, Backend, binary_data, get_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from prefcal import _backend, _reference
+from prefcal import _backend, _reference, calibration
 
 # Sizes: one row, two, odd, not a multiple of any block (256), chunk (65536) or GPU vector width (4).
 SIZES = (1, 2, 7, 1001, 3 * 65536 + 5)
@@ -354,6 +354,10 @@ def test_plot(rng):
     ax = r.plot()
     assert ax.get_xlabel() == "confidence" and "ECE" in ax.get_title()
     assert len(ax.patches) == 2 * int((r.count > 0).sum())  # accuracy and gap bars per non-empty bin
+    labels = [t.get_text() for t in ax.texts]  # the bin counts, one per non-empty bin
+    assert labels == [calibration._short_count(c) for c in r.count[r.count > 0]]
+    assert calibration._short_count(87) == "87" and calibration._short_count(1234) == "1.2k"
+    assert calibration._short_count(45_600) == "46k" and calibration._short_count(3.14e6) == "3.1M"
     plt.close("all")
 
 

@@ -95,3 +95,18 @@ def test_ranking_state_rejections(rng):
         a.update(np.zeros((2, 5)), np.array([[0, 1, 2, 3, 4]] * 2))
     with pytest.raises(ValueError, match="same levels"):
         a.merge(metrics.RankingCalibration(("sub2",), n_items=4))
+
+
+def test_undetermined_levels_raise_or_are_omitted(rng):
+    s = rng.normal(size=(300, 5))
+    obs = np.asarray(prefcal.pl.sample(s, seed=2))[:, 0]
+    obs[:, 2:] = -1  # top-2 observations decide no event of the full ordering
+    st = metrics.RankingCalibration(("sub2", "full"))
+    st.update(s, obs)
+    with pytest.raises(ValueError, match="undetermined"):
+        st.compute()
+    out = st.compute(undetermined="omit")
+    assert list(out) == ["sub2"]
+    assert out["sub2"].ece == pytest.approx(ranking.subranking_ece(s, obs, 2).ece, rel=1e-12)
+    with pytest.raises(ValueError, match="undetermined"):
+        st.compute(undetermined="skip")

@@ -729,6 +729,29 @@ py::tuple rank_top_label(const py::array& scores, const py::array& keys, int lev
   return py::make_tuple(out, skipped);
 }
 
+py::tuple rank_marginal_hist(const py::array& P, const py::array& keys, int64_t k, int32_t n_bins) {
+  require(P, 3, "P");
+  require(keys, 2, "keys");
+  require_dtype(P, DType::kF64, "P");
+  require_dtype(keys, DType::kF64, "keys");
+  const int64_t rows = keys.shape(0), n = keys.shape(1);
+  if (P.shape(1) != n || P.shape(2) != n || (P.shape(0) != 1 && P.shape(0) != rows) || k < 0 || k > n ||
+      n_bins < 1) {
+    throw std::invalid_argument("internal error: rank_marginal_hist arguments");
+  }
+  py::array_t<double> out({int64_t(3), int64_t(n_bins)});
+  double* o = out.mutable_data();
+  const double* pp = static_cast<const double*>(P.data());
+  const double* kk = static_cast<const double*>(keys.data());
+  const int64_t p_rows = P.shape(0);
+  int64_t skipped = 0;
+  {
+    py::gil_scoped_release nogil;
+    skipped = prefcal::cpu::rank_marginal_hist(pp, p_rows, kk, rows, n, k, n_bins, o);
+  }
+  return py::make_tuple(out, skipped);
+}
+
 double rank_canonical(const py::array& probs, const py::array& labels, double h, double p) {
   require(probs, 2, "probs");
   require(labels, 1, "labels");
@@ -802,6 +825,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("rank_seen_subsets", &rank_seen_subsets, py::arg("keys").noconvert(), py::arg("k"));
   m.def("rank_top_label", &rank_top_label, py::arg("scores").noconvert(), py::arg("keys").noconvert(),
         py::arg("level"), py::arg("groups").none(true), py::arg("k"), py::arg("n_bins"));
+  m.def("rank_marginal_hist", &rank_marginal_hist, py::arg("P").noconvert(), py::arg("keys").noconvert(), py::arg("k"),
+        py::arg("n_bins"));
   m.def("rank_canonical", &rank_canonical, py::arg("probs").noconvert(), py::arg("labels").noconvert(), py::arg("h"),
         py::arg("p"));
   m.def("fastmath", &fastmath, py::arg("name"), py::arg("x").noconvert());

@@ -317,6 +317,41 @@ PREFCAL_CLONES void subset_rows(const double* scores, int64_t score_rows, const 
   }
 }
 
+// One (3, B) table of binary (probability, hit) events over the rows: each chunk of rows fills its own
+// partial table, reduced in chunk order (the same sums for any thread count). events(lo, hi, add, skip) adds
+// the events of rows [lo, hi) with add(p, hit) and counts the undecided ones in skip. Returns all undecided.
+template <class Events>
+int64_t binary_table(int64_t rows, int32_t n_bins, double* table, Events&& events) {
+  const Binner bin{n_bins, nullptr};
+  const int64_t nb = n_bins;
+  const int64_t chunk = std::max<int64_t>(256, (rows + 63) / 64);
+  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  std::vector<double> part(static_cast<size_t>(n_chunks * nb * 3), 0.0);
+  std::vector<int64_t> skipped(static_cast<size_t>(n_chunks), 0);
+  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t ci, int64_t lo, int64_t hi) {
+    double* acc = part.data() + ci * nb * 3;
+    auto add = [acc, &bin](double p, bool hit) {
+      p = clip01(p);
+      double* t = acc + bin(p) * 3;
+      t[0] += 1.0;
+      t[1] += p;
+      t[2] += hit ? 1.0 : 0.0;
+    };
+    int64_t skip = 0;
+    events(lo, hi, add, skip);
+    skipped[ci] = skip;
+  });
+  std::fill(table, table + 3 * nb, 0.0);
+  int64_t total_skipped = 0;
+  for (int64_t ci = 0; ci < n_chunks; ++ci) {
+    for (int64_t b = 0; b < nb; ++b) {
+      for (int64_t q = 0; q < 3; ++q) table[q * nb + b] += part[(ci * nb + b) * 3 + q];
+    }
+    total_skipped += skipped[ci];
+  }
+  return total_skipped;
+}
+
 }  // namespace
 
 // Explicit model, classes [c0, c1): a class's probability is the sum of the probabilities of the orderings
@@ -566,13 +601,7 @@ void rank_classwise(const double* scores, int64_t score_rows, const double* keys
 int64_t rank_top_label(const double* scores, int64_t score_rows, const double* keys, int64_t rows, int64_t n,
                        int level, const int32_t* groups, int64_t n_groups, int64_t k, int32_t n_bins,
                        double* table) {
-  const Binner bin{n_bins, nullptr};
-  const int64_t nb = n_bins;
-  const int64_t chunk = std::max<int64_t>(256, (rows + 63) / 64);
-  const int64_t n_chunks = (rows + chunk - 1) / chunk;
-  std::vector<double> part(static_cast<size_t>(n_chunks * nb * 3), 0.0);
-  std::vector<int64_t> skipped(static_cast<size_t>(n_chunks), 0);
-  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t ci, int64_t lo, int64_t hi) {
+  return binary_table(rows, n_bins, table, [&](int64_t lo, int64_t hi, auto&& add, int64_t& skip) {
     Row row(n);
     std::vector<int32_t> order(static_cast<size_t>(n)), mode(static_cast<size_t>(n));
     std::vector<double> tmp(static_cast<size_t>(n)), f, sums;
@@ -580,18 +609,9 @@ int64_t rank_top_label(const double* scores, int64_t score_rows, const double* k
       f.resize(static_cast<size_t>(int64_t{1} << k));
       sums.resize(f.size());
     }
-    double* acc = part.data() + ci * nb * 3;
-    int64_t skip = 0;
     for (int64_t b = lo; b < hi; ++b) {
       row.load(scores + (score_rows == 1 ? 0 : b) * n, n);
       const double* key = keys + b * n;
-      auto add = [&](double p, bool hit) {
-        p = clip01(p);
-        double* t = acc + bin(p) * 3;
-        t[0] += 1.0;
-        t[1] += p;
-        t[2] += hit ? 1.0 : 0.0;
-      };
       if (level == 0) {
         for (int64_t g = 0; g < n_groups; ++g) {
           const int32_t* a = groups + g * k;
@@ -627,17 +647,49 @@ int64_t rank_top_label(const double* scores, int64_t score_rows, const double* k
       const double p = rank::mode_top_prob(row, mode.data(), n, k, level, tmp.data(), f.data(), sums.data());
       add(p, hit);
     }
-    skipped[ci] = skip;
   });
-  std::fill(table, table + 3 * nb, 0.0);
-  int64_t total_skipped = 0;
-  for (int64_t ci = 0; ci < n_chunks; ++ci) {
-    for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t q = 0; q < 3; ++q) table[q * nb + b] += part[(ci * nb + b) * 3 + q];
+}
+
+int64_t rank_marginal_hist(const double* P, int64_t p_rows, const double* keys, int64_t rows, int64_t n, int64_t k,
+                           int32_t n_bins, double* table) {
+  return binary_table(rows, n_bins, table, [&](int64_t lo_row, int64_t hi_row, auto&& add, int64_t& skip) {
+    for (int64_t b = lo_row; b < hi_row; ++b) {
+      const double* key = keys + b * n;
+      const double* pb = P + (p_rows == 1 ? 0 : b) * n * n;
+      bool unknown = false;
+      for (int64_t i = 0; i < n; ++i) unknown = unknown || std::isnan(key[i]);
+      for (int64_t i = 0; i < n; ++i) {
+        const double ki = key[i];
+        if (std::isinf(ki)) continue;  // unavailable: no events
+        int64_t lo = 0, hi = n - 1;
+        if (!unknown) {  // ki is finite here
+          int64_t less = 0, leq = 0;
+          for (int64_t j = 0; j < n; ++j) {
+            less += key[j] < ki;
+            leq += key[j] <= ki;
+          }
+          lo = less;
+          hi = leq - 1;
+        }
+        const double* pi = pb + i * n;
+        if (k == 0) {
+          for (int64_t j = 0; j < n; ++j) {
+            if (lo == hi || j < lo || j > hi) {
+              add(pi[j], lo == j && hi == j);
+            } else {
+              ++skip;
+            }
+          }
+        } else if (hi < k || lo >= k) {
+          double p = 0.0;
+          for (int64_t j = 0; j < k; ++j) p += pi[j];
+          add(p, hi < k);
+        } else {
+          ++skip;
+        }
+      }
     }
-    total_skipped += skipped[ci];
-  }
-  return total_skipped;
+  });
 }
 
 double rank_canonical(const double* probs, const int64_t* labels, int64_t rows, int64_t n_classes, double h,

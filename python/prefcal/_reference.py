@@ -879,6 +879,49 @@ def _set_probs(model: tuple, sets: np.ndarray) -> np.ndarray:
     return hit.mean(axis=1)
 
 
+def marginal_hist(pos_p: np.ndarray, keys: np.ndarray, k: int, n_bins: int) -> tuple[np.ndarray, int]:
+    """Table (3, B) of the binary marginal events of every (row, item) and the number of undecided ones.
+
+    ``pos_p`` (N or 1, n, n): P(item i at position j). ``k == 0``: "item i is at position j" for every j;
+    ``k >= 1``: "item i is in the top k" (probability sum_{j<k} P[:, i, j]). Keys as ``_prepare`` makes them
+    (finite: rank key; NaN: unknown; +inf: unavailable, no events). An item's position lies in [lo, hi] =
+    [#keys < its key, #keys <= its key - 1] when its key is finite and no key of the row is NaN, else [0, n-1];
+    an event counts when that interval decides it.
+    """
+    n_rows, n = keys.shape
+    pos_p = np.broadcast_to(pos_p, (n_rows, n, n))
+    srt = np.sort(keys, axis=1)
+    finite = np.isfinite(keys)
+    less = (srt[:, None, :] < keys[:, :, None]).sum(axis=2)  # items strictly better
+    leq = (srt[:, None, :] <= keys[:, :, None]).sum(axis=2)  # better or tied (incl. itself)
+    unknown_any = np.isnan(keys).any(axis=1)
+    lo = np.where(finite & ~unknown_any[:, None], less, 0)
+    hi = np.where(finite & ~unknown_any[:, None], leq - 1, n - 1)  # the item's position lies in [lo, hi]
+    avail = np.isfinite(keys) | np.isnan(keys)
+    if k == 0:
+        j = np.arange(n)[None, None, :]
+        decided = ((lo == hi)[:, :, None] | (j < lo[:, :, None]) | (j > hi[:, :, None])) & avail[:, :, None]
+        truth = (lo[:, :, None] == j) & (hi[:, :, None] == j)
+        p = pos_p
+        skipped = int((~decided & avail[:, :, None]).sum())
+    else:
+        decided = ((hi < k) | (lo >= k)) & avail
+        truth = hi < k
+        p = pos_p[:, :, :k].sum(axis=2)
+        skipped = int((~decided & avail).sum())
+    pv = np.clip(np.asarray(p)[decided], 0.0, 1.0)
+    tv = truth[decided].astype(np.float64)
+    b = uniform_index(pv, n_bins)
+    tables = np.stack(
+        [
+            np.bincount(b, minlength=n_bins).astype(np.float64),
+            np.bincount(b, weights=pv, minlength=n_bins),
+            np.bincount(b, weights=tv, minlength=n_bins),
+        ]
+    )
+    return tables, skipped
+
+
 def top_label_hist(model, keys, level, k, n_bins):
     """One table (3, B) of (mode probability, observed == mode) events: level "sub", "top" or "set"."""
     n_rows, n = keys.shape

@@ -178,7 +178,7 @@ class Reliability:
         """Draw the reliability diagram on a matplotlib Axes (created if not given) and return it.
 
         Bars show each bin's accuracy over its edges, a red band the gap to the bin's mean confidence, the
-        dashed diagonal perfect calibration; with ``show_counts`` a second axis shows the share of rows.
+        dashed diagonal perfect calibration; with ``show_counts`` each bar carries its bin's count (weight).
         """
         try:
             import matplotlib.pyplot as plt
@@ -202,15 +202,23 @@ class Reliability:
         ax.set_ylabel("accuracy")
         ece = self.ece() if self.total > 0 else float("nan")
         ax.set_title(title if title is not None else f"ECE = {ece:.4f} ({self.n_bins} {self.strategy} bins)")
-        if show_counts:
-            twin = ax.twinx()
-            centers = left + width / 2
-            twin.plot(centers[filled], self.fraction[filled], "o-", color="0.45", ms=3, lw=1, label="share of rows")
-            twin.set_ylim(0, max(1e-12, float(self.fraction.max())) * 3)
-            twin.set_ylabel("share of rows", color="0.45")
-            twin.tick_params(axis="y", colors="0.45")
+        if show_counts:  # each bin's count, written up the foot of its bar
+            for x, c, a in zip((left + width / 2)[filled], self.count[filled], acc[filled], strict=True):
+                inside = a > 0.16
+                ax.text(x, 0.012 if inside else a + 0.012, _short_count(c), rotation=90, ha="center",
+                        va="bottom", fontsize=7, color="white" if inside else "0.25")
         ax.legend(loc="upper left", fontsize="small", frameon=False)
         return ax
+
+
+def _short_count(c: float) -> str:
+    """A bin count in at most 5 characters: 87, 1.2k, 45k, 3.1M."""
+    c = float(c)
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if c >= div:
+            v = c / div
+            return f"{v:.1f}{suffix}" if v < 10 else f"{v:.0f}{suffix}"
+    return f"{c:.0f}" if c == round(c) else f"{c:.3g}"
 
 
 def _binary_call(confidence: Any, correct: Any, weights: Any) -> _backend.Call:

@@ -53,6 +53,39 @@ def _print_info(d: dict[str, Any]) -> None:
         print("environment: " + ", ".join(f"{k}={v}" for k, v in d["environment"].items()))
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import evaluate
+
+    columns = evaluate.Columns(args.scores, args.rankings, args.ranks, args.mask)
+    try:
+        evaluate.run(
+            args.input,
+            columns,
+            levels=tuple(args.levels) if args.levels else None,
+            n_bins=args.bins,
+            kind=args.kind,
+            device=args.device,
+            chunk_rows=args.chunk_rows,
+            out=args.out,
+            fmt=args.format,
+            progress=args.progress,
+        )
+    except KeyboardInterrupt:
+        print("prefcal evaluate: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line per error, the traceback only with --debug
+        if args.debug:
+            raise
+        usage = isinstance(exc, (ValueError, TypeError)) and not isinstance(exc, evaluate.InputError)
+        what = "error" if isinstance(exc, (evaluate.InputError, ValueError, TypeError, OSError)) else (
+            f"unexpected {type(exc).__name__}")
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "" if what == "error" else " (--debug shows the traceback)"
+        print(f"prefcal evaluate: {what}: {text}{hint}", file=sys.stderr)
+        return 2 if usage else 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="prefcal", description="Calibration of ranking, preference and reward models.")
     parser.add_argument("--version", action="version", version=f"prefcal {__version__}")
@@ -70,7 +103,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p_bench.add_argument("--scale", type=float, default=1.0, help="multiply every size (default 1)")
     p_bench.add_argument("--reps", type=int, default=5, help="timed runs per kernel (default 5)")
+    p_eval = sub.add_parser(
+        "evaluate",
+        help="the calibration report of a file of scored rankings (Parquet, .npz, JSON Lines) in chunks",
+        description="The calibration report (ranking.report) of INPUT, read in chunks with bounded memory. "
+        "Per row: scores (a list of n numbers) and the observation, an ordering of item indices (best "
+        "first; shorter or -1 padded when partial) or one rank per item (null/NaN unknown); optionally a "
+        "boolean mask of the available items. Writes report.json, report.md and reliability.png.",
+    )
+    p_eval.add_argument("input", metavar="INPUT", help="a .parquet (list columns), .npz or .jsonl file")
+    p_eval.add_argument("--scores", default="scores", metavar="COL", help="scores column (default: scores)")
+    obs = p_eval.add_mutually_exclusive_group()
+    obs.add_argument("--rankings", metavar="COL", help="orderings column (default: rankings, if present)")
+    obs.add_argument("--ranks", metavar="COL", help="per-item ranks column (default: ranks, if present)")
+    p_eval.add_argument("--mask", metavar="COL", help="boolean availability column (default: none)")
+    p_eval.add_argument("--levels", nargs="+", metavar="LEVEL",
+                        help="levels: sub<k>, top<k>, top<k>_set, full, positions "
+                        "(default: sub2 sub3 top1 top2 full positions, those that exist)")
+    p_eval.add_argument("--kind", choices=("classwise", "top_label"), default="classwise",
+                        help="kind of the sub/top levels (default: classwise)")
+    p_eval.add_argument("--bins", type=int, metavar="N", help="bins per level (default: each level's own)")
+    p_eval.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p_eval.add_argument("--chunk-rows", type=int, default=1 << 16, metavar="N",
+                        help="rows per chunk: bounds the memory (default 65536)")
+    p_eval.add_argument(
+        "--format", choices=("parquet", "npz", "jsonl"), help="input format (default: from the extension)"
+    )
+    p_eval.add_argument(
+        "--out", default="prefcal-report", metavar="DIR", help="output directory (default: prefcal-report)"
+    )
+    bar = p_eval.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="show a progress bar (default: when stderr is a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    p_eval.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "bench":
         from . import bench
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, pl, ranking, recalibrate
+from . import __version__, _report, pl, ranking, recalibrate
 
 LEVELS = ("sub2", "sub3", "top1", "top2", "full", "positions")
 
@@ -30,42 +30,6 @@ def make_data(n_prompts: int, n_items: int, seed: int) -> dict[str, Any]:
     noisy = truth + rng.normal(scale=0.5, size=truth.shape)
     models = {"true model": truth, "over-confident": 2.5 * noisy, "under-confident": 0.4 * noisy}
     return {"rankings": human, "models": models}
-
-
-def _pooled(result: Any) -> Any:
-    """One reliability diagram for a level: the level's own, or the classwise tables pooled over classes."""
-    from .calibration import Reliability
-
-    if isinstance(result, ranking.ClasswiseResult):
-        t = result._tables.sum(axis=0)
-        return Reliability(t[0], t[1], t[2], result._edges)
-    return result.reliability
-
-
-def _figure(name: str, rep: ranking.Report, path: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    names = list(rep.levels)
-    fig, axes = plt.subplots(2, (len(names) + 1) // 2, figsize=(4.2 * ((len(names) + 1) // 2), 8.4))
-    for ax, level in zip(axes.ravel(), names, strict=False):
-        r = rep.levels[level]
-        if isinstance(r, ranking.ClasswiseResult):
-            title = f"{level}: classwise ECE {r.ece:.4f}\n(diagram: its {r.n_classes} classes pooled)"
-        else:
-            title = f"{level}: {r.kind} ECE {r.ece:.4f}"
-        _pooled(r).plot(ax=ax, title=title)
-    for ax in axes.ravel()[len(names) :]:
-        ax.axis("off")
-    fig.suptitle(f"prefcal demo: {name}", fontsize=14)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
 
 
 def run(
@@ -93,7 +57,7 @@ def run(
             "held_out_after": {lv: r.ece for lv, r in after.levels.items()},
         }
         png = os.path.join(out, f"reliability_{key}.png")
-        if _figure(name, rep, png):
+        if _report.figure(f"prefcal demo: {name}", rep.levels, png):
             pictures.append(png)
         summary.append((name, {lv: r.ece for lv, r in rep.levels.items()}, beta, before, after))
     doc = {

@@ -216,11 +216,16 @@ class RankingCalibration:
 
     __add__ = merge
 
-    def compute(self) -> dict[str, Any]:
+    def compute(self, *, undetermined: str = "raise") -> dict[str, Any]:
+        """The result of each level. A level none of whose events the observations decide (e.g. ``full``
+        with top-2 observations) raises ``ValueError``, or with ``undetermined="omit"`` is left out."""
+        undetermined = _validation.option("undetermined", undetermined, ("raise", "omit"))
         if self._levels is None or any(lv.tables is None for lv in self._levels.values()):
             raise ValueError("RankingCalibration.compute() before any update(): nothing to compute")
         out: dict[str, Any] = {}
         for name, lv in self._levels.items():
+            if undetermined == "omit" and not lv.tables[..., 0, :].any():
+                continue
             if lv.kind != "classwise":
                 out[name] = ranking._level_result(lv.tables, lv.skipped, lv.kind)
                 continue

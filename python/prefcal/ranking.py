@@ -1183,12 +1183,30 @@ def marginal_ece(
     if event == "topk":
         k = _validation.integer("k", k, 1, n)
     m = data.model
-    keys = data.keys
+    keys = np.ascontiguousarray(_host("keys", data.keys), dtype=np.float64)
+    cpu = _backend.cpu_module() if _backend.choose(on_gpu=False) == "cpu" else None
+    kk = 0 if event == "position" else k
+
+    def hist(pos_p: np.ndarray, keys_block: np.ndarray) -> tuple[np.ndarray, int]:
+        if cpu is not None:
+            return cpu.rank_marginal_hist(np.ascontiguousarray(pos_p, dtype=np.float64), keys_block, kk, bins)
+        return _reference.marginal_hist(pos_p, keys_block, kk, bins)
+
+    if isinstance(m, PL) and m.scores.ndim == 2:  # row blocks: memory O(block * n^2), not O(N * n^2)
+        tables, skipped = np.zeros((3, bins)), 0
+        step = max(1, MARGINAL_BLOCK_EVENTS // (n * n))
+        for a in range(0, data.n_rows, step):
+            rows = slice(a, a + step)
+            mask = m.mask if m.mask is None or m.mask.ndim == 1 else m.mask[rows]
+            pos_p = np.asarray(marginals.positions(m.scores[rows], mask=mask, method=method))
+            t, s_ = hist(pos_p, keys[rows])
+            tables += t
+            skipped += int(s_)
+        return _level_result(tables, skipped, kind="marginal")
     if isinstance(m, PL):
-        scores = m.scores
-        pos_p = np.asarray(marginals.positions(scores, mask=m.mask, method=method))
+        pos_p = np.asarray(marginals.positions(m.scores, mask=m.mask, method=method))
         if pos_p.ndim == 2:
-            pos_p = np.broadcast_to(pos_p, (data.n_rows, n, n))
+            pos_p = pos_p[None]
     else:
         orders = m.orderings if isinstance(m, Explicit) else None
         pos_p = np.zeros((data.n_rows, n, n))
@@ -1201,35 +1219,7 @@ def marginal_ece(
             b = np.broadcast_to(np.arange(s.shape[0])[:, None, None], s.shape)
             j = np.broadcast_to(np.arange(n)[None, None, :], s.shape)
             np.add.at(pos_p, (b, s, j), 1.0 / s.shape[1])
-    # observed position of each item: exact rank when its place is decided, else a range
-    srt = np.sort(keys, axis=1)
-    finite = np.isfinite(keys)
-    less = (srt[:, None, :] < keys[:, :, None]).sum(axis=2)  # items strictly better
-    leq = (srt[:, None, :] <= keys[:, :, None]).sum(axis=2)  # better or tied (incl. itself)
-    unknown_any = np.isnan(keys).any(axis=1)
-    lo = np.where(finite & ~unknown_any[:, None], less, 0)
-    hi = np.where(finite & ~unknown_any[:, None], leq - 1, n - 1)  # the item's position lies in [lo, hi]
-    avail = np.isfinite(keys) | np.isnan(keys)
-    if event == "position":
-        j = np.arange(n)[None, None, :]
-        decided = ((lo == hi)[:, :, None] | (j < lo[:, :, None]) | (j > hi[:, :, None])) & avail[:, :, None]
-        truth = (lo[:, :, None] == j) & (hi[:, :, None] == j)
-        p = pos_p
-    else:
-        decided = ((hi < k) | (lo >= k)) & avail
-        truth = hi < k
-        p = pos_p[:, :, :k].sum(axis=2)
-    pv = np.clip(np.asarray(p)[decided], 0.0, 1.0)
-    tv = truth[decided].astype(np.float64)
-    b = _reference.uniform_index(pv, bins)
-    tables = np.stack(
-        [
-            np.bincount(b, minlength=bins).astype(np.float64),
-            np.bincount(b, weights=pv, minlength=bins),
-            np.bincount(b, weights=tv, minlength=bins),
-        ]
-    )
-    skipped = int((~decided & (avail[:, :, None] if event == "position" else avail)).sum())
+    tables, skipped = hist(pos_p, keys)
     return _level_result(tables, skipped, kind="marginal")
 
 
@@ -1259,7 +1249,7 @@ class SweepTable:
 
 def _markdown(records: list[dict[str, Any]], cols: tuple[str, ...]) -> str:
     def fmt(v: Any) -> str:
-        return f"{v:.6g}" if isinstance(v, float) else str(v)
+        return f"{v:.6g}" if isinstance(v, float) else ("" if v is None else str(v))
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in records]
@@ -1375,6 +1365,9 @@ class Report:
     def __getitem__(self, name: str) -> Any:
         return self.levels[name]
 
+
+#: Events per block of rows in marginal_ece (n^2 per row): bounds its memory to a few tens of MB.
+MARGINAL_BLOCK_EVENTS = 1 << 21
 
 DEFAULT_LEVELS = ("sub2", "sub3", "top1", "top2", "full", "positions")
 

@@ -59,6 +59,14 @@ int64_t rank_top_label(const double* scores, int64_t score_rows, const double* k
                        int level, const int32_t* groups, int64_t n_groups, int64_t k, int32_t n_bins,
                        double* table);
 
+// One table (3, B) of the binary marginal events of every (row, item): k == 0: "item i is at position j" with
+// probability P[b, i, j], for every j; k >= 1: "item i is in the top k" with probability sum_{j<k} P[b, i, j].
+// P is (p_rows, n, n) with p_rows 1 (one model for every row) or rows. An event counts when the keys decide it
+// (an item's place lies in [lo, hi]: [less, less_or_tied - 1] when its key is finite and no key of the row is
+// NaN, else [0, n - 1]); items with key +inf (unavailable) have no events. Returns the undecided events.
+int64_t rank_marginal_hist(const double* P, int64_t p_rows, const double* keys, int64_t rows, int64_t n, int64_t k,
+                           int32_t n_bins, double* table);
+
 // Dirichlet-kernel canonical calibration error with leave-one-out over the rows with label >= 0: mean over
 // those rows of || sum_i k(f_j; a_i) y_i / (sum_i k(f_j; a_i) + 1e-8) - f_j ||_p, a_i = f_i / h + 1,
 // log f clamped at log(1e-8). NaN when no row has a label.
