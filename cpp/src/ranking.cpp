@@ -419,49 +419,99 @@ void rank_classwise_table(const double* probs, int64_t rows, int64_t n_orders, c
   });
 }
 
-// Explicit model with classes sorted by group: a task owns a range of classes (whole groups) and streams every
-// row; the observed order of each of its groups is found once per row.
+constexpr int64_t kWays = 4;  // interleaved copies of a class's table in grouped_rows
+
+// Explicit model with classes sorted by group: a task owns a range of classes (whole groups) and streams the
+// rows in blocks. Per block the orderings' probabilities are transposed (one contiguous column of the block per
+// ordering) and the observed order of each of the task's groups is found once per row; then class by class the
+// block's probabilities are sums of whole columns (vectorised) and the class's table stays in L1 while the
+// block's events are binned. The sums, and their order, are those of a row-by-row loop.
 PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const int64_t* indptr, const int32_t* idx,
                                  const double* keys, int64_t rows, int64_t n, int64_t k, bool top,
                                  const int32_t* cls_group, const int32_t* cls_rank, int64_t c0, int64_t c1,
                                  const int32_t* groups, const int32_t* row_class, const Binner& bin,
                                  const uint8_t* keep, double* acc) {
+  constexpr int64_t kBlock = 256;
   const int64_t nb = bin.bins;
   int64_t kf = 1;
   for (int64_t j = 2; j <= k; ++j) kf *= j;
   SubsetWalk sw(k, kf);
-  const int64_t g0 = top ? 0 : cls_group[c0], g1 = top ? 0 : cls_group[c1 - 1] + 1;
-  std::vector<int64_t> seen(static_cast<size_t>(std::max<int64_t>(1, g1 - g0)));
-  for (int64_t b = 0; b < rows; ++b) {
-    if (keep != nullptr && !keep[b]) continue;
-    const double* pr = probs + b * n_orders;
-    int64_t rc = -1;
+  const int64_t g0 = top ? 0 : cls_group[c0], g1 = top ? 1 : cls_group[c1 - 1] + 1;
+  std::vector<double> cols(static_cast<size_t>(n_orders * kBlock)), p(kBlock);
+  std::vector<int32_t> seen(static_cast<size_t>((g1 - g0) * kBlock)), slot(kBlock);
+  std::vector<int64_t> live(kBlock);
+  // per class: kWays copies of the bins; a copy's count and hits (< 2^32: rows < 2^32 per copy, checked
+  // by the caller) packed as count | hits << 32
+  std::vector<uint64_t> counts(static_cast<size_t>((c1 - c0) * kWays * nb), 0);
+  std::vector<double> sums(counts.size(), 0.0);
+  for (int64_t b0 = 0; b0 < rows; b0 += kBlock) {
+    int64_t m = 0;  // the block's rows that count
+    for (int64_t b = b0; b < std::min(rows, b0 + kBlock); ++b) {
+      if ((keep != nullptr && !keep[b]) || (top && row_class[b] == -2)) continue;
+      live[m++] = b;
+    }
+    if (m == 0) continue;
+    for (int64_t i = 0; i < m; ++i) {
+      const double* pr = probs + live[i] * n_orders;
+      for (int64_t r = 0; r < n_orders; ++r) cols[r * kBlock + i] = pr[r];
+    }
     if (top) {
-      rc = row_class[b];
-      if (rc == -2) continue;
+      for (int64_t i = 0; i < m; ++i) seen[i] = row_class[live[i]];
     } else {
-      const double* key = keys + b * n;
       for (int64_t g = g0; g < g1; ++g) {
         for (int64_t j = 0; j < k; ++j) sw.a[j] = groups[g * k + j];
-        seen[g - g0] = sw.observed(key);
+        int32_t* sg = seen.data() + (g - g0) * kBlock;
+        for (int64_t i = 0; i < m; ++i) sg[i] = static_cast<int32_t>(sw.observed(keys + live[i] * n));
       }
     }
     for (int64_t c = c0; c < c1; ++c) {
-      int64_t truth;
-      if (top) {
-        truth = c == rc;
-      } else {
-        const int64_t o = seen[cls_group[c] - g0];
-        if (o < 0) continue;
-        truth = o == cls_rank[c];
+      double* pc = p.data();
+      std::fill(pc, pc + m, 0.0);
+      for (int64_t e = indptr[c]; e < indptr[c + 1]; ++e) {
+        const double* col = cols.data() + static_cast<int64_t>(idx[e]) * kBlock;
+        for (int64_t i = 0; i < m; ++i) pc[i] += col[i];
       }
-      double p = 0.0;
-      for (int64_t e = indptr[c]; e < indptr[c + 1]; ++e) p += pr[idx[e]];
-      const double q = clip01(p);
-      double* t = acc + ((c - c0) * nb + bin(q)) * 3;
-      t[0] += 1.0;
-      t[1] += q;
-      t[2] += static_cast<double>(truth);
+      if (bin.edges == nullptr) {  // uniform bins: a vectorised loop
+        const int32_t last = bin.bins - 1;
+        const double scale = bin.bins;
+        for (int64_t i = 0; i < m; ++i) {
+          const double q = clip01(pc[i]);
+          const int32_t x = static_cast<int32_t>(q * scale);
+          pc[i] = q;
+          slot[i] = x > last ? last : x;
+        }
+      } else {
+        for (int64_t i = 0; i < m; ++i) {
+          pc[i] = clip01(pc[i]);
+          slot[i] = bin(pc[i]);
+        }
+      }
+      const int32_t* sv = seen.data() + (top ? 0 : (cls_group[c] - g0) * kBlock);
+      const int32_t want = top ? static_cast<int32_t>(c) : cls_rank[c];
+      // kWays interleaved copies of the class's bins (row i goes to copy i % kWays), so that consecutive events
+      // of one bin do not wait on each other's additions; count and hits packed in one 64-bit integer
+      uint64_t* ct = counts.data() + (c - c0) * kWays * nb;
+      double* sm = sums.data() + (c - c0) * kWays * nb;
+      for (int64_t i = 0; i < m; ++i) {
+        const int32_t o = sv[i];
+        if (!top && o < 0) continue;  // undecided: no event
+        const int64_t at = (i % kWays) * nb + slot[i];
+        ct[at] += uint64_t{1} | (static_cast<uint64_t>(o == want) << 32);
+        sm[at] += pc[i];
+      }
+    }
+  }
+  // the copies of each class's bins, added in order, into acc (class, bin, [count, sum, hits])
+  for (int64_t c = 0; c < c1 - c0; ++c) {
+    for (int64_t w = 0; w < kWays; ++w) {
+      const uint64_t* ct = counts.data() + (c * kWays + w) * nb;
+      const double* sm = sums.data() + (c * kWays + w) * nb;
+      for (int64_t b = 0; b < nb; ++b) {
+        double* t = acc + (c * nb + b) * 3;
+        t[0] += static_cast<double>(ct[b] & 0xffffffffu);
+        t[1] += sm[b];
+        t[2] += static_cast<double>(ct[b] >> 32);
+      }
     }
   }
 }
@@ -485,8 +535,13 @@ void rank_classwise_grouped(const double* probs, int64_t rows, int64_t n_orders,
   for_chunks(n_tasks, 1, threads_for(n_tasks), [&](int, int64_t task, int64_t, int64_t) {
     const int64_t c0 = cuts[task], c1 = cuts[task + 1];
     std::vector<double> acc(static_cast<size_t>((c1 - c0) * nb * 3), 0.0);
-    grouped_rows(probs, n_orders, indptr, idx, keys, rows, n, k, top, cls_group, cls_rank, c0, c1, groups, row_class,
-                 bin, keep, acc.data());
+    // row slices of < 2^32 rows: a copy's packed 32-bit counts cannot overflow
+    for (int64_t r0 = 0; r0 < rows; r0 += int64_t{1} << 32) {
+      const int64_t r1 = std::min(rows, r0 + (int64_t{1} << 32));
+      grouped_rows(probs + r0 * n_orders, n_orders, indptr, idx, keys + r0 * n, r1 - r0, n, k, top, cls_group,
+                   cls_rank, c0, c1, groups, top ? row_class + r0 : row_class, bin,
+                   keep == nullptr ? nullptr : keep + r0, acc.data());
+    }
     transpose_into(acc.data(), c0, c1, nb, tables);
   });
 }
