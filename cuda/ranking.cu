@@ -148,8 +148,7 @@ __device__ void unrank_combination(int64_t s, int64_t n, int k, int32_t* it) {
 // Lexicographic rank of the observed order of the subset's items, or -1 when undecided (the CPU's
 // SubsetWalk::observed).
 __device__ __forceinline__ int64_t observed_rank(const double* key, const int32_t* it, int k) {
-  int8_t rel[kMaxSubsetK];
-  return rank::observed_rank(key, it, k, rel);
+  return rank::observed_rank(key, it, k);
 }
 
 // Positions of the order of lexicographic rank r of k positions.

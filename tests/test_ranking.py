@@ -167,6 +167,12 @@ def test_classwise_matches_enumeration(host, rng, n, model_kind):
             assert got.ece == pytest.approx(want, rel=1e-9, abs=1e-12), (k, w, d, sp)
 
 
+def test_slot_classes_decodes_the_class_list():
+    for n, k in [(2, 2), (4, 2), (5, 3), (6, 4), (7, 5), (6, 6)]:
+        every = _reference.all_classes(n, k, False)
+        np.testing.assert_array_equal(_reference.slot_classes(np.arange(every.shape[0]), n, k), every)
+
+
 def test_explicit_grouped_kernel_matches_reference_over_row_blocks(rng):
     """The explicit-model kernel streams rows in blocks of 256: more rows than a block, partial observations
     (undecided events), a row filter, log bins, all and observed classes, sub-k and top-k, against the NumPy
@@ -186,12 +192,17 @@ def test_explicit_grouped_kernel_matches_reference_over_row_blocks(rng):
         (part, "top", 3, {"classes": "observed", "discrepancy": "kl"}),
         (obs, "top", 1, {"weighting": "top5_mass"}),
     ]
+    # mostly distinct observed rows (the kernel then finds observed orders row by row, not per distinct row)
+    few = ranking.Explicit(model.orderings, model.probs[:90])
+    distinct = np.array([rng.permutation(n) for _ in range(90)])
+    cases += [(distinct, "sub", 4, {"classes": "all"}), (distinct, "sub", 5, {})]
     for data, level, k, opts in cases:
         fn = ranking.subranking_ece if level == "sub" else ranking.topk_ece
+        m = few if data.shape[0] == 90 else model
         with get_backend("cpu").active():
-            got = fn(model, data, k, **opts)
+            got = fn(m, data, k, **opts)
         with get_backend("reference").active():
-            want = fn(model, data, k, **opts)
+            want = fn(m, data, k, **opts)
         assert got.ece == pytest.approx(want.ece, rel=1e-10, abs=1e-14), (level, k, opts)
         assert [r["count"] for r in got.classes] == [r["count"] for r in want.classes]
         assert got.n_skipped == want.n_skipped

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -205,7 +206,7 @@ struct SubsetWalk {
   }
 
   // lexicographic rank of the observed order of A, or -1 when undecided
-  int64_t observed(const double* key) { return rank::observed_rank(key, a.data(), static_cast<int>(k), rel.data()); }
+  int64_t observed(const double* key) const { return rank::observed_rank(key, a.data(), static_cast<int>(k)); }
 };
 
 // Adds an event of class c (if listed) at probability p; the outcome is added by the caller.
@@ -317,6 +318,43 @@ PREFCAL_CLONES void subset_rows(const double* scores, int64_t score_rows, const 
   }
 }
 
+// The first row of each distinct key row (bitwise equal), in row order, and optionally each row's index in that
+// list (uid): an open-addressing hash table of row indices, each probe confirmed by comparing the rows' bytes
+// (a collision never merges two rows).
+std::vector<int64_t> distinct_rows(const double* keys, int64_t rows, int64_t n, int32_t* uid = nullptr) {
+  int64_t cap = 16;
+  while (cap < 2 * rows) cap *= 2;
+  std::vector<int64_t> table(static_cast<size_t>(cap), -1);
+  std::vector<int64_t> out;
+  const size_t bytes = static_cast<size_t>(n) * sizeof(double);
+  for (int64_t b = 0; b < rows; ++b) {
+    const double* row = keys + b * n;
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (int64_t j = 0; j < n; ++j) {
+      uint64_t w;
+      std::memcpy(&w, row + j, sizeof w);
+      h = (h ^ w) * 0xff51afd7ed558ccdull;
+      h ^= h >> 32;
+    }
+    int64_t at = static_cast<int64_t>(h & static_cast<uint64_t>(cap - 1));
+    while (true) {
+      const int64_t t = table[at];
+      if (t < 0) {
+        table[at] = b;
+        if (uid != nullptr) uid[b] = static_cast<int32_t>(out.size());
+        out.push_back(b);
+        break;
+      }
+      if (std::memcmp(keys + t * n, row, bytes) == 0) {  // a repeat of row t
+        if (uid != nullptr) uid[b] = uid[t];
+        break;
+      }
+      at = (at + 1) & (cap - 1);
+    }
+  }
+  return out;
+}
+
 // One (3, B) table of binary (probability, hit) events over the rows: each chunk of rows fills its own
 // partial table, reduced in chunk order (the same sums for any thread count). events(lo, hi, add, skip) adds
 // the events of rows [lo, hi) with add(p, hit) and counts the undecided ones in skip. Returns all undecided.
@@ -420,6 +458,41 @@ void rank_classwise_table(const double* probs, int64_t rows, int64_t n_orders, c
 }
 
 constexpr int64_t kWays = 4;  // interleaved copies of a class's table in grouped_rows
+static_assert(kWays == 4, "scatter_events unrolls four copies");
+
+// The events of one class over a block of m rows: row i adds to bin slot[i] of copy i % kWays (stride bins
+// per copy), count and hit (seen[i] == want) packed as 1 | hit << 32, and q[i] to the sums. The copies keep
+// consecutive events of one bin from waiting on each other's additions.
+inline void scatter_events(const int32_t* __restrict seen, const int32_t* __restrict slot,
+                           const double* __restrict q, int64_t m, int64_t bins, int32_t want,
+                           uint64_t* __restrict counts, double* __restrict sums) {
+  uint64_t* c0 = counts;
+  uint64_t* c1 = counts + bins;
+  uint64_t* c2 = counts + 2 * bins;
+  uint64_t* c3 = counts + 3 * bins;
+  double* s0 = sums;
+  double* s1 = sums + bins;
+  double* s2 = sums + 2 * bins;
+  double* s3 = sums + 3 * bins;
+  auto inc = [want](int32_t o) { return uint64_t{1} | (static_cast<uint64_t>(o == want) << 32); };
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) {
+    c0[slot[i]] += inc(seen[i]);
+    s0[slot[i]] += q[i];
+    c1[slot[i + 1]] += inc(seen[i + 1]);
+    s1[slot[i + 1]] += q[i + 1];
+    c2[slot[i + 2]] += inc(seen[i + 2]);
+    s2[slot[i + 2]] += q[i + 2];
+    c3[slot[i + 3]] += inc(seen[i + 3]);
+    s3[slot[i + 3]] += q[i + 3];
+  }
+  for (; i < m; ++i) {  // the tail, row i in copy i % 4 as above
+    uint64_t* c = counts + (i % kWays) * bins;
+    double* sm = sums + (i % kWays) * bins;
+    c[slot[i]] += inc(seen[i]);
+    sm[slot[i]] += q[i];
+  }
+}
 
 // Explicit model with classes sorted by group: a task owns a range of classes (whole groups) and streams the
 // rows in blocks. Per block the orderings' probabilities are transposed (one contiguous column of the block per
@@ -430,7 +503,8 @@ PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const in
                                  const double* keys, int64_t rows, int64_t n, int64_t k, bool top,
                                  const int32_t* cls_group, const int32_t* cls_rank, int64_t c0, int64_t c1,
                                  const int32_t* groups, const int32_t* row_class, const Binner& bin,
-                                 const uint8_t* keep, double* acc) {
+                                 const uint8_t* keep, const int32_t* uid, const int64_t* distinct, int64_t n_distinct,
+                                 double* acc) {
   constexpr int64_t kBlock = 256;
   const int64_t nb = bin.bins;
   int64_t kf = 1;
@@ -439,10 +513,20 @@ PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const in
   const int64_t g0 = top ? 0 : cls_group[c0], g1 = top ? 1 : cls_group[c1 - 1] + 1;
   std::vector<double> cols(static_cast<size_t>(n_orders * kBlock)), p(kBlock);
   std::vector<int32_t> seen(static_cast<size_t>((g1 - g0) * kBlock)), slot(kBlock);
+  // sub-k with uid: the observed order of each group in each distinct key row, found once (rows repeat)
+  std::vector<int32_t> useen;
+  if (!top && uid != nullptr) {
+    useen.resize(static_cast<size_t>((g1 - g0) * n_distinct));
+    for (int64_t g = g0; g < g1; ++g) {
+      for (int64_t j = 0; j < k; ++j) sw.a[j] = groups[g * k + j];
+      int32_t* ug = useen.data() + (g - g0) * n_distinct;
+      for (int64_t u = 0; u < n_distinct; ++u) ug[u] = static_cast<int32_t>(sw.observed(keys + distinct[u] * n));
+    }
+  }
   std::vector<int64_t> live(kBlock);
   // per class: kWays copies of the bins; a copy's count and hits (< 2^32: rows < 2^32 per copy, checked
   // by the caller) packed as count | hits << 32
-  std::vector<uint64_t> counts(static_cast<size_t>((c1 - c0) * kWays * nb), 0);
+  std::vector<uint64_t> counts(static_cast<size_t>((c1 - c0) * kWays * (nb + 1)), 0);
   std::vector<double> sums(counts.size(), 0.0);
   for (int64_t b0 = 0; b0 < rows; b0 += kBlock) {
     int64_t m = 0;  // the block's rows that count
@@ -457,6 +541,12 @@ PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const in
     }
     if (top) {
       for (int64_t i = 0; i < m; ++i) seen[i] = row_class[live[i]];
+    } else if (!useen.empty()) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int32_t* ug = useen.data() + (g - g0) * n_distinct;
+        int32_t* sg = seen.data() + (g - g0) * kBlock;
+        for (int64_t i = 0; i < m; ++i) sg[i] = ug[uid[live[i]]];
+      }
     } else {
       for (int64_t g = g0; g < g1; ++g) {
         for (int64_t j = 0; j < k; ++j) sw.a[j] = groups[g * k + j];
@@ -488,24 +578,18 @@ PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const in
       }
       const int32_t* sv = seen.data() + (top ? 0 : (cls_group[c] - g0) * kBlock);
       const int32_t want = top ? static_cast<int32_t>(c) : cls_rank[c];
-      // kWays interleaved copies of the class's bins (row i goes to copy i % kWays), so that consecutive events
-      // of one bin do not wait on each other's additions; count and hits packed in one 64-bit integer
-      uint64_t* ct = counts.data() + (c - c0) * kWays * nb;
-      double* sm = sums.data() + (c - c0) * kWays * nb;
-      for (int64_t i = 0; i < m; ++i) {
-        const int32_t o = sv[i];
-        if (!top && o < 0) continue;  // undecided: no event
-        const int64_t at = (i % kWays) * nb + slot[i];
-        ct[at] += uint64_t{1} | (static_cast<uint64_t>(o == want) << 32);
-        sm[at] += pc[i];
+      if (!top) {  // undecided rows (observed rank -1) go to the discard bin nb
+        for (int64_t i = 0; i < m; ++i) slot[i] = sv[i] < 0 ? static_cast<int32_t>(nb) : slot[i];
       }
+      scatter_events(sv, slot.data(), pc, m, nb + 1, want, counts.data() + (c - c0) * kWays * (nb + 1),
+                     sums.data() + (c - c0) * kWays * (nb + 1));
     }
   }
   // the copies of each class's bins, added in order, into acc (class, bin, [count, sum, hits])
   for (int64_t c = 0; c < c1 - c0; ++c) {
     for (int64_t w = 0; w < kWays; ++w) {
-      const uint64_t* ct = counts.data() + (c * kWays + w) * nb;
-      const double* sm = sums.data() + (c * kWays + w) * nb;
+      const uint64_t* ct = counts.data() + (c * kWays + w) * (nb + 1);
+      const double* sm = sums.data() + (c * kWays + w) * (nb + 1);
       for (int64_t b = 0; b < nb; ++b) {
         double* t = acc + (c * nb + b) * 3;
         t[0] += static_cast<double>(ct[b] & 0xffffffffu);
@@ -532,15 +616,38 @@ void rank_classwise_grouped(const double* probs, int64_t rows, int64_t n_orders,
   }
   cuts.push_back(n_classes);
   const int64_t n_tasks = static_cast<int64_t>(cuts.size()) - 1;
+  // sub-k: the distinct key rows of each slice, when their observed orders (a task's groups x distinct rows)
+  // fit in 16 MB; each task then finds the observed orders once per distinct row instead of once per row
+  constexpr int64_t kSlice = int64_t{1} << 31;
+  struct Distinct {
+    std::vector<int64_t> rows;
+    std::vector<int32_t> uid;
+    bool use = false;
+  };
+  std::vector<Distinct> distinct(static_cast<size_t>((rows + kSlice - 1) / kSlice));
+  int64_t max_groups = 1;
+  for (int64_t t = 0; t < n_tasks && !top; ++t) {
+    max_groups = std::max<int64_t>(max_groups, cls_group[cuts[t + 1] - 1] - cls_group[cuts[t]] + 1);
+  }
+  for (int64_t r0 = 0; r0 < rows && !top; r0 += kSlice) {
+    Distinct& d = distinct[static_cast<size_t>(r0 / kSlice)];
+    const int64_t len = std::min(rows, r0 + kSlice) - r0;
+    d.uid.resize(static_cast<size_t>(len));
+    d.rows = distinct_rows(keys + r0 * n, len, n, d.uid.data());
+    d.use = static_cast<int64_t>(d.rows.size()) * max_groups * 4 <= (int64_t{16} << 20) &&
+            static_cast<int64_t>(d.rows.size()) * 2 <= len;  // worth it when rows repeat
+  }
   for_chunks(n_tasks, 1, threads_for(n_tasks), [&](int, int64_t task, int64_t, int64_t) {
     const int64_t c0 = cuts[task], c1 = cuts[task + 1];
     std::vector<double> acc(static_cast<size_t>((c1 - c0) * nb * 3), 0.0);
-    // row slices of < 2^32 rows: a copy's packed 32-bit counts cannot overflow
-    for (int64_t r0 = 0; r0 < rows; r0 += int64_t{1} << 32) {
-      const int64_t r1 = std::min(rows, r0 + (int64_t{1} << 32));
+    // row slices of < 2^31 rows: a copy's packed 32-bit counts cannot overflow, and uid fits int32
+    for (int64_t r0 = 0; r0 < rows; r0 += kSlice) {
+      const int64_t r1 = std::min(rows, r0 + kSlice);
+      const Distinct& d = distinct[static_cast<size_t>(r0 / kSlice)];
       grouped_rows(probs + r0 * n_orders, n_orders, indptr, idx, keys + r0 * n, r1 - r0, n, k, top, cls_group,
                    cls_rank, c0, c1, groups, top ? row_class + r0 : row_class, bin,
-                   keep == nullptr ? nullptr : keep + r0, acc.data());
+                   keep == nullptr ? nullptr : keep + r0, d.use ? d.uid.data() : nullptr, d.rows.data(),
+                   static_cast<int64_t>(d.rows.size()), acc.data());
     }
     transpose_into(acc.data(), c0, c1, nb, tables);
   });
@@ -568,16 +675,20 @@ void rank_seen_subsets(const double* keys, int64_t rows, int64_t n, int64_t k, u
   for (int64_t j = 2; j <= k; ++j) kf *= j;
   for (int64_t j = 0; j < k; ++j) count = count * (n - j) / (j + 1);
   const int64_t size = count * kf;
-  constexpr int64_t kChunks = 16;
-  const int64_t chunk = std::max<int64_t>(1, (rows + kChunks - 1) / kChunks);
-  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  // rows with the same keys observe the same classes: scan one row of each (repeated observations are common)
+  const std::vector<int64_t> scan = distinct_rows(keys, rows, n);
+  const int64_t m = static_cast<int64_t>(scan.size());
+  // one flag table per thread (an OR of flags does not depend on how the rows are split)
+  const int64_t n_parts = std::max<int64_t>(1, std::min<int64_t>(num_threads(), m));
+  const int64_t chunk = std::max<int64_t>(1, (m + n_parts - 1) / n_parts);
+  const int64_t n_chunks = (m + chunk - 1) / chunk;
   std::vector<uint8_t> part(static_cast<size_t>(n_chunks * size), 0);
-  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t ci, int64_t lo, int64_t hi) {
+  for_chunks(m, chunk, threads_for(n_chunks), [&](int, int64_t ci, int64_t lo, int64_t hi) {
     SubsetWalk sw(k, kf);
     uint8_t* mine = part.data() + ci * size;
     int64_t found = 0;  // once every class is seen the rest of the chunk cannot add one
-    for (int64_t b = lo; b < hi && found < size; ++b) {
-      const double* key = keys + b * n;
+    for (int64_t s = lo; s < hi && found < size; ++s) {
+      const double* key = keys + scan[s] * n;
       for (int64_t j = 0; j < k; ++j) sw.a[j] = static_cast<int32_t>(j);
       int64_t subset = 0;
       while (true) {

@@ -781,6 +781,30 @@ def all_classes(n: int, k: int, top: bool) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.int32)
 
 
+def slot_classes(slots: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The sub-k classes at the given indices of :func:`all_classes` (subset * k! + lexicographic rank of the
+    order of its positions), without listing all the classes."""
+    import math
+
+    slots = np.asarray(slots, dtype=np.int64)
+    kf = math.factorial(k)
+    combos = subsets(n, k).astype(np.int64)[slots // kf]
+    r = slots % kf
+    m = slots.shape[0]
+    rows = np.arange(m)
+    remaining = np.broadcast_to(np.arange(k), (m, k)).copy()
+    order = np.empty((m, k), dtype=np.int64)
+    for j in range(k):  # Lehmer digits, most significant first: pick the d-th position not yet used
+        f = math.factorial(k - 1 - j)
+        d = (r // f) % (k - j)
+        order[:, j] = remaining[rows, d]
+        width = k - j - 1
+        if width:
+            shift = np.arange(width)[None, :] >= d[:, None]
+            remaining[:, :width] = np.where(shift, remaining[:, 1 : width + 1], remaining[:, :width])
+    return np.take_along_axis(combos, order, axis=1).astype(np.int32)
+
+
 def subsets(n: int, k: int) -> np.ndarray:
     from itertools import combinations
 

@@ -530,9 +530,10 @@ def _class_list(data: _Data, k: int, top: bool, classes: str) -> np.ndarray:
             )
         return _reference.all_classes(data.n, k, top)
     cpu, _ = _engine(data.on_gpu)
-    if cpu is not None and not top and 2 <= k <= 12 and math.comb(data.n, k) * math.factorial(k) <= MAX_SLOTS:
-        seen = cpu.rank_seen_subsets(data.keys, k).astype(bool)
-        found = _reference.all_classes(data.n, k, False)[seen]
+    size = math.comb(data.n, k) * math.factorial(k)
+    if cpu is not None and not top and 2 <= k <= 12 and size <= MAX_SEEN_SLOTS:
+        seen = np.flatnonzero(cpu.rank_seen_subsets(data.keys, k))
+        found = _reference.slot_classes(seen, data.n, k)
         return found[np.lexsort(found.T[::-1])] if found.size else found
     return _reference.observed_classes(data.keys, k, top)
 
@@ -618,14 +619,15 @@ def classwise_result(
     """The result of a classwise level from its per-class tables (C, 3, B) over `rows` rows."""
     total, ece, prev, mass, count = classwise_summary(tables, discrepancy, weighting)
     records = [
-        {
-            "cls": tuple(int(v) for v in c),
-            "ece": float(e),
-            "prevalence": float(p),
-            "pred_mass": float(q),
-            "count": int(n_),
-        }
-        for c, e, p, q, n_ in zip(classes, ece, prev, mass, count, strict=True)
+        {"cls": c, "ece": e, "prevalence": p, "pred_mass": q, "count": n_}
+        for c, e, p, q, n_ in zip(
+            map(tuple, np.asarray(classes, dtype=np.int64).tolist()),
+            np.asarray(ece, dtype=np.float64).tolist(),
+            np.asarray(prev, dtype=np.float64).tolist(),
+            np.asarray(mass, dtype=np.float64).tolist(),
+            np.asarray(count).astype(np.int64).tolist(),
+            strict=True,
+        )
     ]
     skipped = int(rows * classes.shape[0] - count.sum())
     return ClasswiseResult(
@@ -710,6 +712,7 @@ def _canonical(
 # ---------------------------------------------------------------------------------------------- kernels
 MAX_SLOTS = 1 << 20  # sub-k slot tables (subsets x orders) up to this size
 MAX_SLOT_TABLES = 1 << 18  # and per-class tables (classes x bins x 3) up to this many float64
+MAX_SEEN_SLOTS = 1 << 24  # the scan for observed sub-k classes: one flag byte per slot and thread
 
 
 def _slots(n: int, classes: np.ndarray) -> np.ndarray | None:

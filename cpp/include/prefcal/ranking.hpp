@@ -282,31 +282,42 @@ PREFCAL_HD bool next_combination(T* it, K k, int64_t n) {
   return true;
 }
 
-// Lexicographic rank of the observed order of the items it[0..k) (positions within the list), or -1 when
-// undecided (an unknown or unavailable item, or a tie). rel: k entries of scratch.
-template <class Rel>
-PREFCAL_HD int64_t observed_rank(const double* key, const int32_t* it, int k, Rel* rel) {
+// k! for k <= 12 (the largest subset size of the sub-k kernels).
+constexpr int kMaxObservedK = 12;
+PREFCAL_HD int64_t factorial(int k) {
+  int64_t f = 1;
+  for (int j = 2; j <= k; ++j) f *= j;
+  return f;
+}
+
+// Lexicographic rank of the observed order of the items it[0..k) (positions within the list; k <= 12), or
+// -1 when undecided (an unknown or unavailable item, or a tie). The observed order lists the positions
+// best first; its rank is sum_j inv_j * (k - 1 - place_j)!, where place_j = #{l : key_l < key_j} is where
+// position j is observed and inv_j = #{l < j : key_l > key_j}: one pass over the k(k-1)/2 pairs.
+PREFCAL_HD int64_t observed_rank(const double* key, const int32_t* it, int k) {
+  uint8_t place[kMaxObservedK], inv[kMaxObservedK];
+  double kv[kMaxObservedK];
+  bool bad = false;
   for (int j = 0; j < k; ++j) {
-    if (!is_fin(key[it[j]])) return -1;
+    kv[j] = key[it[j]];
+    bad = bad || !is_fin(kv[j]);
+    place[j] = 0;
+    inv[j] = 0;
   }
-  for (int j = 0; j < k; ++j) {
-    // the j-th best item is the one with exactly j smaller keys; ties leave the order undecided
-    int below = 0;
-    const double kj = key[it[j]];
-    for (int l = 0; l < k; ++l) {
-      if (l == j) continue;
-      const double kl = key[it[l]];
-      if (kl == kj) return -1;
-      below += kl < kj;
+  if (bad) return -1;
+  bool tie = false;
+  for (int j = 1; j < k; ++j) {
+    for (int l = 0; l < j; ++l) {
+      tie = tie || kv[l] == kv[j];
+      const uint8_t above = kv[l] > kv[j];  // j is observed before l
+      place[l] = static_cast<uint8_t>(place[l] + above);
+      place[j] = static_cast<uint8_t>(place[j] + (1 - above));
+      inv[j] = static_cast<uint8_t>(inv[j] + above);
     }
-    rel[below] = static_cast<Rel>(j);
   }
+  if (tie) return -1;
   int64_t rank = 0;
-  for (int j = 0; j < k; ++j) {
-    int64_t smaller = 0;
-    for (int l = j + 1; l < k; ++l) smaller += rel[l] < rel[j];
-    rank = rank * (k - j) + smaller;
-  }
+  for (int j = 0; j < k; ++j) rank += inv[j] * factorial(k - 1 - place[j]);
   return rank;
 }
 
