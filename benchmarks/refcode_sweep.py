@@ -8,7 +8,8 @@ path and run beside prefcal (none of it is part of prefcal): its module-level im
 scikit-learn, tqdm and its model classes are not needed by the calibration functions and are stubbed out.
 It takes a dict {ordering (1-based tuple): probabilities per row}, so the model here is an explicit table of
 R orderings (a PL table over all 10! orderings would need 145 GB at 10^4 rows); the observed orderings are
-drawn from each row's table. For every level the script prints both ECEs, their difference and both times,
+drawn from each row's table (``--observations uniform``: uniformly at random, so that almost no two rows
+repeat). For every level the script prints both ECEs, their difference and both times,
 then the totals and the ratio.
 """
 
@@ -51,6 +52,13 @@ def main() -> int:
     ap.add_argument("--orderings", type=int, default=50)
     ap.add_argument("--levels", default="")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--observations",
+        choices=("table", "uniform"),
+        default="table",
+        help="observed orderings drawn from each row's table (default; rows repeat) or uniformly at random "
+        "(almost every row distinct)",
+    )
     args = ap.parse_args()
     root = os.environ.get("PREFCAL_REFCODE")
     if not root:
@@ -67,6 +75,8 @@ def main() -> int:
     orders = np.unique(np.array([rng.permutation(n) for _ in range(args.orderings)]), axis=0)
     probs = rng.dirichlet(np.ones(len(orders)) * 0.3, size=rows)
     obs = orders[(probs.cumsum(1) > rng.random((rows, 1))).argmax(1)]
+    if args.observations == "uniform":
+        obs = np.argsort(rng.random((rows, n)), axis=1)
     table = {
         tuple(int(v) + 1 for v in o): torch.tensor(probs[:, r], dtype=torch.float32)
         for r, o in enumerate(orders)
@@ -79,8 +89,9 @@ def main() -> int:
         wanted = set(args.levels.split(","))
         levels = [lv for lv in levels if f"{lv[0]}{lv[1]}" in wanted]
     print(
-        f"rows {rows}, items {n}, orderings {len(orders)}, torch {torch.__version__}, threads "
-        f"{torch.get_num_threads()}"
+        f"rows {rows}, items {n}, orderings {len(orders)}, observations {args.observations} "
+        f"({len(np.unique(obs, axis=0))} distinct), torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}"
     )
     print(
         f"{'level':6s} {'classes':>8s} {'prefcal ECE':>14s} {'reference ECE':>14s} {'|diff|':>9s} "

@@ -167,6 +167,23 @@ def test_classwise_matches_enumeration(host, rng, n, model_kind):
             assert got.ece == pytest.approx(want, rel=1e-9, abs=1e-12), (k, w, d, sp)
 
 
+def test_explicit_dense_product_path_matches_reference(rng):
+    """Sub-2 of an explicit model with many orderings goes through the dense (BLAS) product."""
+    if _backend.cpu_module() is None:
+        pytest.skip("the C++ module is not built")
+    model = random_explicit(rng, 300, 6, r=260)
+    assert ranking._dense_product(model.orderings, _reference.all_classes(6, 2, False), False)
+    obs = np.array([model.orderings[rng.choice(260, p=p / p.sum())] for p in model.probs])
+    obs[::4, 3:] = -1
+    for opts in ({}, {"bin_spacing": "log", "weighting": "pred_mass"}):
+        with get_backend("cpu").active():
+            got = ranking.subranking_ece(model, obs, 2, **opts)
+        with get_backend("reference").active():
+            want = ranking.subranking_ece(model, obs, 2, **opts)
+        assert got.ece == pytest.approx(want.ece, rel=1e-10, abs=1e-14)
+        assert [r["count"] for r in got.classes] == [r["count"] for r in want.classes]
+
+
 def test_slot_classes_decodes_the_class_list():
     for n, k in [(2, 2), (4, 2), (5, 3), (6, 4), (7, 5), (6, 6)]:
         every = _reference.all_classes(n, k, False)
