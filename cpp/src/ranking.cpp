@@ -524,6 +524,7 @@ PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const in
     }
   }
   std::vector<int64_t> live(kBlock);
+  const int64_t zero_bin = bin(0.0);
   // per class: kWays copies of the bins; a copy's count and hits (< 2^32: rows < 2^32 per copy, checked
   // by the caller) packed as count | hits << 32
   std::vector<uint64_t> counts(static_cast<size_t>((c1 - c0) * kWays * (nb + 1)), 0);
@@ -555,6 +556,17 @@ PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const in
       }
     }
     for (int64_t c = c0; c < c1; ++c) {
+      if (indptr[c] == indptr[c + 1]) {  // no ordering satisfies the class: every event is (q = 0, hit?)
+        const int32_t* sv = seen.data() + (top ? 0 : (cls_group[c] - g0) * kBlock);
+        const int32_t want = top ? static_cast<int32_t>(c) : cls_rank[c];
+        uint64_t decided = 0, hits = 0;
+        for (int64_t i = 0; i < m; ++i) {
+          decided += static_cast<uint64_t>(top || sv[i] >= 0);
+          hits += static_cast<uint64_t>(sv[i] == want);
+        }
+        counts[((c - c0) * kWays) * (nb + 1) + zero_bin] += decided | (hits << 32);
+        continue;
+      }
       double* pc = p.data();
       std::fill(pc, pc + m, 0.0);
       for (int64_t e = indptr[c]; e < indptr[c + 1]; ++e) {
