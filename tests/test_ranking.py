@@ -184,6 +184,27 @@ def test_explicit_dense_product_path_matches_reference(rng):
         assert [r["count"] for r in got.classes] == [r["count"] for r in want.classes]
 
 
+def test_observed_class_scan_with_repeated_and_distinct_rows(rng):
+    """The scan for observed sub-k classes (one flag table per thread, or flags set directly when few distinct
+    rows repeat) finds the classes the NumPy reference finds, with partial rows and ties."""
+    if _backend.cpu_module() is None:
+        pytest.skip("the C++ module is not built")
+    n = 8
+    s = rng.normal(size=(400, n))
+    base = np.array([rng.permutation(n) for _ in range(12)])
+    repeated = base[rng.integers(0, 12, 400)]
+    repeated[::5, 5:] = -1
+    distinct = np.array([rng.permutation(n) for _ in range(400)])
+    for obs in (repeated, distinct):
+        for k in (2, 3, 6):
+            with get_backend("cpu").active():
+                got = ranking.subranking_ece(s, obs, k, classes="observed")
+            with get_backend("reference").active():
+                want = ranking.subranking_ece(s, obs, k, classes="observed")
+            assert [r["cls"] for r in got.classes] == [r["cls"] for r in want.classes]
+            assert got.ece == pytest.approx(want.ece, rel=1e-10, abs=1e-14)
+
+
 def test_slot_classes_decodes_the_class_list():
     for n, k in [(2, 2), (4, 2), (5, 3), (6, 4), (7, 5), (6, 6)]:
         every = _reference.all_classes(n, k, False)

@@ -690,6 +690,20 @@ void rank_seen_subsets(const double* keys, int64_t rows, int64_t n, int64_t k, u
   // rows with the same keys observe the same classes: scan one row of each (repeated observations are common)
   const std::vector<int64_t> scan = distinct_rows(keys, rows, n);
   const int64_t m = static_cast<int64_t>(scan.size());
+  std::fill(seen, seen + size, uint8_t{0});
+  if (m * count * 8 <= size) {  // few (row, subset) pairs: set the flags directly, no table per thread
+    SubsetWalk sw(k, kf);
+    for (int64_t s = 0; s < m; ++s) {
+      const double* key = keys + scan[s] * n;
+      for (int64_t j = 0; j < k; ++j) sw.a[j] = static_cast<int32_t>(j);
+      for (int64_t subset = 0;; ++subset) {
+        const int64_t r = sw.observed(key);
+        if (r >= 0) seen[subset * kf + r] = 1;
+        if (!rank::next_combination(sw.a.data(), k, n)) break;
+      }
+    }
+    return;
+  }
   // one flag table per thread (an OR of flags does not depend on how the rows are split)
   const int64_t n_parts = std::max<int64_t>(1, std::min<int64_t>(num_threads(), m));
   const int64_t chunk = std::max<int64_t>(1, (m + n_parts - 1) / n_parts);
@@ -714,7 +728,6 @@ void rank_seen_subsets(const double* keys, int64_t rows, int64_t n, int64_t k, u
       }
     }
   });
-  std::fill(seen, seen + size, uint8_t{0});
   for (int64_t ci = 0; ci < n_chunks; ++ci) {
     for (int64_t i = 0; i < size; ++i) seen[i] |= part[ci * size + i];
   }

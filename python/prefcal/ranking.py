@@ -532,7 +532,7 @@ def _class_list(data: _Data, k: int, top: bool, classes: str) -> np.ndarray:
     cpu, _ = _engine(data.on_gpu)
     size = math.comb(data.n, k) * math.factorial(k)
     if cpu is not None and not top and 2 <= k <= 12 and size <= MAX_SEEN_SLOTS:
-        seen = np.flatnonzero(cpu.rank_seen_subsets(data.keys, k))
+        seen = np.flatnonzero(np.asarray(cpu.rank_seen_subsets(data.keys, k)).view(np.bool_))
         found = _reference.slot_classes(seen, data.n, k)
         return found[np.lexsort(found.T[::-1])] if found.size else found
     return _reference.observed_classes(data.keys, k, top)
