@@ -41,6 +41,7 @@ module are not written yet).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from itertools import permutations
@@ -399,30 +400,47 @@ class LevelResult:
 @dataclass(frozen=True)
 class ClasswiseResult:
     """Rank-wise (classwise) ECE: the aggregate ``ece`` and the per-class table ``classes`` (records with
-    ``cls``, ``ece``, ``prevalence``, ``pred_mass``, ``count``); :meth:`reliability` gives a class's
-    diagram."""
+    ``cls``, ``ece``, ``prevalence``, ``pred_mass``, ``count``, built on first access); :meth:`reliability`
+    gives a class's diagram."""
 
     ece: float
     n_classes: int
     n_skipped: int
-    classes: list[dict[str, Any]]
     weighting: str
     discrepancy: str
     _tables: np.ndarray = field(repr=False)
     _edges: np.ndarray = field(repr=False)
+    _classes: np.ndarray = field(repr=False)  # (C, k) items of each class
+    _stats: np.ndarray = field(repr=False)  # (4, C): ece, prevalence, pred_mass, count of each class
     kind: str = "classwise"
+
+    @functools.cached_property
+    def classes(self) -> list[dict[str, Any]]:
+        e, prev, mass, count = self._stats
+        return [
+            {"cls": c, "ece": e_, "prevalence": p, "pred_mass": q, "count": n_}
+            for c, e_, p, q, n_ in zip(
+                map(tuple, np.asarray(self._classes, dtype=np.int64).tolist()),
+                e.tolist(),
+                prev.tolist(),
+                mass.tolist(),
+                count.astype(np.int64).tolist(),
+                strict=True,
+            )
+        ]
 
     @property
     def n_events(self) -> int:
-        return int(sum(r["count"] for r in self.classes))
+        return int(self._stats[3].sum())
 
     def reliability(self, cls: Any) -> Reliability:
-        key = tuple(int(v) for v in cls)
-        for i, r in enumerate(self.classes):
-            if r["cls"] == key:
-                t = self._tables[i]
+        key = np.array([int(v) for v in cls], dtype=np.int64)
+        if key.shape[0] == self._classes.shape[1]:
+            hit = np.flatnonzero((np.asarray(self._classes, dtype=np.int64) == key).all(axis=1))
+            if hit.size:
+                t = self._tables[int(hit[0])]
                 return Reliability(t[0], t[1], t[2], self._edges)
-        raise KeyError(f"class {key} is not among the {self.n_classes} classes of this result")
+        raise KeyError(f"class {tuple(key.tolist())} is not among the {self.n_classes} classes of this result")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -618,20 +636,10 @@ def classwise_result(
 ) -> ClasswiseResult:
     """The result of a classwise level from its per-class tables (C, 3, B) over `rows` rows."""
     total, ece, prev, mass, count = classwise_summary(tables, discrepancy, weighting)
-    records = [
-        {"cls": c, "ece": e, "prevalence": p, "pred_mass": q, "count": n_}
-        for c, e, p, q, n_ in zip(
-            map(tuple, np.asarray(classes, dtype=np.int64).tolist()),
-            np.asarray(ece, dtype=np.float64).tolist(),
-            np.asarray(prev, dtype=np.float64).tolist(),
-            np.asarray(mass, dtype=np.float64).tolist(),
-            np.asarray(count).astype(np.int64).tolist(),
-            strict=True,
-        )
-    ]
+    stats = np.stack([np.asarray(v, dtype=np.float64) for v in (ece, prev, mass, count)])
     skipped = int(rows * classes.shape[0] - count.sum())
     return ClasswiseResult(
-        total, int(classes.shape[0]), skipped, records, weighting, discrepancy, tables, edges
+        total, int(classes.shape[0]), skipped, weighting, discrepancy, tables, edges, classes, stats
     )
 
 
@@ -715,13 +723,16 @@ MAX_SLOT_TABLES = 1 << 18  # and per-class tables (classes x bins x 3) up to thi
 MAX_SEEN_SLOTS = 1 << 24  # the scan for observed sub-k classes: one flag byte per slot and thread
 
 
-def _slots(n: int, classes: np.ndarray) -> np.ndarray | None:
+def _slots(n: int, classes: np.ndarray, kernel: bool = True) -> np.ndarray | None:
     """slot[subset * k! + rank] = class index or -1 (subsets in combinations order, the orders of a subset in
-    lexicographic order of the positions within it); None when the table would be too large."""
+    lexicographic order of the positions within it); None when the table would be too large (for the PL slot
+    kernel, ``kernel``: also when the classes' tables would not fit its cache plan)."""
     c, k = classes.shape
     kf = math.factorial(k)
     size = math.comb(n, k) * kf
-    if k > 12 or size > MAX_SLOTS or c * 30 > MAX_SLOT_TABLES:
+    if kernel and (k > 12 or size > MAX_SLOTS or c * 30 > MAX_SLOT_TABLES):
+        return None
+    if size > MAX_SEEN_SLOTS:
         return None
     srt = np.sort(classes, axis=1).astype(np.int64)
     # the subset's index in combinations order, found by its bitmask
@@ -784,7 +795,13 @@ def _grouped(
         found = codes[order][at] == prefix.astype(np.int64) @ base
         row_class = np.where(ok, np.where(found, order[at], -1), -2).astype(np.int32)
     else:
-        uniq, inv = np.unique(np.sort(classes, axis=1), axis=0, return_inverse=True)
+        srt = np.sort(classes, axis=1)
+        if k * math.log2(max(n, 2)) < 62:  # the item sets as integer codes (base n): much faster than rows
+            base = np.int64(n) ** np.arange(k - 1, -1, -1, dtype=np.int64)
+            codes, inv = np.unique(srt.astype(np.int64) @ base, return_inverse=True)
+            uniq = (codes[:, None] // base) % n
+        else:
+            uniq, inv = np.unique(srt, axis=0, return_inverse=True)
         inv = inv.reshape(-1)
         rnk = _order_ranks(classes)
         perm = np.lexsort((rnk, inv))
@@ -835,7 +852,7 @@ def _incidence(orders: np.ndarray, classes: np.ndarray, top: bool) -> tuple[np.n
         idx = np.array(hits, dtype=np.int64)
         owner = np.arange(r)
     else:
-        slot = _slots(n, classes)
+        slot = _slots(n, classes, kernel=False)
         if slot is None:
             owner_l, idx_l = [], []
             for sl in _reference._chunks(r, c * k):
