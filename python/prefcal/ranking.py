@@ -440,7 +440,8 @@ class ClasswiseResult:
             if hit.size:
                 t = self._tables[int(hit[0])]
                 return Reliability(t[0], t[1], t[2], self._edges)
-        raise KeyError(f"class {tuple(key.tolist())} is not among the {self.n_classes} classes of this result")
+        shown = tuple(key.tolist())
+        raise KeyError(f"class {shown} is not among the {self.n_classes} classes of this result")
 
     def to_dict(self) -> dict[str, Any]:
         return {
