@@ -407,3 +407,25 @@ def test_console_script_exit_code(tmp_path):
     )
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.strip() == f"prefcal evaluate: error: {tmp_path / 'nope.jsonl'}: no such file"
+
+
+# ------------------------------------------------------------------------------------------------ device
+def test_device_cuda_on_the_gpu_equals_cpu(tmp_path, rng):
+    """--device cuda runs the chunks through CuPy arrays (the CUDA kernels) with the CPU's result."""
+    from conftest import skip_reason
+
+    reason = skip_reason("cupy")
+    if reason:
+        pytest.skip(reason)
+    d = _data(rng, 3000, 6)
+    path = _write(tmp_path, "npz", d)
+    gpu = evaluate.run(path, device="cuda", chunk_rows=1000, out=None, echo=lambda *a: None)
+    cpu = evaluate.run(path, device="cpu", chunk_rows=1000, out=None, echo=lambda *a: None)
+    for name, want in cpu["levels"].items():
+        assert gpu["levels"][name]["ece"] == pytest.approx(want["ece"], rel=1e-9, abs=1e-12), name
+
+
+def test_device_cuda_without_cupy_is_a_clear_error(tmp_path, rng, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as on a machine without CuPy
+    path = _write(tmp_path, "npz", _data(rng, 50, 4))
+    _fails(capsys, [path, "--device", "cuda"], "--device cuda needs CuPy and a CUDA device", code=2)
