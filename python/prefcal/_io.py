@@ -11,6 +11,7 @@ optional boolean ``mask`` (n values: the items available in the row).
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import zipfile
@@ -119,7 +120,7 @@ def column_names(path: str, fmt: str | None = None) -> list[str]:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
 
-class Reader:
+class Reader(abc.ABC):
     """Base of the three readers: ``n_items``, ``n_rows`` (None if unknown before reading: JSON Lines),
     ``progress_total`` / ``progress_unit`` for a progress bar, iteration over :class:`Chunk`."""
 
@@ -140,11 +141,12 @@ class Reader:
 
     progress_unit = "rows"
 
-    def __iter__(self) -> Iterator[tuple[Chunk, int]]:  # (chunk, progress made)
-        raise NotImplementedError  # pragma: no cover - every reader defines it
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[tuple[Chunk, int]]:
+        """(chunk, progress made) pairs, in the file's row order."""
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - readers that hold a file override it; JSON Lines opens per pass
+        """Releases the file (the JSON Lines reader holds none between passes)."""
 
     def where(self, row: int) -> str:
         """How a row of the file is named in messages."""
