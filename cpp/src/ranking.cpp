@@ -496,9 +496,11 @@ inline void scatter_events(const int32_t* __restrict seen, const int32_t* __rest
 
 // Explicit model with classes sorted by group: a task owns a range of classes (whole groups) and streams the
 // rows in blocks. Per block the orderings' probabilities are transposed (one contiguous column of the block per
-// ordering) and the observed order of each of the task's groups is found once per row; then class by class the
-// block's probabilities are sums of whole columns (vectorised) and the class's table stays in L1 while the
-// block's events are binned. The sums, and their order, are those of a row-by-row loop.
+// ordering) and the observed order of each of the task's groups is looked up (found once per distinct key row
+// when rows repeat, else once per row); then class by class the block's probabilities are sums of whole
+// columns (vectorised) and the class's bins stay in L1 while the block's events are binned. The class
+// probabilities are those of a row-by-row loop; the bins' sums are added per interleaved copy
+// (scatter_events), the same for any thread count.
 PREFCAL_CLONES void grouped_rows(const double* probs, int64_t n_orders, const int64_t* indptr, const int32_t* idx,
                                  const double* keys, int64_t rows, int64_t n, int64_t k, bool top,
                                  const int32_t* cls_group, const int32_t* cls_rank, int64_t c0, int64_t c1,

@@ -241,3 +241,17 @@ def backends() -> dict[str, dict[str, Any]]:
         devices = [cuda.device_props(i) for i in range(count)]
         out["cuda"] = {"available": True, "devices": devices, **cuda.build_info()}
     return out
+
+
+def array_module(device: str) -> Any:
+    """NumPy for ``device="cpu"``; CuPy for ``"cuda"``, or ``ValueError`` saying why it cannot run."""
+    if device == "cpu":
+        return np
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # noqa: BLE001 - every reason CuPy cannot run is reported the same way
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--device cuda needs CuPy and a CUDA device ({reason})") from exc
+    return cupy

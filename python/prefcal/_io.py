@@ -281,10 +281,16 @@ def _list_to_2d(arr: Any, n: int, part: str, col: str, start: int, reader: Reade
     flat = flat.astype(dtype, copy=False)
     if part != "rankings" or (lengths == n).all():
         return flat.reshape(rows, n)
-    out = np.full((rows, n), -1, dtype=np.int64)
-    row_of = np.repeat(np.arange(rows), lengths)
-    pos = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    out[row_of, pos] = flat
+    return pad_lists(flat, lengths, n, -1)
+
+
+def pad_lists(values: np.ndarray, lengths: np.ndarray, width: int, pad: Any) -> np.ndarray:
+    """Lists given flat (``values``, the rows' ``lengths``) as a (rows, width) array, each row padded with
+    ``pad`` after its values."""
+    rows = lengths.shape[0]
+    out = np.full((rows, width), pad, dtype=values.dtype)
+    starts = np.cumsum(lengths) - lengths
+    out[np.repeat(np.arange(rows), lengths), np.arange(values.size) - np.repeat(starts, lengths)] = values
     return out
 
 

@@ -146,14 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.scale > 0 or args.reps < 1:
             print("prefcal bench: --scale must be > 0 and --reps >= 1", file=sys.stderr)
             return 2
-        if args.device == "cuda":
-            try:
-                import cupy
-
-                cupy.cuda.runtime.getDeviceCount()
-            except Exception as exc:  # noqa: BLE001 - any reason CuPy cannot run is reported the same way
-                print(f"prefcal bench: --device cuda needs CuPy and a CUDA device ({exc})", file=sys.stderr)
-                return 1
+        try:
+            _backend.array_module(args.device)
+        except ValueError as exc:
+            print(f"prefcal bench: {exc}", file=sys.stderr)
+            return 1
         bench.run(args.device, args.scale, args.reps)
         return 0
     if args.command == "demo":

@@ -69,7 +69,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
         f"prefcal.dask needs dask[array] and distributed: pip install 'prefcal[dask]' ({exc})"
     ) from exc
 
-from . import _validation, calibration, metrics, ranking
+from . import _io, _validation, calibration, metrics, ranking
 
 __all__ = ["ece", "reliability", "subranking_ece", "topk_ece", "report"]
 
@@ -258,10 +258,7 @@ def _list_column(series: Any, column: str, pad: int | None) -> np.ndarray:
             f"data[{column!r}] has {lengths[r]} values in row {r} but {lengths[0]} in row 0: every row needs "
             "one value per item"
         )
-    out = np.full((n_rows, width), pad, dtype=values.dtype)
-    starts = np.cumsum(lengths) - lengths
-    out[np.repeat(np.arange(n_rows), lengths), np.arange(values.size) - np.repeat(starts, lengths)] = values
-    return out
+    return _io.pad_lists(values, lengths, width, pad)
 
 
 def _from_frame(part: Any, role: str, spec: str | tuple[str, ...]) -> np.ndarray:

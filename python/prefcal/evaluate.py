@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, _io, _report, metrics, ranking
+from . import __version__, _backend, _io, _report, metrics, ranking
 from ._io import Columns, InputError
 
 __all__ = ["Columns", "InputError", "run"]
@@ -52,7 +52,7 @@ def run(
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if int(chunk_rows) < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    xp = _device_module(device)
+    xp = _backend.array_module(device)
     columns = _default_columns(path, columns, fmt)
     reader = _io.open_reader(path, columns, chunk_rows, fmt)
     try:
@@ -127,18 +127,6 @@ def run(
     if written:
         echo(f"wrote {', '.join(os.path.join(out, w) for w in written)}")  # type: ignore[arg-type]
     return doc
-
-
-def _device_module(device: str) -> Any:
-    if device == "cpu":
-        return np
-    try:
-        import cupy
-
-        cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # noqa: BLE001 - every reason CuPy cannot run is reported the same way
-        raise ValueError(f"--device cuda needs CuPy and a CUDA device ({_io._first_line(exc)})") from exc
-    return cupy
 
 
 def _default_columns(path: str, columns: Columns | None, fmt: str | None) -> Columns:

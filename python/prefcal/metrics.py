@@ -172,11 +172,7 @@ class RankingCalibration:
                 level = {"sub": "sub", "top": "top", "full": "top", "top_set": "set"}[lv.base]
                 t, skipped = kern.top_label(data.tuple(), data.keys, level, lv.k, lv.n_bins)
             else:
-                res = ranking.marginal_ece(
-                    data.model, rankings, observed_ranks=observed_ranks, n_bins=lv.n_bins
-                )
-                r = res.reliability
-                t, skipped = np.stack([r.count, r.sum_confidence, r.sum_correct]), res.n_skipped
+                t, skipped = ranking._marginal_tables(data, 0, lv.n_bins)
             lv.tables = np.array(t, dtype=np.float64) if lv.tables is None else lv.tables + t
             lv.rows += data.n_rows
             lv.skipped += int(skipped)

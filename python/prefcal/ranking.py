@@ -1197,24 +1197,30 @@ def marginal_ece(
     >>> r.n_events, r.ece
     (8, 0.0)
     """
-    from . import marginals
-
     event = _validation.option("event", event, ("position", "topk"))
     bins = _validation.n_bins(n_bins)
     strategy = _validation.option("strategy", strategy, ("uniform",))
     data = _prepare(model, rankings, observed_ranks)
-    n = data.n
     if event == "topk":
-        k = _validation.integer("k", k, 1, n)
+        k = _validation.integer("k", k, 1, data.n)
+    tables, skipped = _marginal_tables(data, 0 if event == "position" else k, bins, method)
+    return _level_result(tables, skipped, kind="marginal")
+
+
+def _marginal_tables(data: _Data, k: int, bins: int, method: str = "auto") -> tuple[np.ndarray, int]:
+    """Table (3, bins) of the marginal events of prepared data and the undecided ones: ``k == 0``: "item i at
+    position j"; ``k >= 1``: "item i in the top k"."""
+    from . import marginals
+
+    n = data.n
     m = data.model
     keys = np.ascontiguousarray(_host("keys", data.keys), dtype=np.float64)
-    cpu = _backend.cpu_module() if _backend.choose(on_gpu=False) == "cpu" else None
-    kk = 0 if event == "position" else k
+    _, cpu = _engine(False)
 
     def hist(pos_p: np.ndarray, keys_block: np.ndarray) -> tuple[np.ndarray, int]:
         if cpu is not None:
-            return cpu.rank_marginal_hist(np.ascontiguousarray(pos_p, dtype=np.float64), keys_block, kk, bins)
-        return _reference.marginal_hist(pos_p, keys_block, kk, bins)
+            return cpu.rank_marginal_hist(np.ascontiguousarray(pos_p, dtype=np.float64), keys_block, k, bins)
+        return _reference.marginal_hist(pos_p, keys_block, k, bins)
 
     if isinstance(m, PL) and m.scores.ndim == 2:  # row blocks: memory O(block * n^2), not O(N * n^2)
         tables, skipped = np.zeros((3, bins)), 0
@@ -1226,7 +1232,7 @@ def marginal_ece(
             t, s_ = hist(pos_p, keys[rows])
             tables += t
             skipped += int(s_)
-        return _level_result(tables, skipped, kind="marginal")
+        return tables, skipped
     if isinstance(m, PL):
         pos_p = np.asarray(marginals.positions(m.scores, mask=m.mask, method=method))
         if pos_p.ndim == 2:
@@ -1239,12 +1245,12 @@ def marginal_ece(
             onehot[np.arange(orders.shape[0])[:, None], orders, np.arange(n)[None, :]] = 1.0
             pos_p = np.einsum("br,rij->bij", m.probs, onehot)
         else:
-            s = m.samples
-            b = np.broadcast_to(np.arange(s.shape[0])[:, None, None], s.shape)
-            j = np.broadcast_to(np.arange(n)[None, None, :], s.shape)
-            np.add.at(pos_p, (b, s, j), 1.0 / s.shape[1])
+            smp = m.samples
+            b = np.broadcast_to(np.arange(smp.shape[0])[:, None, None], smp.shape)
+            j = np.broadcast_to(np.arange(n)[None, None, :], smp.shape)
+            np.add.at(pos_p, (b, smp, j), 1.0 / smp.shape[1])
     tables, skipped = hist(pos_p, keys)
-    return _level_result(tables, skipped, kind="marginal")
+    return tables, int(skipped)
 
 
 # ------------------------------------------------------------------------------------------- sweep/report
@@ -1444,9 +1450,8 @@ def report(
         if not _level_exists(name, n):
             raise ValueError(f"level {name!r} does not exist for n_items={n}")
         if base == "positions":
-            out[name] = marginal_ece(
-                model, rankings, observed_ranks=observed_ranks, n_bins=15 if n_bins is None else n_bins
-            )
+            tables, skipped = _marginal_tables(data, 0, 15 if n_bins is None else _validation.n_bins(n_bins))
+            out[name] = _level_result(tables, skipped, kind="marginal")
             continue
         kind = _validation.option(
             f"kinds[{name!r}]",
