@@ -90,6 +90,49 @@ def test_rows_and_columns_sum_to_one_over_available(rng):
         assert (p[~mask] == 0).all()
 
 
+@pytest.mark.parametrize("n", range(1, 16))
+@pytest.mark.parametrize("masked", [None, "row", "global"])
+def test_grouped_exact_dp_matches_the_sorted_reference(rng, n, masked):
+    """Up to 15 items the exact DP runs eight contexts at once on unsorted worths (the last group padded);
+    the reference sorts every context and rescales per set. They agree to a few ulp relative, also for a group
+    holding a context whose available scores spread wider than the grouped DP takes (it falls back to the
+    sorted per-context DP), with masks, and for rows with one or no available item."""
+    rows = 19 if n < 13 else 9
+    scores = rng.normal(size=(rows, n)) * 3
+    scores[5, 0] += 800.0  # the first group falls back
+    scores[rows - 2] *= 20.0  # spread ~100, in the padded last group
+    mask = make_mask(rng, masked, rows, n)
+    if masked == "row":
+        mask[4] = np.arange(n) == 0  # one available item
+        mask[5, 0] = True
+    for k in (0, 1, max(1, n // 2)):
+        got = (
+            marginals.positions(scores, mask=mask, method="exact")
+            if k == 0
+            else marginals.topk_inclusion(scores, k, mask=mask, method="exact")
+        )
+        want, bad = _reference.marg_exact(scores, mask, k)
+        assert bad == _reference.NO_ERROR
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-13)
+        assert (got[want < 1e-250] <= 1e-250).all()
+        if mask is not None:
+            assert (got[~np.broadcast_to(mask, scores.shape)] == 0).all()
+    f32 = scores.astype(np.float32)
+    np.testing.assert_allclose(
+        marginals.positions(f32, mask=mask, method="exact"),
+        _reference.marg_exact(f32.astype(np.float64), mask, 0)[0],
+        atol=1e-13,
+    )
+
+
+def test_auto_is_exact_up_to_14_items_on_the_cpu(rng):
+    for n, method in ((14, "exact"), (15, "integral")):
+        scores = rng.normal(size=(3, n))
+        np.testing.assert_array_equal(
+            marginals.positions(scores, method="auto"), marginals.positions(scores, method=method)
+        )
+
+
 @pytest.mark.parametrize("n", [6, 10, 16])
 @pytest.mark.parametrize("spread", [0.1, 1.0, 5.0, 20.0])
 def test_integral_within_1e6_of_exact(rng, n, spread):

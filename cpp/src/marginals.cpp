@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <vector>
 
@@ -19,8 +20,10 @@ namespace prefcal::cpu {
 
 namespace {
 
-constexpr int kLanes = 16;
-constexpr int64_t kLaneMax = 12;  // exact DP sixteen contexts at a time up to here (T and W': 1 MiB at n = 12)
+constexpr int kGroup = 8;             // contexts per step of the grouped exact DP
+constexpr int64_t kGroupMax = 15;     // grouped up to here (wsub and h: 2 x 2 MiB at n = 15)
+constexpr double kTiny = 1e-300;     // below any sum of available worths of a grouped context (>= e^-300)
+constexpr double kGroupSpread = 300;  // largest score spread of a grouped context (exp_neg's accurate range)
 
 int64_t min_of(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *std::min_element(v.begin(), v.end()); }
 
@@ -52,81 +55,189 @@ int64_t sorted_context(const T* s, int64_t n, const uint8_t* mk, int64_t* items,
   return na;
 }
 
+// v grown to hold `count` doubles from a 64-byte boundary, which is returned: a 64-byte access on a cache
+// line boundary does not straddle two lines.
+double* aligned64(std::vector<double>& v, size_t count) {
+  if (v.size() < count + 8) v.resize(count + 8);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(v.data());
+  return v.data() + ((64 - a % 64) % 64) / sizeof(double);
+}
+
+int64_t binomial(int64_t n, int64_t k) {
+  int64_t c = 1;
+  for (int64_t q = 1; q <= k; ++q) c = c * (n - k + q) / q;
+  return c;
+}
+
+// The nonempty subsets of n items ordered by size, then by value.
+std::vector<uint32_t> sets_by_size(int64_t n) {
+  std::vector<uint32_t> order;
+  order.reserve(size_t(1) << n);
+  for (int64_t k = 1; k <= n; ++k) {
+    for (uint32_t s = 1; s < (uint32_t(1) << n); ++s) {
+      if (marg::popcount32(s) == k) order.push_back(s);
+    }
+  }
+  return order;
+}
+
 // Context b's result from p[i * layers + j] (sorted item i, position j < layers).
 void write_context(double* row, int64_t n, const int64_t* items, int64_t na, const double* p, int64_t layers,
-                   int64_t topk, int64_t lane_stride = 1) {
+                   int64_t topk) {
   if (topk == 0) {
     if (na < n || layers < n) std::fill(row, row + n * n, 0.0);  // else every entry is written below
     for (int64_t i = 0; i < na; ++i) {
-      for (int64_t j = 0; j < layers; ++j) row[items[i] * n + j] = p[(i * layers + j) * lane_stride];
+      for (int64_t j = 0; j < layers; ++j) row[items[i] * n + j] = p[i * layers + j];
     }
   } else {
     std::fill(row, row + n, 0.0);
     for (int64_t i = 0; i < na; ++i) {
       double sum = 0.0;
-      for (int64_t j = 0; j < layers; ++j) sum += p[(i * layers + j) * lane_stride];
+      for (int64_t j = 0; j < layers; ++j) sum += p[i * layers + j];
       row[items[i]] = sum;
     }
   }
 }
 
-// The exact DP of sixteen contexts of n items at once (no mask), [..][lane] layouts: ss [n][16] sorted
-// decreasing, e [n][n][16], w and t [2^n][16], p [n][layers][16]. The same terms as marg::exact_context
-// (which pushes them forward), summed in another order.
-PREFCAL_CLONES void exact_lanes(const double* __restrict ss, int n, int layers, double* __restrict e,
-                                double* __restrict w, double* __restrict t, double* __restrict p) {
-  for (int a = 0; a < n; ++a) {  // e[a][b][l] for b >= a: one contiguous run per a
-    double* ea = e + (a * n + a) * kLanes;
-    const double* sb = ss + a * kLanes;
-    const int count = (n - a) * kLanes;
-    for (int v = 0; v < count; ++v) ea[v] = sb[v] - sb[v % kLanes];
-    for (int v = 0; v < count; ++v) ea[v] = fastmath::exp_neg(ea[v]);
+// Eight doubles: one AVX-512 register (two AVX2 ones), the contexts of a step of the grouped exact DP.
+#if defined(__GNUC__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // v8 by value between inlined helpers: no ABI is crossed
+using v8 = double __attribute__((vector_size(64)));
+#else
+struct v8 {
+  double x[8];
+  v8& operator+=(const v8& o) {
+    for (int l = 0; l < 8; ++l) x[l] += o.x[l];
+    return *this;
   }
-  const uint32_t count = uint32_t(1) << n, full = count - 1;
-  for (int l = 0; l < kLanes; ++l) w[l] = 0.0;
-  for (uint32_t r = 1; r < count; ++r) {
-    const int hb = marg::highbit32(r);
-    const uint32_t low = r ^ (uint32_t(1) << hb);
-    double* wr = w + r * kLanes;
-    if (low == 0) {
-#pragma omp simd
-      for (int l = 0; l < kLanes; ++l) wr[l] = 1.0;
-    } else {
-      const double* wl = w + low * kLanes;
-      const double* el = e + (marg::ctz32(low) * n + hb) * kLanes;
-#pragma omp simd
-      for (int l = 0; l < kLanes; ++l) wr[l] = wl[l] + el[l];
-    }
+  friend v8 operator+(v8 a, const v8& b) { return a += b; }
+  friend v8 operator*(v8 a, const v8& b) {
+    for (int l = 0; l < 8; ++l) a.x[l] *= b.x[l];
+    return a;
   }
-  // Pulled in increasing order of the sets (every S - i precedes S): T(S) = sum_{i in S} g(S - i) E[a][i]
-  // with g(R) = T(R) / W'(rest of R) and a the first item of the rest of S - i; each term is also
-  // P(i at position |S| - 1). Only g is stored (t holds it): one store per set, no zeroing.
-  std::fill(p, p + n * layers * kLanes, 0.0);
-  const double* wfull = w + full * kLanes;
-#pragma omp simd
-  for (int l = 0; l < kLanes; ++l) t[l] = 1.0 / wfull[l];
-  for (uint32_t s = 1; s < count; ++s) {
-    const int j = marg::popcount32(s) - 1;
-    if (j >= layers) continue;
-    double acc[kLanes] = {};
-    for (uint32_t bits = s; bits != 0; bits &= bits - 1) {
-      const int i = marg::ctz32(bits);
-      const uint32_t pred = s ^ (uint32_t(1) << i);
-      const double* gp = t + pred * kLanes;
-      const double* ei = e + (marg::ctz32(full ^ pred) * n + i) * kLanes;
-      double* pij = p + (i * layers + j) * kLanes;
-#pragma omp simd
-      for (int l = 0; l < kLanes; ++l) {
-        const double term = gp[l] * ei[l];
-        acc[l] += term;
-        pij[l] += term;
+  friend v8 operator/(v8 a, const v8& b) {
+    for (int l = 0; l < 8; ++l) a.x[l] /= b.x[l];
+    return a;
+  }
+  friend v8 operator/(double a, const v8& b) {
+    v8 r;
+    for (int l = 0; l < 8; ++l) r.x[l] = a / b.x[l];
+    return r;
+  }
+};
+#endif
+
+inline v8 load8(const double* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store8(double* p, const v8& v) { std::memcpy(p, &v, sizeof v); }
+
+#if defined(__GNUC__)
+inline v8 at_least(const v8& v, double x) {
+  const v8 xs = v8{} + x;
+  return v > xs ? v : xs;
+}
+#else
+inline v8 at_least(v8 v, double x) {
+  for (int l = 0; l < 8; ++l) v.x[l] = v.x[l] > x ? v.x[l] : x;
+  return v;
+}
+#endif
+
+// The exact DP of eight contexts of N items at once, [..][lane] layouts: u [N][8] the worths exp(s - max) of
+// each context (0 for an unavailable item), wsub and h [2^N][8], p [N][layers][8]. The worths are the
+// context's own (not sorted, not rescaled per set): the caller keeps the spread of the available scores within
+// kGroupSpread, so every nonzero worth, sum of worths and h below is a normal number. A set holding an
+// unavailable item has T = 0; so do all the sets past the available ones, whose rest has no worth: there the
+// divisor is kTiny instead of 0, h stays finite, and 0 times it is 0.
+//
+// Pulled layer by layer (`order` lists the sets by size): T(S) = sum_{i in S} u_i h(S - i) with h(R) =
+// T(R) / W(rest of R), and P(i at position |S| - 1) = u_i sum of h(S - i) over the S of the layer holding i.
+// The loop over i runs over all N items with every u_i and sum in a register: for i outside S, S + i is in a
+// later layer, whose h is still zero. That doubles the multiply-adds and leaves one load per term, no
+// index arithmetic past an XOR and no store but h(S).
+template <int N>
+__attribute__((always_inline)) inline void exact_group_n(const double* __restrict u, int layers,
+                                                         const uint32_t* __restrict order, double* __restrict wsub,
+                                                         double* __restrict h, double* __restrict p) {
+  constexpr uint32_t count = uint32_t(1) << N, full = count - 1;
+  v8 uu[N];
+  for (int i = 0; i < N; ++i) uu[i] = load8(u + i * 8);
+  store8(wsub, v8{});
+  for (int k = 0; k < N; ++k) {  // W(R) for R in [2^k, 2^(k+1)): W(R - k) + u_k; sums of positive worths
+    const size_t base = (size_t(1) << k) * 8;
+    for (size_t r = 0; r < base; r += 8) store8(wsub + base + r, load8(wsub + r) + uu[k]);
+  }
+  for (uint32_t r = 1; r < count; ++r) store8(h + size_t(r) * 8, v8{});
+  store8(h, 1.0 / at_least(load8(wsub + size_t(full) * 8), kTiny));
+  const uint32_t* layer = order;
+  for (int j = 0; j < layers; ++j) {
+    v8 c[N];
+    for (int i = 0; i < N; ++i) c[i] = v8{};
+    const uint32_t* end = layer + binomial(N, j + 1);
+    const bool keep = j + 1 < layers;  // h of this layer is pulled by the next one
+    for (; layer != end; ++layer) {
+      const uint32_t s = *layer;
+      const size_t s8 = size_t(s) * 8;
+      v8 acc = {};
+#pragma GCC unroll 16
+      for (int i = 0; i < N; ++i) {
+        const v8 x = load8(h + (s8 ^ (size_t(8) << i)));
+        acc += uu[i] * x;
+        c[i] += x;
       }
+      if (keep) store8(h + s8, acc / at_least(load8(wsub + size_t(full ^ s) * 8), kTiny));
     }
-    if (s != full && j + 1 < layers) {
-      double* gs = t + s * kLanes;
-      const double* wr = w + (full ^ s) * kLanes;
-#pragma omp simd
-      for (int l = 0; l < kLanes; ++l) gs[l] = acc[l] / wr[l];
+    for (int i = 0; i < N; ++i) store8(p + (size_t(i) * layers + j) * 8, uu[i] * c[i]);
+  }
+}
+
+// Eight contexts: u [n][8] holds their scores minus each context's largest available one on entry (worths on
+// exit), on [n][8] 1 for an available item and 0 for the others; the results of the first `lanes` go to out
+// (rows of `width`, as in marg_exact).
+PREFCAL_CLONES void exact_group(int n, double* __restrict u, const double* __restrict on, int layers, int64_t topk,
+                                const uint32_t* __restrict order, double* __restrict wsub, double* __restrict h,
+                                double* __restrict p, int lanes, double* __restrict out) {
+  for (int v = 0; v < n * kGroup; ++v) u[v] = on[v] != 0.0 ? fastmath::exp_neg(u[v]) : 0.0;
+  switch (n) {
+#define PREFCAL_GROUP_CASE(N)                       \
+  case N:                                          \
+    exact_group_n<N>(u, layers, order, wsub, h, p); \
+    break;
+    PREFCAL_GROUP_CASE(1)
+    PREFCAL_GROUP_CASE(2)
+    PREFCAL_GROUP_CASE(3)
+    PREFCAL_GROUP_CASE(4)
+    PREFCAL_GROUP_CASE(5)
+    PREFCAL_GROUP_CASE(6)
+    PREFCAL_GROUP_CASE(7)
+    PREFCAL_GROUP_CASE(8)
+    PREFCAL_GROUP_CASE(9)
+    PREFCAL_GROUP_CASE(10)
+    PREFCAL_GROUP_CASE(11)
+    PREFCAL_GROUP_CASE(12)
+    PREFCAL_GROUP_CASE(13)
+    PREFCAL_GROUP_CASE(14)
+    PREFCAL_GROUP_CASE(15)
+#undef PREFCAL_GROUP_CASE
+    default:
+      break;
+  }
+  if (topk == 0) {  // layers == n
+    const int nn = n * n;
+    for (int l = 0; l < lanes; ++l) {
+      for (int q = 0; q < nn; ++q) out[l * nn + q] = p[q * kGroup + l];
+    }
+  } else {
+    for (int l = 0; l < lanes; ++l) {
+      for (int i = 0; i < n; ++i) {
+        double sum = 0.0;
+        for (int j = 0; j < layers; ++j) sum += p[(i * layers + j) * kGroup + l];
+        out[l * n + i] = sum;
+      }
     }
   }
 }
@@ -179,13 +290,15 @@ template <class T>
 int64_t marg_exact(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool global_mask, int64_t topk,
                    double* out) {
   const int64_t width = topk == 0 ? n * n : n;
-  const int64_t chunk = (row_chunk(int64_t(1) << 18, (int64_t(1) << n) * n) + kLanes - 1) / kLanes * kLanes;
+  const int64_t chunk = (row_chunk(int64_t(1) << 18, (int64_t(1) << n) * n) + kGroup - 1) / kGroup * kGroup;
   const int64_t n_chunks = (rows + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
+  const bool grouped = n >= 1 && n <= kGroupMax;
+  const std::vector<uint32_t> order = grouped ? sets_by_size(n) : std::vector<uint32_t>();
   // Scratch per thread, allocated once (chunks are small: a fresh 2^n table per chunk costs page faults).
   struct Scratch {
     std::vector<int64_t> items;
-    std::vector<double> ss, e, p, w, t, one;
+    std::vector<double> ss, e, p, w, t, u, on, pg;
   };
   const int nt = threads_for(n_chunks);
   std::vector<Scratch> scratch(static_cast<size_t>(nt));
@@ -193,50 +306,74 @@ int64_t marg_exact(const T* s, int64_t rows, int64_t n, const uint8_t* mask, boo
     const size_t un = static_cast<size_t>(std::max<int64_t>(n, 1));
     Scratch& sc = scratch[static_cast<size_t>(tid)];
     if (sc.items.empty()) {
-      sc.items.resize(un * kLanes);
-      sc.ss.resize(un * kLanes);
-      sc.e.resize(un * un * kLanes);
-      sc.p.resize(un * un * kLanes);
-      sc.one.resize(un);
+      sc.items.resize(un);
+      sc.ss.resize(un);
+      sc.e.resize(un * un);
+      sc.p.resize(un * un);
     }
     std::vector<int64_t>& items = sc.items;
-    std::vector<double>&ss = sc.ss, &e = sc.e, &p = sc.p, &w = sc.w, &t = sc.t, &one = sc.one;
-    int64_t b = lo;
-    if (mask == nullptr && n >= 1 && n <= kLaneMax && hi - lo >= kLanes) {
-      const int layers = static_cast<int>(topk == 0 ? n : std::min(topk, n));
-      w.resize((size_t(1) << n) * kLanes);
-      t.resize((size_t(1) << n) * kLanes);
-      for (; b + kLanes <= hi; b += kLanes) {
-        for (int l = 0; l < kLanes; ++l) {
-          if (!pl::finite_row(s + (b + l) * n, n)) {
-            bad[static_cast<size_t>(c)] = b + l;
-            return;
-          }
-          sorted_context(s + (b + l) * n, n, nullptr, items.data() + l * n, one.data());
-          for (int64_t k = 0; k < n; ++k) ss[static_cast<size_t>(k * kLanes + l)] = one[static_cast<size_t>(k)];
-        }
-        exact_lanes(ss.data(), static_cast<int>(n), layers, e.data(), w.data(), t.data(), p.data());
-        for (int l = 0; l < kLanes; ++l) {
-          write_context(out + (b + l) * width, n, items.data() + l * n, n, p.data() + l, layers, topk, kLanes);
-        }
-      }
-    }
-    for (; b < hi; ++b) {
-      if (!pl::finite_row(s + b * n, n)) {
-        bad[static_cast<size_t>(c)] = b;
-        return;
-      }
+    std::vector<double>&ss = sc.ss, &e = sc.e, &p = sc.p, &w = sc.w, &t = sc.t;
+    // One context through the sorted, rescaled DP of marg::exact_context: any mask, any score spread.
+    auto one = [&](int64_t b) {
       const int64_t na = sorted_context(s + b * n, n, mask_of(mask, global_mask, b, n), items.data(), ss.data());
       const int64_t layers = topk == 0 ? na : std::min(topk, na);
       if (na > 0) {
         marg::worth_ratios(ss.data(), static_cast<int>(na), e.data());
-        w.resize(size_t(1) << na);
-        t.resize(size_t(1) << na);
+        w.resize(std::max(w.size(), size_t(1) << na));
+        t.resize(std::max(t.size(), size_t(1) << na));
         marg::rest_worths(e.data(), static_cast<int>(na), w.data());
         std::fill(p.begin(), p.begin() + na * layers, 0.0);
         marg::exact_context(e.data(), w.data(), static_cast<int>(na), static_cast<int>(layers), t.data(), p.data());
       }
       write_context(out + b * width, n, items.data(), na, p.data(), layers, topk);
+    };
+    if (!grouped) {
+      for (int64_t b = lo; b < hi; ++b) {
+        if (!pl::finite_row(s + b * n, n)) {
+          bad[static_cast<size_t>(c)] = b;
+          return;
+        }
+        one(b);
+      }
+      return;
+    }
+    const int layers = static_cast<int>(topk == 0 ? n : std::min(topk, n));
+    double* wsub = aligned64(w, (size_t(1) << n) * kGroup);
+    double* h = aligned64(t, (size_t(1) << n) * kGroup);
+    double* u = aligned64(sc.u, static_cast<size_t>(n) * kGroup);
+    double* on = aligned64(sc.on, static_cast<size_t>(n) * kGroup);
+    double* pg = aligned64(sc.pg, static_cast<size_t>(n * n) * kGroup);
+    for (int64_t b = lo; b < hi; b += kGroup) {
+      const int lanes = static_cast<int>(std::min<int64_t>(kGroup, hi - b));  // the last group is padded
+      bool spread_ok = true;
+      for (int l = 0; l < kGroup; ++l) {
+        const int64_t r = b + std::min(l, lanes - 1);
+        const T* row = s + r * n;
+        const uint8_t* mk = mask_of(mask, global_mask, r, n);
+        if (l < lanes && !pl::finite_row(row, n)) {
+          bad[static_cast<size_t>(c)] = r;
+          return;
+        }
+        double top = 0.0, bottom = 0.0;
+        bool any = false;
+        for (int64_t k = 0; k < n; ++k) {
+          if (!pl::available(mk, k)) continue;
+          const double v = static_cast<double>(row[k]);
+          top = any ? std::max(top, v) : v;
+          bottom = any ? std::min(bottom, v) : v;
+          any = true;
+        }
+        spread_ok = spread_ok && top - bottom <= kGroupSpread;
+        for (int64_t k = 0; k < n; ++k) {
+          u[k * kGroup + l] = static_cast<double>(row[k]) - top;
+          on[k * kGroup + l] = pl::available(mk, k) ? 1.0 : 0.0;
+        }
+      }
+      if (spread_ok) {
+        exact_group(static_cast<int>(n), u, on, layers, topk, order.data(), wsub, h, pg, lanes, out + b * width);
+      } else {  // rare: scores hundreds apart
+        for (int l = 0; l < lanes; ++l) one(b + l);
+      }
     }
   });
   return min_of(bad);

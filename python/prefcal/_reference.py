@@ -427,7 +427,7 @@ def _exact_group(ss: np.ndarray, layers: int) -> np.ndarray:
     summed without cancellation (the first member's scale); each term is also P(i at position |S| - 1)."""
     g, n = ss.shape
     full = (1 << n) - 1
-    e = np.exp(ss[:, None, :] - ss[:, :, None])  # e[a, b] = exp(s_b - s_a)
+    e = np.exp(np.minimum(ss[:, None, :] - ss[:, :, None], 0.0))  # e[a, b] = exp(s_b - s_a) for a <= b (used)
     subsets = np.arange(1 << n)
     ctz = np.zeros(1 << n, dtype=np.int64)
     ctz[1:] = np.log2(subsets[1:] & -subsets[1:]).astype(np.int64)

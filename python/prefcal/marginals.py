@@ -20,7 +20,8 @@ Methods
     Frequencies over ``n_samples`` draws of :func:`prefcal.pl.sample` (the same Philox stream: seeded,
     independent of the thread count, the same on every backend); error ~ 0.5 / sqrt(n_samples).
 ``"auto"``
-    ``"exact"`` for n <= 12 (faster there), ``"integral"`` beyond; both meet 1e-6.
+    ``"exact"`` for n <= 14 on the CPU and n <= 12 on CUDA (faster there), ``"integral"`` beyond; both meet
+    1e-6.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ __all__ = [
 
 METHODS = ("auto", "exact", "integral", "mc")
 EXACT_MAX_ITEMS = 20
-AUTO_EXACT_MAX_ITEMS = 12
+AUTO_EXACT_MAX_ITEMS = 14  # CPU: the DP of eight contexts at once beats the integral up to here (RESULTS.md)
+AUTO_EXACT_MAX_ITEMS_CUDA = 12  # CUDA: the DP's tables fit in shared memory up to here
 _CODES = {"exact": 0, "integral": 1, "mc": 2}
 
 pairwise = pl.pairwise
@@ -59,7 +61,8 @@ def _model(scores: Any, mask: Any, method: str, topk: int | None, n_samples: int
             f"{n}; use method='integral' (any n, absolute error <= 1e-6) or 'auto'"
         )
     if method == "auto":
-        method = "exact" if n <= AUTO_EXACT_MAX_ITEMS else "integral"
+        limit = AUTO_EXACT_MAX_ITEMS_CUDA if call.backend == "cuda" else AUTO_EXACT_MAX_ITEMS
+        method = "exact" if n <= limit else "integral"
     code = _CODES[method]
     seed_value = _validation.seed(seed) if method == "mc" else 0
     call.place()
