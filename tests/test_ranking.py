@@ -506,6 +506,64 @@ def test_empirical_equals_explicit_frequencies(host, rng):
     assert c.ece == pytest.approx(d.ece, rel=1e-12)
 
 
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_sample_counting_kernel_equals_the_reference(rng, mode):
+    """The C++ event probabilities of an empirical model (the fractions of its samples) against the
+    reference's."""
+    cpu = _backend.cpu_module()
+    if cpu is None:
+        pytest.skip("the C++ module is not built")
+    n, rows, size = 6, 40, 23
+    samples = np.asarray(prefcal.pl.sample(rng.normal(size=(rows, n)), size=size, seed=5), dtype=np.int64)
+    for k in (1, 2, 3, n):
+        if mode == 0 and k == 1:
+            continue
+        classes = _reference.all_classes(n, k, mode != 0)
+        if mode == 2:
+            classes = np.unique(np.sort(classes, axis=1), axis=0).astype(np.int32)
+        classes = classes[rng.permutation(len(classes))[:50]]  # any subset, in any order
+        want = _reference._event_or_set_probs(("empirical", samples), classes.astype(np.intp), mode)
+        got = cpu.rank_sample_probs(samples, np.ascontiguousarray(classes, dtype=np.int32), mode)
+        np.testing.assert_array_equal(got, want)
+    bad = samples.copy()
+    bad[7, 3, 1] = bad[7, 3, 0]
+    with pytest.raises(ValueError, match="row 7 are not permutations"):
+        cpu.rank_sample_probs(bad, np.zeros((1, 2), np.int32), 0)
+
+
+def test_empirical_models_on_the_cpu_equal_the_reference(rng):
+    """Every measure of an empirical model: the C++ route (samples counted in C++, binned by the classwise
+    kernel) against the pure-NumPy reference."""
+    if _backend.cpu_module() is None:
+        pytest.skip("the C++ module is not built")
+    n, rows, size = 5, 60, 31
+    s = rng.normal(size=(rows, n))
+    model = ranking.Empirical(np.asarray(prefcal.pl.sample(s, size=size, seed=11)))
+    full = observations(rng, s)
+    obs = full.copy()
+    obs[::7, 2:] = -1  # partial observations
+
+    def measures():
+        return [
+            ranking.subranking_ece(model, obs, 2).ece,
+            ranking.subranking_ece(model, obs, 3, classes="observed", weighting="prevalence").ece,
+            ranking.subranking_ece(model, obs, 2, kind="top_label").ece,
+            ranking.subranking_ece(model, obs, 2, kind="canonical").ece,
+            ranking.topk_ece(model, obs, 1).ece,
+            ranking.topk_ece(model, obs, 2, kind="top_label").ece,
+            ranking.topk_ece(model, obs, 2, kind="top_label", ordered=False).ece,
+            ranking.topk_ece(model, obs[:, :2], 2, discrepancy="kl", bin_spacing="log").ece,
+            ranking.full_ece(model, full).ece,
+            ranking.subranking_ece(model, full, 2, filter="mass95").ece,
+            ranking.topk_ece(model, full, 1, filter="top10").ece,
+        ]
+
+    got = measures()
+    with get_backend("reference").active():
+        want = measures()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
 # ------------------------------------------------------------------------------------- marginal events
 def test_marginal_ece_matches_loops(host, rng):
     n, n_rows = 4, 50

@@ -692,6 +692,31 @@ py::array_t<uint8_t> rank_seen_subsets(const py::array& keys, int64_t k) {
   return out;
 }
 
+py::array_t<double> rank_sample_probs(const py::array& samples, const py::array& classes, int mode) {
+  require(samples, 3, "samples");
+  require(classes, 2, "classes");
+  require_dtype(samples, DType::kI64, "samples");
+  require_dtype(classes, DType::kI32, "classes");
+  const int64_t rows = samples.shape(0), size = samples.shape(1), n = samples.shape(2);
+  const int64_t nc = classes.shape(0), k = classes.shape(1);
+  if (mode < 0 || mode > 2 || size < 1 || k < 1 || k > n) {
+    throw std::invalid_argument("internal error: rank_sample_probs arguments");
+  }
+  const int32_t* cl = class_items(classes, n);
+  py::array_t<double> out({rows, nc});
+  double* o = out.mutable_data();
+  const int64_t* sp = static_cast<const int64_t*>(samples.data());
+  int64_t bad;
+  {
+    py::gil_scoped_release nogil;
+    bad = prefcal::cpu::rank_sample_probs(sp, rows, size, n, cl, nc, k, mode, o);
+  }
+  if (bad != prefcal::kNoError) {
+    throw std::invalid_argument("internal error: samples of row " + std::to_string(bad) + " are not permutations");
+  }
+  return out;
+}
+
 py::tuple rank_top_label(const py::array& scores, const py::array& keys, int level, const py::object& groups,
                          int64_t k, int32_t n_bins) {
   require(scores, 2, "scores");
@@ -823,6 +848,8 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("row_class").noconvert(), py::arg("n_bins"), py::arg("edges").none(true), py::arg("keep").none(true));
   m.def("rank_keys", &rank_keys, py::arg("rankings").noconvert(), py::arg("mask").none(true), py::arg("n"));
   m.def("rank_seen_subsets", &rank_seen_subsets, py::arg("keys").noconvert(), py::arg("k"));
+  m.def("rank_sample_probs", &rank_sample_probs, py::arg("samples").noconvert(), py::arg("classes").noconvert(),
+        py::arg("mode"));
   m.def("rank_top_label", &rank_top_label, py::arg("scores").noconvert(), py::arg("keys").noconvert(),
         py::arg("level"), py::arg("groups").none(true), py::arg("k"), py::arg("n_bins"));
   m.def("rank_marginal_hist", &rank_marginal_hist, py::arg("P").noconvert(), py::arg("keys").noconvert(), py::arg("k"),

@@ -957,4 +957,105 @@ double rank_canonical(const double* probs, const int64_t* labels, int64_t rows, 
   return total / static_cast<double>(m);
 }
 
+namespace {
+
+uint64_t items_hash(const int32_t* items, int64_t k) {  // FNV-1a over the items
+  uint64_t h = 1469598103934665603ull;
+  for (int64_t j = 0; j < k; ++j) {
+    h ^= static_cast<uint64_t>(static_cast<uint32_t>(items[j]));
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// How many of the samples put items[0..k) in that order; pos_t [item][sample] holds the positions. ok: scratch
+// of `size` bytes (k > 2).
+PREFCAL_CLONES int64_t count_in_order(const int32_t* __restrict pos_t, int64_t size, const int32_t* items, int64_t k,
+                                      uint8_t* __restrict ok) {
+  int64_t hits = 0;
+  const int32_t* a = pos_t + static_cast<int64_t>(items[0]) * size;
+  const int32_t* b = pos_t + static_cast<int64_t>(items[1]) * size;
+  if (k == 2) {
+    for (int64_t s = 0; s < size; ++s) hits += a[s] < b[s] ? 1 : 0;
+    return hits;
+  }
+  for (int64_t s = 0; s < size; ++s) ok[s] = a[s] < b[s] ? 1 : 0;
+  for (int64_t j = 2; j < k; ++j) {
+    a = b;
+    b = pos_t + static_cast<int64_t>(items[j]) * size;
+    for (int64_t s = 0; s < size; ++s) ok[s] &= a[s] < b[s] ? 1 : 0;
+  }
+  for (int64_t s = 0; s < size; ++s) hits += ok[s];
+  return hits;
+}
+
+}  // namespace
+
+int64_t rank_sample_probs(const int64_t* samples, int64_t rows, int64_t size, int64_t n, const int32_t* classes,
+                          int64_t n_classes, int64_t k, int mode, double* out) {
+  const double total = static_cast<double>(size);  // frequencies as count / size, the reference's mean
+  // top-k and sets: the classes by the hash of their items (sorted items for sets), looked up once per sample
+  std::vector<int32_t> keyed;
+  std::vector<std::pair<uint64_t, int32_t>> index;
+  if (mode != 0) {
+    keyed.assign(classes, classes + n_classes * k);
+    index.resize(static_cast<size_t>(n_classes));
+    for (int64_t c = 0; c < n_classes; ++c) {
+      int32_t* it = keyed.data() + c * k;
+      if (mode == 2) std::sort(it, it + k);
+      index[static_cast<size_t>(c)] = {items_hash(it, k), static_cast<int32_t>(c)};
+    }
+    std::sort(index.begin(), index.end());
+  }
+  const int64_t per_row = size * std::max<int64_t>(n, mode == 0 ? n_classes * k : k);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(per_row, 1));
+  const int64_t n_chunks = (rows + chunk - 1) / chunk;
+  std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
+  for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
+    std::vector<int32_t> pos(static_cast<size_t>(size * n)), buf(static_cast<size_t>(k));
+    std::vector<int64_t> count(static_cast<size_t>(n_classes));
+    std::vector<uint8_t> ok(static_cast<size_t>(size));
+    for (int64_t b = lo; b < hi; ++b) {
+      const int64_t* smp = samples + b * size * n;
+      // pos [item][sample]: the item's position in the sample (-1: not seen, so a repeat or a gap shows)
+      std::fill(pos.begin(), pos.end(), -1);
+      for (int64_t s = 0; s < size; ++s) {
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t item = smp[s * n + j];
+          if (item < 0 || item >= n || pos[static_cast<size_t>(item * size + s)] >= 0) {
+            bad[static_cast<size_t>(c)] = b;
+            return;
+          }
+          pos[static_cast<size_t>(item * size + s)] = static_cast<int32_t>(j);
+        }
+      }
+      double* o = out + b * n_classes;
+      if (mode == 0) {
+        for (int64_t cl = 0; cl < n_classes; ++cl) {
+          const int64_t hits = k == 1 ? size : count_in_order(pos.data(), size, classes + cl * k, k, ok.data());
+          o[cl] = static_cast<double>(hits) / total;
+        }
+        continue;
+      }
+      std::fill(count.begin(), count.end(), 0);
+      for (int64_t s = 0; s < size; ++s) {
+        for (int64_t j = 0; j < k; ++j) buf[static_cast<size_t>(j)] = static_cast<int32_t>(smp[s * n + j]);
+        if (mode == 2) std::sort(buf.begin(), buf.end());
+        const uint64_t h = items_hash(buf.data(), k);
+        auto at = std::lower_bound(index.begin(), index.end(), std::make_pair(h, int32_t(-1)));
+        for (; at != index.end() && at->first == h; ++at) {
+          if (std::equal(buf.begin(), buf.end(), keyed.begin() + at->second * k)) {
+            ++count[static_cast<size_t>(at->second)];
+            break;
+          }
+        }
+      }
+      for (int64_t cl = 0; cl < n_classes; ++cl) o[cl] = static_cast<double>(count[static_cast<size_t>(cl)]) / total;
+    }
+  });
+  int64_t first = kNoError;
+  for (int64_t v : bad) first = std::min(first, v);
+  return first;
+}
+
 }  // namespace prefcal::cpu

@@ -875,9 +875,11 @@ def _pl_mode_top(s: np.ndarray, k: int, ordered: bool) -> tuple[np.ndarray, np.n
     return order[:, :k], p
 
 
-def _table_mode(model: tuple, classes: np.ndarray, top: bool, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _table_mode(
+    model: tuple, classes: np.ndarray, top: bool, width: int, probs=None
+) -> tuple[np.ndarray, np.ndarray]:
     """Modes from a class table grouped in blocks of `width` consecutive classes (one block per group)."""
-    p = event_probs(model, classes, top)
+    p = (probs or _event_or_set_probs)(model, classes, int(top))
     rows = p.shape[0]
     p = np.nan_to_num(p, nan=-1.0).reshape(rows, -1, width)
     best = np.argmax(p, axis=-1)  # first maximum
@@ -891,6 +893,11 @@ def _distinct_prefixes(model: tuple, k: int, ordered: bool) -> np.ndarray:
     if not ordered:
         pre = np.sort(pre, axis=1)
     return np.unique(pre, axis=0).astype(np.intp)
+
+
+def _event_or_set_probs(model: tuple, classes: np.ndarray, mode: int) -> np.ndarray:
+    """Event probabilities by mode: 0 sub-k, 1 top-k (both :func:`event_probs`), 2 top-k set."""
+    return _set_probs(model, classes) if mode == 2 else event_probs(model, classes, mode == 1)
 
 
 def _set_probs(model: tuple, sets: np.ndarray) -> np.ndarray:
@@ -946,8 +953,12 @@ def marginal_hist(pos_p: np.ndarray, keys: np.ndarray, k: int, n_bins: int) -> t
     return tables, skipped
 
 
-def top_label_hist(model, keys, level, k, n_bins):
-    """One table (3, B) of (mode probability, observed == mode) events: level "sub", "top" or "set"."""
+def top_label_hist(model, keys, level, k, n_bins, probs=None):
+    """One table (3, B) of (mode probability, observed == mode) events: level "sub", "top" or "set".
+    ``probs(model_rows, classes, mode)`` (mode 0 sub, 1 top, 2 set) computes the explicit and empirical models'
+    event probabilities (default: :func:`event_probs` and :func:`_set_probs`)."""
+    if probs is None:
+        probs = _event_or_set_probs
     n_rows, n = keys.shape
     out = np.zeros((3, n_bins))
     skipped = 0
@@ -964,7 +975,7 @@ def top_label_hist(model, keys, level, k, n_bins):
 
                 perms = np.array(list(permutations(range(k))), dtype=np.intp)
                 table = groups[:, perms].reshape(-1, k)
-                mode, p = _table_mode(m, table, False, perms.shape[0])
+                mode, p = _table_mode(m, table, False, perms.shape[0], probs)
             r = np.take_along_axis(np.broadcast_to(kk[:, None, :], (kk.shape[0], groups.shape[0], n)),
                                    np.broadcast_to(mode, (kk.shape[0],) + mode.shape[1:]), axis=-1)
             srt = np.sort(r, axis=-1)
@@ -979,9 +990,9 @@ def top_label_hist(model, keys, level, k, n_bins):
                 p = np.broadcast_to(p, (kk.shape[0],))
             else:
                 cand = _distinct_prefixes(m, k, ordered)
-                probs = event_probs(m, cand, True) if ordered else _set_probs(m, cand)
-                best = np.argmax(probs, axis=1)
-                mode, p = cand[best], probs[np.arange(probs.shape[0]), best]
+                pc = probs(m, cand, 1 if ordered else 2)
+                best = np.argmax(pc, axis=1)
+                mode, p = cand[best], pc[np.arange(pc.shape[0]), best]
             prefix, ok = observed_prefix(kk, k, ordered)
             if not ordered:
                 prefix, mode = np.sort(prefix, axis=1), np.sort(mode, axis=1)

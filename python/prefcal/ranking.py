@@ -33,10 +33,12 @@ is decided when the observed top-k prefix is (no unknown item, the k best strict
 above the rest). Items outside a row's choice set (the PL model's ``mask``) take part in no event of that
 row. Skipped events are counted in ``n_skipped``.
 
-Backends: PL models run the fused C++ kernels (every event probability computed on the fly inside the
-binning loop; no (N x classes) array); :class:`Explicit` and :class:`Empirical` models and the canonical
-kind run in chunks of rows through NumPy. Inputs on a GPU are copied to the host (the CUDA kernels of this
-module are not written yet).
+Backends: PL models run the fused kernels, C++ or CUDA (every event probability computed on the fly inside
+the binning loop; no (N x classes) array), as does the canonical kind's kernel estimator. :class:`Explicit`
+and :class:`Empirical` models run on the host in chunks of rows: an explicit table through a BLAS product or
+per-class incidence lists, an empirical model's samples counted in C++, then the C++ binning kernel (the
+explicit model's top-label modes come from a BLAS product in NumPy). Without the C++ module every function
+runs the NumPy reference.
 """
 
 from __future__ import annotations
@@ -105,6 +107,15 @@ def _engine(on_gpu: bool) -> tuple[Any, Any]:
         cpu = _backend.cpu_module()
         return cpu, cpu
     return None, None
+
+
+def _model_probs(host: Any, part: tuple, classes: np.ndarray, mode: int) -> np.ndarray:
+    """Event probabilities (rows, C) of a slice of a model, mode 0 sub-k, 1 top-k, 2 top-k set: an empirical
+    model's samples are counted in C++ when it is built, everything else as in the reference."""
+    if host is not None and part[0] == "empirical":
+        samples = np.ascontiguousarray(part[1], dtype=np.int64)
+        return host.rank_sample_probs(samples, np.ascontiguousarray(classes, dtype=np.int32), mode)
+    return _reference._event_or_set_probs(part, classes, mode)
 
 
 def _int_array(name: str, x: Any) -> np.ndarray:
@@ -590,6 +601,7 @@ def _ordering_probs(data: _Data, orderings: np.ndarray) -> np.ndarray:
     """p_b(pi) of each given full ordering for every row: (N, R)."""
     m = data.tuple()
     n = data.n
+    host = _kernels(data.on_gpu).host
     out = np.empty((data.n_rows, orderings.shape[0]))
     for sl in _reference._chunks(data.n_rows, orderings.shape[0] * n * max(n - 1, 1)):
         part = _reference._model_rows(m, sl)
@@ -599,9 +611,7 @@ def _ordering_probs(data: _Data, orderings: np.ndarray) -> np.ndarray:
             hit = (part[1][:, None, :] == orderings[None]).all(axis=-1).astype(np.float64)  # (R_model, R)
             out[sl] = part[2] @ hit
         else:
-            out[sl] = np.broadcast_to(
-                _reference.event_probs(part, orderings[:, : n - 1], True), out[sl].shape
-            )
+            out[sl] = np.broadcast_to(_model_probs(host, part, orderings[:, : n - 1], 1), out[sl].shape)
     return out
 
 
@@ -677,6 +687,7 @@ def _canonical(
 ) -> CanonicalResult:
     use_all = classes == "all" or (classes == "auto" and data.n < AUTO_ALL_BELOW)
     m = data.tuple()
+    host = _kernels(data.on_gpu).host
     per: dict[tuple[int, ...], float] = {}
     skipped = 0
     groups = [None] if top else [tuple(int(v) for v in a) for a in _reference.subsets(data.n, k)]
@@ -699,7 +710,7 @@ def _canonical(
         for sl in _reference._chunks(data.n_rows, cls.shape[0] * k * data.n):
             part = _reference._model_rows(m, sl)
             probs[sl] = np.nan_to_num(
-                np.broadcast_to(_reference.event_probs(part, cls, top), (sl.stop - sl.start, cls.shape[0]))
+                np.broadcast_to(_model_probs(host, part, cls, int(top)), (sl.stop - sl.start, cls.shape[0]))
             )
             truth = (_reference.top_truth if top else _reference.sub_truth)(data.keys[sl], cls)
             hit = truth == 1
@@ -913,6 +924,18 @@ class _Kernels:
                     pmat, keys[sl], cls, bool(top), edges, None if keep is None else keep[sl], tables
                 )
             return tables
+        if self.host is not None and model_t[0] == "empirical":
+            # the samples counted per chunk of rows in C++, then the binning kernel
+            cls = np.ascontiguousarray(classes, dtype=np.int32)
+            tables = np.zeros((classes.shape[0], 3, n_bins))
+            samples = model_t[1]
+            per_row = classes.shape[0] + samples.shape[1] * samples.shape[2]
+            for sl in _reference._chunks(keys.shape[0], per_row):
+                pmat = _model_probs(self.host, ("empirical", samples[sl]), cls, int(top))
+                self.host.rank_classwise_given(
+                    pmat, keys[sl], cls, bool(top), edges, None if keep is None else keep[sl], tables
+                )
+            return tables
         if self.host is not None and model_t[0] == "explicit" and classes.shape[1] <= 12:
             return _grouped(self.host, model_t, keys, classes, top, n_bins, edges, keep)
         if self.host is not None and model_t[0] == "explicit":
@@ -945,6 +968,13 @@ class _Kernels:
             code = ("sub", "top", "set").index(level)
             groups = _reference.subsets(keys.shape[1], k) if code == 0 else None
             return self.cpu.rank_top_label(np.ascontiguousarray(model_t[1]), keys, code, groups, k, n_bins)
+        if self.host is not None and model_t[0] == "empirical":
+            host = self.host
+
+            def probs(part, cls, mode):
+                return _model_probs(host, part, cls, mode)
+
+            return _reference.top_label_hist(model_t, keys, level, k, n_bins, probs=probs)
         return _reference.top_label_hist(model_t, keys, level, k, n_bins)
 
     def canonical(self, probs, labels, h, p):

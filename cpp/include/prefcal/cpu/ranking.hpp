@@ -67,6 +67,14 @@ int64_t rank_top_label(const double* scores, int64_t score_rows, const double* k
 int64_t rank_marginal_hist(const double* P, int64_t p_rows, const double* keys, int64_t rows, int64_t n, int64_t k,
                            int32_t n_bins, double* table);
 
+// Event probabilities of an empirical model: out (rows, C) is the fraction of the `size` sampled orderings of
+// each row (samples (rows, size, n), permutations of 0..n-1) that satisfy each class's event. mode 0: the
+// class's k items in the class's order (sub-k); 1: the ordering's first k items are the class (top-k);
+// 2: they are the class's items in any order (top-k set). Returns the first row holding a sample that is not
+// a permutation, or kNoError.
+int64_t rank_sample_probs(const int64_t* samples, int64_t rows, int64_t size, int64_t n, const int32_t* classes,
+                          int64_t n_classes, int64_t k, int mode, double* out);
+
 // Dirichlet-kernel canonical calibration error with leave-one-out over the rows with label >= 0: mean over
 // those rows of || sum_i k(f_j; a_i) y_i / (sum_i k(f_j; a_i) + 1e-8) - f_j ||_p, a_i = f_i / h + 1,
 // log f clamped at log(1e-8). NaN when no row has a label.
