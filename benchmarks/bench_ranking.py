@@ -10,6 +10,8 @@ Groups (rows/s in the summary are rows of the data set; events/s are printed and
   orderings (the reference code's input form; benchmarks/refcode_sweep.py runs the reference code on it);
 * rank-canonical-1e4x6: the Dirichlet-kernel canonical estimator, C++ against the NumPy reference;
 * rank-explicit-sub3-1e4x10: sub-3 alone for that model;
+* rank-empirical-sub3-2e3x10: sub-3 of an empirical model (100 sampled orderings per row), C++ against the
+  NumPy reference;
 * the memory copy bandwidth.
 The comparison with the paper's reference code is benchmarks/refcode_sweep.py (it needs that code's path).
 """
@@ -120,3 +122,20 @@ def test_explicit_sub3(benchmark, recorder, explicit):
     recorder(
         benchmark, "rank-explicit-sub3-1e4x10", "prefcal (C++)", N_SMALL, model.probs.nbytes + obs.nbytes
     )
+
+
+@pytest.mark.parametrize("impl", ["prefcal (C++)", "prefcal NumPy reference"])
+def test_empirical_sub3(benchmark, recorder, impl):
+    rows, size = 2000, 100
+    s = np.random.default_rng(6).normal(size=(rows, ITEMS))
+    model = ranking.Empirical(np.asarray(pl.sample(s, size=size, seed=7)))
+    obs = np.asarray(pl.sample(s * 1.2, seed=8))[:, 0].astype(np.int64)
+    benchmark.group = "rank-empirical-sub3-2e3x10"
+    config.set_backend("numpy" if "NumPy" in impl else None)
+    try:
+        rounds = 5 if "C++" in impl else 1
+        benchmark.pedantic(lambda: ranking.subranking_ece(model, obs, 3), rounds=rounds, warmup_rounds=1)
+    finally:
+        config.set_backend(None)
+    _events(benchmark, rows * 720)
+    recorder(benchmark, "rank-empirical-sub3-2e3x10", impl, rows, model.samples.nbytes + obs.nbytes)
