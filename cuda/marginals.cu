@@ -622,16 +622,6 @@ Geometry geometry(int64_t items, size_t per_thread, int64_t resident_threads) {
   return prefcal::cuda::geometry(items, per_thread, resident_threads, kThreads, kScratchBudget);
 }
 
-// Sub-buffers of one PoolBuffer: offsets handed out in order, each 256-byte aligned.
-struct Carve {
-  size_t bytes = 0;
-  size_t take(size_t n) {
-    const size_t at = bytes;
-    bytes += align_up(n);
-    return at;
-  }
-};
-
 // The bad-row flag of a launch, in device memory: starts at all ones (UINT64_MAX) so that atomicMin finds
 // the first bad row.
 struct BadFlag {

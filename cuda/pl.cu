@@ -502,16 +502,6 @@ struct Result {
   }
 };
 
-// Sub-buffers of one PoolBuffer: offsets handed out in order, each 256-byte aligned.
-struct Carve {
-  size_t bytes = 0;
-  size_t take(size_t n) {
-    const size_t at = bytes;
-    bytes += align_up(n);
-    return at;
-  }
-};
-
 template <class T, class I>
 Rows<T, I> rows_of(const PLArgs& a) {
   return {static_cast<const T*>(a.scores), static_cast<const I*>(a.rankings), a.mask, a.global_scores, a.global_mask,

@@ -74,6 +74,17 @@ int64_t resident_blocks(Kernel kernel, size_t smem, int block, size_t smem_budge
 // Rounds up to a multiple of 256 bytes (keeps every sub-buffer of a PoolBuffer aligned).
 inline size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// Offsets of aligned sub-buffers carved out of one PoolBuffer: take(n) returns the next offset; bytes is the
+// total to allocate.
+struct Carve {
+  size_t bytes = 0;
+  size_t take(size_t n) {
+    const size_t at = bytes;
+    bytes += align_up(n);
+    return at;
+  }
+};
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Grid of a one-thread-per-item kernel whose threads each need `per_thread` bytes of global scratch
