@@ -8,8 +8,9 @@ them.
 Methods
 -------
 ``"exact"``
-    Dynamic programming over subsets, O(2^n n) per context and 16 * 2^n bytes of scratch per thread;
-    n_items <= 20. Exact to rounding (~1e-14).
+    Dynamic programming over subsets, O(2^n n) per context; n_items <= 20. Exact to rounding (~1e-14). On
+    the CPU, up to 15 items eight contexts run at once (128 * 2^n bytes of scratch per thread: 2 MiB at
+    n = 14), beyond that one at a time (16 * 2^n bytes per thread).
 ``"integral"``
     The exponential-race integral (SPEC §0): a 1-D integral over time of a polynomial generating function,
     by the trapezoidal rule in log-time on the union of the items' windows, spacing
