@@ -531,6 +531,26 @@ def test_sample_counting_kernel_equals_the_reference(rng, mode):
         cpu.rank_sample_probs(bad, np.zeros((1, 2), np.int32), 0)
 
 
+def test_observed_top_prefixes_in_cpp_equal_the_reference(rng):
+    """The C++ scan for the observed top-k classes (a code per row, -1 undecided) against the reference's
+    observed_prefix, with ties, unavailable (+inf) and unknown (NaN) keys."""
+    cpu = _backend.cpu_module()
+    if cpu is None:
+        pytest.skip("the C++ module is not built")
+    n, rows = 7, 600
+    keys = rng.integers(0, 5, size=(rows, n)).astype(np.float64)
+    keys[rng.random((rows, n)) < 0.15] = np.inf
+    keys[rng.random((rows, n)) < 0.03] = np.nan
+    keys[:200] = np.argsort(rng.random((200, n)), axis=1)  # no ties
+    for k in range(1, n + 1):
+        prefix, ok = _reference.observed_prefix(keys, k)
+        base = np.int64(n) ** np.arange(k - 1, -1, -1, dtype=np.int64)
+        np.testing.assert_array_equal(cpu.rank_observed_tops(keys, k), np.where(ok, prefix @ base, -1))
+    obs = np.argsort(keys[:200], axis=1)
+    got = ranking.topk_ece(rng.normal(size=(200, n)), obs[:, :3], 2, classes="observed")
+    assert [c["cls"] for c in got.classes] == sorted({tuple(int(v) for v in o[:2]) for o in obs})
+
+
 def test_empirical_models_on_the_cpu_equal_the_reference(rng):
     """Every measure of an empirical model: the C++ route (samples counted in C++, binned by the classwise
     kernel) against the pure-NumPy reference."""

@@ -6,6 +6,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -692,6 +694,23 @@ py::array_t<uint8_t> rank_seen_subsets(const py::array& keys, int64_t k) {
   return out;
 }
 
+py::array_t<int64_t> rank_observed_tops(const py::array& keys, int64_t k) {
+  require(keys, 2, "keys");
+  require_dtype(keys, DType::kF64, "keys");
+  const int64_t rows = keys.shape(0), n = keys.shape(1);
+  if (k < 1 || k > n || static_cast<double>(k) * std::log2(static_cast<double>(std::max<int64_t>(n, 2))) >= 62.0) {
+    throw std::invalid_argument("internal error: rank_observed_tops k");
+  }
+  py::array_t<int64_t> out(rows);
+  int64_t* o = out.mutable_data();
+  const double* kk = static_cast<const double*>(keys.data());
+  {
+    py::gil_scoped_release nogil;
+    prefcal::cpu::rank_observed_tops(kk, rows, n, k, o);
+  }
+  return out;
+}
+
 py::array_t<double> rank_sample_probs(const py::array& samples, const py::array& classes, int mode) {
   require(samples, 3, "samples");
   require(classes, 2, "classes");
@@ -848,6 +867,7 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("row_class").noconvert(), py::arg("n_bins"), py::arg("edges").none(true), py::arg("keep").none(true));
   m.def("rank_keys", &rank_keys, py::arg("rankings").noconvert(), py::arg("mask").none(true), py::arg("n"));
   m.def("rank_seen_subsets", &rank_seen_subsets, py::arg("keys").noconvert(), py::arg("k"));
+  m.def("rank_observed_tops", &rank_observed_tops, py::arg("keys").noconvert(), py::arg("k"));
   m.def("rank_sample_probs", &rank_sample_probs, py::arg("samples").noconvert(), py::arg("classes").noconvert(),
         py::arg("mode"));
   m.def("rank_top_label", &rank_top_label, py::arg("scores").noconvert(), py::arg("keys").noconvert(),

@@ -957,6 +957,19 @@ double rank_canonical(const double* probs, const int64_t* labels, int64_t rows, 
   return total / static_cast<double>(m);
 }
 
+void rank_observed_tops(const double* keys, int64_t rows, int64_t n, int64_t k, int64_t* codes) {
+  const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(n * k, 1));
+  for_chunks(rows, chunk, threads_for((rows + chunk - 1) / chunk), [&](int, int64_t, int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      int64_t code = 0;
+      const bool decided = rank::observed_prefix(keys + b * n, n, k, true, [&](int64_t, int32_t item) {
+        code = code * n + item;
+      });
+      codes[b] = decided ? code : -1;
+    }
+  });
+}
+
 namespace {
 
 uint64_t items_hash(const int32_t* items, int64_t k) {  // FNV-1a over the items

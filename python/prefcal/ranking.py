@@ -559,12 +559,17 @@ def _class_list(data: _Data, k: int, top: bool, classes: str) -> np.ndarray:
                 "use classes='observed'"
             )
         return _reference.all_classes(data.n, k, top)
-    cpu, _ = _engine(data.on_gpu)
+    cpu, host = _engine(data.on_gpu)
     size = math.comb(data.n, k) * math.factorial(k)
     if cpu is not None and not top and 2 <= k <= 12 and size <= MAX_SEEN_SLOTS:
         seen = np.flatnonzero(np.asarray(cpu.rank_seen_subsets(data.keys, k)).view(np.bool_))
         found = _reference.slot_classes(seen, data.n, k)
         return found[np.lexsort(found.T[::-1])] if found.size else found
+    if host is not None and top and k * math.log2(max(data.n, 2)) < 62:
+        codes = np.unique(host.rank_observed_tops(np.ascontiguousarray(data.keys), k))
+        codes = codes[codes >= 0]
+        base = np.int64(data.n) ** np.arange(k - 1, -1, -1, dtype=np.int64)
+        return ((codes[:, None] // base) % data.n).astype(np.int32)
     return _reference.observed_classes(data.keys, k, top)
 
 

@@ -67,6 +67,10 @@ int64_t rank_top_label(const double* scores, int64_t score_rows, const double* k
 int64_t rank_marginal_hist(const double* P, int64_t p_rows, const double* keys, int64_t rows, int64_t n, int64_t k,
                            int32_t n_bins, double* table);
 
+// codes[b]: row b's decided ordered top-k prefix as sum_j item_j n^(k-1-j) (the caller keeps n^k < 2^62), or -1
+// when the row does not decide it (rank::observed_prefix).
+void rank_observed_tops(const double* keys, int64_t rows, int64_t n, int64_t k, int64_t* codes);
+
 // Event probabilities of an empirical model: out (rows, C) is the fraction of the `size` sampled orderings of
 // each row (samples (rows, size, n), permutations of 0..n-1) that satisfy each class's event. mode 0: the
 // class's k items in the class's order (sub-k); 1: the ordering's first k items are the class (top-k);
