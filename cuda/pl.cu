@@ -54,7 +54,9 @@ using pl::Strided;
 constexpr int kThreads = 256;                          // block size (smaller only when few threads are wanted)
 constexpr int64_t kSmallN = 64;                        // register bit set (pl::Bits64) up to this many items
 constexpr size_t kSmemBudget = 96 * 1024;              // dynamic shared memory a block may ask for
-constexpr size_t kSharedAccBytes = 48 * 1024;          // fit accumulators in shared memory up to this size
+// fit accumulators in shared memory up to this size: 48 KiB (the limit without opt-in) less fit_pass_rows's
+// static scratch (32 doubles)
+constexpr size_t kSharedAccBytes = 48 * 1024 - 32 * sizeof(double);
 constexpr size_t kScratchBudget = size_t(256) << 20;   // per-thread global scratch, all threads together
 
 // ------------------------------------------------------------------------------------------- device helpers

@@ -89,6 +89,7 @@ constexpr int64_t kMinRowsPerBlock = 64;
 constexpr size_t kPartialBudget = size_t(256) << 20;  // partial tables, all row blocks together
 constexpr size_t kScratchBudget = size_t(256) << 20;  // per-thread global scratch, all threads together
 constexpr int kMaxSubsetK = 12;
+static_assert(kMaxSubsetK <= rank::kMaxObservedK, "observed_rank's scratch holds kMaxObservedK items");
 constexpr int kCanonTile = 128;                // centres per shared-memory tile (at most)
 constexpr int kCanonRegs = 8;                  // canonical: classes in registers up to this many
 
