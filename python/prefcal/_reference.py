@@ -369,7 +369,7 @@ def pl_fit_pass(rankings, mask, weights, theta, want_q, want_ll):
 
 def pl_temperature(scores, rankings, mask, beta):
     """((f, f', f'') of the summed log-likelihood of beta * scores, first bad row)."""
-    n_rows, n = rankings.shape[0], scores.shape[-1]
+    n_rows = rankings.shape[0]
     s, avail, (listed, items, indicator, bad) = _pl_rows(scores, rankings, mask)
     first = _first(bad)
     if first != NO_ERROR:
@@ -827,10 +827,17 @@ def observed_classes(keys: np.ndarray, k: int, top: bool) -> np.ndarray:
         found = np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.intp)
     found = found.astype(np.int64).reshape(-1, k)
     if k * np.log2(max(n, 2)) < 62:  # unique of integer codes (base n): much faster than rows
-        base = np.int64(n) ** np.arange(k - 1, -1, -1, dtype=np.int64)
-        codes = np.unique(found @ base)
-        return ((codes[:, None] // base) % n).astype(np.int32)
+        return classes_of_codes(np.unique(found @ _code_base(n, k)), n, k)
     return np.unique(found.astype(np.int32), axis=0)
+
+
+def _code_base(n: int, k: int) -> np.ndarray:
+    return np.int64(n) ** np.arange(k - 1, -1, -1, dtype=np.int64)
+
+
+def classes_of_codes(codes: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The classes (C, k) int32 of sorted base-n codes sum_j item_j n^(k-1-j) (n^k < 2^62)."""
+    return ((codes[:, None] // _code_base(n, k)) % n).astype(np.int32)
 
 
 def _pl_mode_sub(s: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -567,9 +567,7 @@ def _class_list(data: _Data, k: int, top: bool, classes: str) -> np.ndarray:
         return found[np.lexsort(found.T[::-1])] if found.size else found
     if host is not None and top and k * math.log2(max(data.n, 2)) < 62:
         codes = np.unique(host.rank_observed_tops(np.ascontiguousarray(data.keys), k))
-        codes = codes[codes >= 0]
-        base = np.int64(data.n) ** np.arange(k - 1, -1, -1, dtype=np.int64)
-        return ((codes[:, None] // base) % data.n).astype(np.int32)
+        return _reference.classes_of_codes(codes[codes >= 0], data.n, k)
     return _reference.observed_classes(data.keys, k, top)
 
 
