@@ -22,7 +22,7 @@ namespace {
 
 constexpr int kGroup = 8;             // contexts per step of the grouped exact DP
 constexpr int64_t kGroupMax = 15;     // grouped up to here (wsub and h: 2 x 2 MiB at n = 15)
-constexpr double kTiny = 1e-300;     // below any sum of available worths of a grouped context (>= e^-300)
+constexpr double kTiny = 1e-300;      // below any sum of available worths of a grouped context (>= e^-300)
 constexpr double kGroupSpread = 300;  // largest score spread of a grouped context (exp_neg's accurate range)
 
 int64_t min_of(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *std::min_element(v.begin(), v.end()); }
