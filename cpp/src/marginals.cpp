@@ -171,7 +171,10 @@ __attribute__((always_inline)) inline void exact_group_n(const double* __restric
     const size_t base = (size_t(1) << k) * 8;
     for (size_t r = 0; r < base; r += 8) store8(wsub + base + r, load8(wsub + r) + uu[k]);
   }
-  for (uint32_t r = 1; r < count; ++r) store8(h + size_t(r) * 8, v8{});
+  // the loop over layer j reads h of layer j + 1 as zero: clear the sets of sizes 2 to layers + 1
+  const uint32_t* end_read = order;
+  for (int k = 1; k <= layers + 1 && k <= N; ++k) end_read += binomial(N, k);
+  for (const uint32_t* it = order + N; it < end_read; ++it) store8(h + size_t(*it) * 8, v8{});
   store8(h, 1.0 / at_least(load8(wsub + size_t(full) * 8), kTiny));
   const uint32_t* layer = order;
   for (int j = 0; j < layers; ++j) {
