@@ -51,6 +51,15 @@ def _events(benchmark, events):
         print(f"{events:.3g} events, {events / median / 1e6:.1f} M events/s")
 
 
+def _on_backend(benchmark, impl, fn, rounds):
+    """Times fn on the NumPy reference when impl names it, else on the C++ kernels."""
+    config.set_backend("numpy" if "NumPy" in impl else None)
+    try:
+        benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
+    finally:
+        config.set_backend(None)
+
+
 def test_sub3_big(benchmark, recorder, big):
     s, obs = big
     benchmark.group = "rank-sub3-1e6x10"
@@ -64,12 +73,7 @@ def test_sub3_big(benchmark, recorder, big):
 def test_sub3_small(benchmark, recorder, small, impl):
     s, obs = small
     benchmark.group = "rank-sub3-1e4x10"
-    config.set_backend("numpy" if "NumPy" in impl else None)
-    try:
-        rounds = 10 if "C++" in impl else 2
-        benchmark.pedantic(lambda: ranking.subranking_ece(s, obs, 3), rounds=rounds, warmup_rounds=1)
-    finally:
-        config.set_backend(None)
+    _on_backend(benchmark, impl, lambda: ranking.subranking_ece(s, obs, 3), 10 if "C++" in impl else 2)
     _events(benchmark, N_SMALL * 720)
     recorder(benchmark, "rank-sub3-1e4x10", impl, N_SMALL, s.nbytes + obs.nbytes)
 
@@ -131,11 +135,6 @@ def test_empirical_sub3(benchmark, recorder, impl):
     model = ranking.Empirical(np.asarray(pl.sample(s, size=size, seed=7)))
     obs = np.asarray(pl.sample(s * 1.2, seed=8))[:, 0].astype(np.int64)
     benchmark.group = "rank-empirical-sub3-2e3x10"
-    config.set_backend("numpy" if "NumPy" in impl else None)
-    try:
-        rounds = 5 if "C++" in impl else 1
-        benchmark.pedantic(lambda: ranking.subranking_ece(model, obs, 3), rounds=rounds, warmup_rounds=1)
-    finally:
-        config.set_backend(None)
+    _on_backend(benchmark, impl, lambda: ranking.subranking_ece(model, obs, 3), 5 if "C++" in impl else 1)
     _events(benchmark, rows * 720)
     recorder(benchmark, "rank-empirical-sub3-2e3x10", impl, rows, model.samples.nbytes + obs.nbytes)
