@@ -882,11 +882,10 @@ def _pl_mode_top(s: np.ndarray, k: int, ordered: bool) -> tuple[np.ndarray, np.n
     return order[:, :k], p
 
 
-def _table_mode(
-    model: tuple, classes: np.ndarray, top: bool, width: int, probs=None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Modes from a class table grouped in blocks of `width` consecutive classes (one block per group)."""
-    p = (probs or _event_or_set_probs)(model, classes, int(top))
+def _table_mode(model: tuple, classes: np.ndarray, width: int, probs) -> tuple[np.ndarray, np.ndarray]:
+    """Modes from a sub-k class table grouped in blocks of `width` consecutive classes (one block per group);
+    ``probs`` as in :func:`top_label_hist`."""
+    p = probs(model, classes, 0)
     rows = p.shape[0]
     p = np.nan_to_num(p, nan=-1.0).reshape(rows, -1, width)
     best = np.argmax(p, axis=-1)  # first maximum
@@ -982,7 +981,7 @@ def top_label_hist(model, keys, level, k, n_bins, probs=None):
 
                 perms = np.array(list(permutations(range(k))), dtype=np.intp)
                 table = groups[:, perms].reshape(-1, k)
-                mode, p = _table_mode(m, table, False, perms.shape[0], probs)
+                mode, p = _table_mode(m, table, perms.shape[0], probs)
             r = np.take_along_axis(np.broadcast_to(kk[:, None, :], (kk.shape[0], groups.shape[0], n)),
                                    np.broadcast_to(mode, (kk.shape[0],) + mode.shape[1:]), axis=-1)
             srt = np.sort(r, axis=-1)
