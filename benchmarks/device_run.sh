@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: build, every test (GPU ones included), a compute-sanitizer pass over the
-# CUDA tests, then the GPU benchmark. Logs go to $OUT (or ./device-out).
+# CUDA tests, then the GPU benchmarks. Logs go to $OUT (or ./device-out): eight files at most (the device tool
+# brings back no more), so the build, test, sanitizer and benchmark logs are one file each.
 set -u -o pipefail
 OUT=${OUT:-device-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -1; python3 --version; } 2>&1 | tee "$OUT/env.log"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -1; python3 --version; } 2>&1 | tee "$OUT/build.log"
 t0=$(date +%s)
 python3 -m pip install --no-build-isolation --no-deps -e . -Ccmake.define.PREFCAL_WERROR=ON \
-  -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90-real > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+  -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90-real >> "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -m prefcal.cli info
 t0=$(date +%s)
@@ -31,10 +32,12 @@ if [ "${SANITIZE:-1}" = 1 ]; then
   grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer.log" | tail -3
 fi
 if [ "${BENCH:-1}" = 1 ]; then
-  python3 benchmarks/gpu.py --json "$OUT/gpu.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -40
-  python3 benchmarks/gpu_pl.py --json "$OUT/gpu_pl.json" ${BENCH_PL_ARGS:-} 2>&1 | tee "$OUT/bench_pl.log" | tail -30
-  python3 benchmarks/gpu_marginals.py --json "$OUT/gpu_marginals.json" ${BENCH_MARG_ARGS:-} 2>&1 \
-    | tee "$OUT/bench_marginals.log" | tail -20
-  python3 benchmarks/gpu_ranking.py --json "$OUT/gpu_ranking.json" ${BENCH_RANK_ARGS:-} 2>&1 \
-    | tee "$OUT/bench_ranking.log" | tail -20
+  bt=${BENCH_TIMEOUT:-150}
+  : > "$OUT/bench.log"
+  timeout $bt python3 benchmarks/gpu.py --json "$OUT/gpu.json" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.log" | tail -40
+  timeout $bt python3 benchmarks/gpu_pl.py --json "$OUT/gpu_pl.json" ${BENCH_PL_ARGS:-} 2>&1 | tee -a "$OUT/bench.log" | tail -30
+  timeout $bt python3 benchmarks/gpu_marginals.py --json "$OUT/gpu_marginals.json" ${BENCH_MARG_ARGS:-} 2>&1 \
+    | tee -a "$OUT/bench.log" | tail -20
+  timeout $bt python3 benchmarks/gpu_ranking.py --json "$OUT/gpu_ranking.json" ${BENCH_RANK_ARGS:-} 2>&1 \
+    | tee -a "$OUT/bench.log" | tail -20
 fi

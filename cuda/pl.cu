@@ -180,8 +180,9 @@ __host__ __device__ __forceinline__ StagedLayout staged_layout(int tile, int n, 
 }
 
 // Copies `count` consecutive elements (rows of `width`) between global memory and a shared tile whose rows
-// have `pitch` elements; element k of the block's range goes to thread k % blockDim.x (coalesced). Loads are
-// issued kBatch at a time before any is stored, to keep enough bytes in flight.
+// have `pitch` elements; element k of the block's range goes to thread k % blockDim.x (coalesced), or 16-byte
+// vector k to thread k % blockDim.x when the range allows. Scalar loads are issued kBatch at a time before any
+// is stored, to keep enough bytes in flight.
 struct Stager {
   static constexpr int kBatch = 4;
   int width, pitch, step_r, step_c, row0, col0;
@@ -205,6 +206,47 @@ struct Stager {
   template <class V>
   __device__ __forceinline__ void load(const V* __restrict__ src, int count, V* dst) const {
     const int nt = static_cast<int>(blockDim.x);
+    if constexpr (sizeof(V) == 4 || sizeof(V) == 8) {
+      // 16-byte loads when the range is aligned and whole (every tile but the last, usually): vector v of the
+      // range holds elements 16 / sizeof(V) * v + u
+      constexpr int kPer = 16 / static_cast<int>(sizeof(V));
+      if (count > 0 && count % kPer == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+        const int4* src4 = reinterpret_cast<const int4*>(src);
+        const int vcount = count / kPer;
+        // thread t takes vectors t, t + nt, ...: element kPer * t first; kBatch vectors in flight
+        int row = (kPer * static_cast<int>(threadIdx.x)) / width, col = kPer * static_cast<int>(threadIdx.x) - row * width;
+        const int vstep = kPer * nt, vstep_r = vstep / width, vstep_c = vstep - vstep_r * width;
+        for (int v0 = static_cast<int>(threadIdx.x); v0 < vcount; v0 += kBatch * nt) {
+          int4 q[kBatch];
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            if (v0 + b * nt < vcount) q[b] = __ldg(src4 + v0 + b * nt);
+          }
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b) {
+            if (v0 + b * nt >= vcount) break;
+            V e[kPer];
+            memcpy(e, &q[b], sizeof q[b]);
+            int r = row, c = col;
+#pragma unroll
+            for (int u = 0; u < kPer; ++u) {
+              dst[r * pitch + c] = e[u];
+              if (++c == width) {
+                c = 0;
+                ++r;
+              }
+            }
+            row += vstep_r;
+            col += vstep_c;
+            if (col >= width) {
+              col -= width;
+              ++row;
+            }
+          }
+        }
+        return;
+      }
+    }
     int row = row0, col = col0;
     for (int k = static_cast<int>(threadIdx.x); k < count; k += kBatch * nt) {
       V v[kBatch];
@@ -231,9 +273,10 @@ struct Stager {
   }
 };
 
-// Per-row scores, n <= 64: tiles of blockDim.x rows staged through shared memory, one thread per row.
+// Per-row scores, n <= 64: tiles of blockDim.x rows staged through shared memory, one thread per row
+// (without a gradient, pl::row_loglik_small: the checks fused into one pass, one exp per item).
 template <class T, class I, bool kGrad>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(I) == 4) ? 4 : 1)
     loglik_staged(Rows<T, I> a, T* __restrict__ ll, T* __restrict__ grad, unsigned long long* __restrict__ bad) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int tile = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
@@ -258,7 +301,17 @@ __global__ void __launch_bounds__(kThreads)
     by_m.load(a.r + row0 * m, rows * m, rs);
     if (mask_kind == 2) by_n.load(a.mask + row0 * n, rows * n, ms);
     __syncthreads();
-    if (t < rows) {
+    if constexpr (!kGrad) {
+      if (t < rows) {
+        const uint8_t* mk = mask_kind == 0 ? nullptr : (mask_kind == 1 ? ms : ms + t * ps);
+        double v;
+        if (pl::row_loglik_small<T, uint64_t>(ss + t * ps, rs + t * pm, m, n, mk, v)) {
+          ll[row0 + t] = static_cast<T>(v);
+        } else if (first == kNoError) {
+          first = row0 + t;
+        }
+      }
+    } else if (t < rows) {
       const T* sr = ss + t * ps;
       const I* rr = rs + t * pm;
       const uint8_t* mk = mask_kind == 0 ? nullptr : (mask_kind == 1 ? ms : ms + t * ps);
@@ -374,6 +427,50 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t j = 0; j < k; ++j) o[j] = j < cnt ? item[j] : -1;
   }
   report_bad(first, bad);
+}
+
+// The same for rows of n <= K items, sorted in registers (device::gumbel_sort).
+template <class T, int K>
+__global__ void __launch_bounds__(kThreads)
+    sample_rows_net(const T* __restrict__ s, int64_t rows, int n, const uint8_t* __restrict__ mask, bool global_mask,
+                    int64_t size, int k, int kk, uint64_t seed, bool noise, int32_t* __restrict__ out,
+                    unsigned long long* __restrict__ bad) {
+  const int64_t tid = thread_index(), P = thread_count();
+  const int64_t per = size > 0 ? size : 1;
+  const int64_t total = rows * per;
+  int64_t first = kNoError;
+  for (int64_t w = tid; w < total; w += P) {
+    const int64_t b = per == 1 ? w : w / per, t = w - b * per;
+    const T* sr = s + b * n;
+    if (t == 0 && first == kNoError && !pl::finite_row(sr, int64_t(n))) first = b;
+    if (t >= size) continue;
+    const uint8_t* mk = mask == nullptr ? nullptr : (global_mask ? mask : mask + b * n);
+    double key[K];
+    int item[K];
+    const int avail = device::gumbel_sort<K>(sr, mk, n, seed, noise, b, static_cast<uint32_t>(t), key, item);
+    const int cnt = avail < kk ? avail : kk;
+    int32_t* o = out + w * k;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      if (j < k) o[j] = j < cnt ? item[j] : -1;
+    }
+    for (int j = K; j < k; ++j) o[j] = -1;
+  }
+  report_bad(first, bad);
+}
+
+template <class T>
+using SampleNetKernel = void (*)(const T*, int64_t, int, const uint8_t*, bool, int64_t, int, int, uint64_t, bool,
+                                 int32_t*, unsigned long long*);
+
+// The sorting-network kernel for rows of n items, or null when n is too large for one.
+template <class T>
+SampleNetKernel<T> sample_net_kernel(int64_t n) {
+  if (n <= 4) return sample_rows_net<T, 4>;
+  if (n <= 8) return sample_rows_net<T, 8>;
+  if (n <= 16) return sample_rows_net<T, 16>;
+  if (n <= 32) return sample_rows_net<T, 32>;
+  return nullptr;
 }
 
 // ------------------------------------------------------------------------------------------- pairwise
@@ -741,6 +838,16 @@ int64_t pl_sample(const void* scores, DType scores_type, int64_t rows, int64_t n
     using T = decltype(ts);
     const int64_t kk = std::min(k, n);
     const int64_t total = rows * std::max<int64_t>(size, 1);
+    const SampleNetKernel<T> reg = sample_net_kernel<T>(n);
+    if (reg != nullptr && k <= INT32_MAX) {
+      const Geometry geo = geometry(total, 0, resident_blocks(reg, 0, kThreads, kSmemBudget) * kThreads);
+      Result res(0, st);
+      res.init(st);
+      reg<<<unsigned(geo.grid), geo.block, 0, st>>>(static_cast<const T*>(scores), rows, int(n), mask, global_mask,
+                                                     size, int(k), int(kk), seed, noise, out, res.bad());
+      PREFCAL_CUDA_LAUNCHED();
+      return res.fetch(nullptr, st);
+    }
     const size_t per_thread = size_t(std::max<int64_t>(kk, 1)) * (sizeof(double) + sizeof(int32_t));
     const Geometry geo = geometry(total, per_thread, resident_blocks(sample_rows<T>, 0, kThreads, kSmemBudget) * kThreads);
     const size_t P = static_cast<size_t>(geo.threads());

@@ -41,4 +41,57 @@ __device__ __forceinline__ int64_t gumbel_top(const T* __restrict__ sr, const ui
   return cnt;
 }
 
+// The same draw for rows of n <= K items (K a power of two), in registers: all n keys (one Philox block per
+// item pair), -inf for the unavailable items and the K - n slots past the row, then a bitonic sorting network
+// on (key descending, item ascending), every index known at compile time. Items are distinct, so the order is
+// total and the sorted prefix is gumbel_top's. Returns the number of available items.
+template <int K, class T>
+__device__ __forceinline__ int gumbel_sort(const T* __restrict__ sr, const uint8_t* __restrict__ mk, int n,
+                                           uint64_t seed, bool noise, int64_t b, uint32_t t, double (&key)[K],
+                                           int (&item)[K]) {
+  static_assert(K >= 2 && (K & (K - 1)) == 0, "K is a power of two");
+  int cnt = 0;
+#pragma unroll
+  for (int i0 = 0; i0 < K; i0 += 2) {
+    philox::U32x4 blk{};
+    if (noise && i0 < n) blk = philox::block(seed, static_cast<uint64_t>(b), t, static_cast<uint32_t>(i0 >> 1));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int i = i0 + h;
+      const bool avail = i < n && pl::available(mk, i);
+      double x = -INFINITY;
+      if (avail) {
+        x = static_cast<double>(sr[i]);
+        if (noise) x += philox::gumbel_of(blk, h != 0);
+      }
+      key[i] = x;
+      item[i] = i;
+      cnt += avail ? 1 : 0;
+    }
+  }
+#pragma unroll
+  for (int size = 2; size <= K; size <<= 1) {
+#pragma unroll
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        const int j = i ^ stride;
+        if (j > i) {
+          // j before i in the final order; blocks with (i & size) != 0 sort the other way round
+          const bool j_first = key[j] > key[i] || (key[j] == key[i] && item[j] < item[i]);
+          if (j_first == ((i & size) == 0)) {
+            const double tk = key[i];
+            key[i] = key[j];
+            key[j] = tk;
+            const int ti = item[i];
+            item[i] = item[j];
+            item[j] = ti;
+          }
+        }
+      }
+    }
+  }
+  return cnt;
+}
+
 }  // namespace prefcal::cuda::device

@@ -293,6 +293,22 @@ def test_vector_sampling_paths_match_reference(rng, n, size, dtype):
         np.testing.assert_array_equal(pl.mode(scores, k=k), mode[:, 0])
 
 
+@pytest.mark.parametrize("n", [9, 17, 33, 40])
+def test_selection_buffers_on_every_backend(backend: Backend, rng, n):
+    """Every size of top-k buffer (the CUDA sampler keeps up to 4, 8, 16 or 32 keys in registers, more in
+    memory), ties, masks and several draws per row: the samples and modes of the NumPy reference."""
+    scores = rng.normal(size=(53, n))
+    scores[::7, : min(n, 5)] = 0.5  # ties
+    mask = rng.random((53, n)) < 0.9
+    for k in (2, 5, n):
+        for m in (None, mask):
+            ref, _ = _reference.pl_sample(scores, m, 3, k, 77, True)
+            arr = None if m is None else backend.array(m)
+            np.testing.assert_array_equal(backend.numpy(pl.sample(backend.array(scores), 3, k=k, mask=arr, seed=77)), ref)
+            mode, _ = _reference.pl_sample(scores, m, 1, k, 0, False)
+            np.testing.assert_array_equal(backend.numpy(pl.mode(backend.array(scores), k=k, mask=arr)), mode[:, 0])
+
+
 def test_sample_shapes_seeds_and_masks(rng):
     s = rng.normal(size=(5, 6))
     a = pl.sample(s, 3, seed=1)

@@ -155,19 +155,19 @@ py::array fastmath(const std::string& name, const py::array& x) {
     py::array_t<double> out(n);
     const auto* v = static_cast<const double*>(x.data());
     for (int64_t i = 0; i < n; ++i) out.mutable_data()[i] = prefcal::fastmath::log_pos(v[i]);
-    return std::move(out);
+    return out;
   }
   if (name == "exp_neg" && dt == DType::kF64) {
     py::array_t<double> out(n);
     const auto* v = static_cast<const double*>(x.data());
     for (int64_t i = 0; i < n; ++i) out.mutable_data()[i] = prefcal::fastmath::exp_neg(v[i]);
-    return std::move(out);
+    return out;
   }
   if (name == "exp_neg" && dt == DType::kF32) {
     py::array_t<float> out(n);
     const auto* v = static_cast<const float*>(x.data());
     for (int64_t i = 0; i < n; ++i) out.mutable_data()[i] = prefcal::fastmath::exp_neg(v[i]);
-    return std::move(out);
+    return out;
   }
   throw std::invalid_argument("fastmath: log_pos (float64) or exp_neg (float32 / float64)");
 }

@@ -58,15 +58,22 @@ PREFCAL_HD uint64_t bits52(uint32_t a, uint32_t b) { return (static_cast<uint64_
 // The uniform (bits + 1/2) * 2^-52, in (0, 1) and exact in float64.
 PREFCAL_HD double to_uniform(uint64_t bits) { return (static_cast<double>(bits) + 0.5) * 0x1.0p-52; }
 
-// The uniform of (seed, row, sample, item), in (0, 1).
-PREFCAL_HD double uniform(uint64_t seed, uint64_t row, uint32_t sample, uint32_t item) {
-  const U32x4 x = block(seed, row, sample, item >> 1);
-  return to_uniform((item & 1u) != 0u ? bits52(x.v[2], x.v[3]) : bits52(x.v[0], x.v[1]));
+// The uniform of item 2j + odd from the block of pair j.
+PREFCAL_HD double uniform_of(const U32x4& x, bool odd) {
+  return to_uniform(odd ? bits52(x.v[2], x.v[3]) : bits52(x.v[0], x.v[1]));
 }
 
-// Standard Gumbel noise of (seed, row, sample, item): -log(-log(u)).
+// The uniform of (seed, row, sample, item), in (0, 1).
+PREFCAL_HD double uniform(uint64_t seed, uint64_t row, uint32_t sample, uint32_t item) {
+  return uniform_of(block(seed, row, sample, item >> 1), (item & 1u) != 0u);
+}
+
+// Standard Gumbel noise of item 2j + odd from the block of pair j: -log(-log(u)).
+PREFCAL_HD double gumbel_of(const U32x4& x, bool odd) { return -std::log(-std::log(uniform_of(x, odd))); }
+
+// Standard Gumbel noise of (seed, row, sample, item).
 PREFCAL_HD double gumbel(uint64_t seed, uint64_t row, uint32_t sample, uint32_t item) {
-  return -std::log(-std::log(uniform(seed, row, sample, item)));
+  return gumbel_of(block(seed, row, sample, item >> 1), (item & 1u) != 0u);
 }
 
 }  // namespace prefcal::philox

@@ -249,6 +249,35 @@ struct OnlineLse {
   PREFCAL_HD double value() const { return m + std::log(acc); }
 };
 
+// The float32 fast path's product of normalisers d_j in [e^-80, 2^31): after every factor the binary
+// exponent moves to an integer and the mantissa stays in [1, 2), so the product is always a normal float (one
+// multiply and three integer operations a factor, no branch); log at the end. Its rounding (about 2^-24
+// relative a factor) is that of the float32 normalisers themselves.
+struct LogProductF {
+  float prod = 1.0f;
+  int32_t exps = 0;
+  PREFCAL_HD void mul(float d) {
+    prod *= d;
+    uint32_t b;
+    memcpy(&b, &prod, sizeof b);
+    exps += static_cast<int32_t>(b >> 23) - 127;
+    b = (b & 0x007FFFFFu) | 0x3F800000u;
+    memcpy(&prod, &b, sizeof prod);
+  }
+  PREFCAL_HD double value() const {
+    return static_cast<double>(exps) * 0.6931471805599453 + static_cast<double>(std::log(prod));
+  }
+};
+
+template <class C>
+struct FastProduct {
+  using type = LogProduct;
+};
+template <>
+struct FastProduct<float> {
+  using type = LogProductF;
+};
+
 // Rows of at most this many items keep their worths in a local buffer on the host.
 constexpr int64_t kLocalItems = 64;
 
@@ -359,6 +388,85 @@ PREFCAL_HD double row_loglik(const T* s, const I* r, int64_t L, int64_t n, const
     }
   }
   return ll;
+}
+
+// log P(r) of one row of at most 8 sizeof(W) items with the validation fused in (the staged GPU kernel's
+// path): false when the row is invalid (a bad ranking as parse_ranking reads it, or a non-finite score), else
+// true and the log-likelihood in `out`. The arithmetic of row_loglik without a gradient, in the same order,
+// with 32-bit indices, one pass over the scores for the checks and the range, one exp per available item (none
+// for the unlisted ones when every available item is listed); in float32 the product of the normalisers is a
+// LogProductF (row_loglik's float64 product differs from it by rounding: about 1e-7 of each log).
+template <class C, class W, class T, class I>
+PREFCAL_HD bool row_loglik_small(const T* s, const I* r, int m, int n, const uint8_t* mask, double& out) {
+  static_assert(std::is_same<C, T>::value, "the compute type is the scores' type");
+  constexpr int kBits = 8 * sizeof(W);  // the listed items' set: n <= kBits
+  int L = m;
+  W seen = 0, bad = 0;
+  for (int j = 0; j < m; ++j) {
+    const int v = static_cast<int>(r[j]);
+    if (r[j] == I(-1)) {
+      L = j;
+      for (int k = j + 1; k < m; ++k) bad |= static_cast<W>(r[k] != I(-1));
+      break;
+    }
+    // out of range (negative included: I(v) != r[j] when r[j] does not fit in an int)
+    bad |= static_cast<W>(static_cast<unsigned>(v) >= static_cast<unsigned>(n) || I(v) != r[j]);
+    const W bit = W(1) << (v & (kBits - 1));
+    bad |= seen & bit;
+    seen |= bit;
+    if (mask != nullptr) bad |= static_cast<W>(bad == 0 && mask[v] == 0);
+  }
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr U kExp = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
+  U nonfinite = 0;
+  T hi = static_cast<T>(-INFINITY), lo = static_cast<T>(INFINITY);
+  int n_avail = mask == nullptr ? n : 0;
+  for (int i = 0; i < n; ++i) {
+    const T x = s[i];
+    U xb;
+    memcpy(&xb, &x, sizeof xb);
+    nonfinite |= static_cast<U>((xb & kExp) == kExp);
+    if (available(mask, i)) {
+      hi = x > hi ? x : hi;
+      lo = x < lo ? x : lo;
+      n_avail += mask == nullptr ? 0 : 1;
+    }
+  }
+  if ((static_cast<uint64_t>(bad) | static_cast<uint64_t>(nonfinite)) != 0) return false;
+  const int Lc = L < n_avail - 1 ? L : n_avail - 1;
+  if (Lc <= 0) {
+    out = 0.0;
+    return true;
+  }
+  if (static_cast<double>(hi) - static_cast<double>(lo) > Span<C>::value) {
+    Bits64 bits;
+    bits.v = static_cast<uint64_t>(seen);
+    out = row_loglik<C>(s, r, int64_t(L), int64_t(n), mask, bits, static_cast<T*>(nullptr), Strided<double>{});
+    return true;
+  }
+  const C mx = static_cast<C>(hi);
+  C acc = C(0);  // worth of the unlisted available items
+  if (L < n_avail) {
+    for (int i = 0; i < n; ++i) {
+      if (available(mask, i) && ((seen >> i) & 1u) == 0) acc += exp_c(static_cast<C>(s[i]) - mx);
+    }
+  }
+  int j = L - 1;
+  for (; j >= Lc; --j) acc += exp_c(static_cast<C>(s[static_cast<int>(r[j])]) - mx);
+  double ll = 0.0;
+  typename FastProduct<C>::type logd;
+  for (; j >= 0; --j) {
+    const C x = static_cast<C>(s[static_cast<int>(r[j])]) - mx;
+    acc += exp_c(x);
+    ll += static_cast<double>(x);
+    if constexpr (std::is_same<C, float>::value) {
+      logd.mul(acc);
+    } else {
+      logd.mul_bounded(acc);
+    }
+  }
+  out = ll - logd.value();
+  return true;
 }
 
 // Accumulator of the fit pass on the host: p[i] += v.
