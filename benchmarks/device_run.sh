@@ -41,3 +41,17 @@ if [ "${BENCH:-1}" = 1 ]; then
   timeout $bt python3 benchmarks/gpu_ranking.py --json "$OUT/gpu_ranking.json" ${BENCH_RANK_ARGS:-} 2>&1 \
     | tee -a "$OUT/bench.log" | tail -20
 fi
+if [ "${NCU:-0}" = 1 ]; then
+  # one launch of the PL log-likelihood and sampling kernels under Nsight Compute (instruction counts, pipes,
+  # occupancy, bank conflicts, stall locations); the report goes to $OUT/ncu.log (with BENCH=1 that is a ninth
+  # file, one more than the device tool brings back: use NCU=1 with BENCH=0 or SANITIZE=0)
+  timeout ${NCU_TIMEOUT:-120} ncu --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+    --section WarpStateStats --section Occupancy --section SourceCounters -k regex:"${NCU_KERNELS:-loglik_staged|sample_rows}" \
+    --launch-count 2 python3 -c "
+import torch; from prefcal import pl
+g = torch.Generator(device='cuda').manual_seed(7)
+s = torch.randn(10**7, 10, device='cuda', generator=g)
+r = torch.argsort(torch.rand(10**7, 10, device='cuda', generator=g), dim=1).to(torch.int32)
+pl.log_likelihood(s, r); pl.sample(s, seed=1); torch.cuda.synchronize()" > "$OUT/ncu.log" 2>&1
+  grep -E "void |Duration|Compute \(SM\)|Executed Instructions  |Achieved Occupancy" "$OUT/ncu.log" | head -20
+fi
