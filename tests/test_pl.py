@@ -304,9 +304,13 @@ def test_selection_buffers_on_every_backend(backend: Backend, rng, n):
         for m in (None, mask):
             ref, _ = _reference.pl_sample(scores, m, 3, k, 77, True)
             arr = None if m is None else backend.array(m)
-            np.testing.assert_array_equal(backend.numpy(pl.sample(backend.array(scores), 3, k=k, mask=arr, seed=77)), ref)
+            np.testing.assert_array_equal(
+                backend.numpy(pl.sample(backend.array(scores), 3, k=k, mask=arr, seed=77)), ref
+            )
             mode, _ = _reference.pl_sample(scores, m, 1, k, 0, False)
-            np.testing.assert_array_equal(backend.numpy(pl.mode(backend.array(scores), k=k, mask=arr)), mode[:, 0])
+            np.testing.assert_array_equal(
+                backend.numpy(pl.mode(backend.array(scores), k=k, mask=arr)), mode[:, 0]
+            )
 
 
 def test_sample_shapes_seeds_and_masks(rng):
