@@ -186,13 +186,21 @@ __host__ __device__ __forceinline__ StagedLayout staged_layout(int tile, int n, 
 struct Stager {
   static constexpr int kBatch = 4;
   int width, pitch, step_r, step_c, row0, col0;
-  __device__ __forceinline__ Stager(int w, int p) : width(w), pitch(p), step_r(0), step_c(0), row0(0), col0(0) {
+  // the 16-byte path's start and step, for vectors of `vec` elements (the divisions done once, not per tile)
+  int vec, vstep_r, vstep_c, vrow0, vcol0;
+  __device__ __forceinline__ Stager(int w, int p, int vector_elems)
+      : width(w), pitch(p), step_r(0), step_c(0), row0(0), col0(0), vec(vector_elems), vstep_r(0), vstep_c(0),
+        vrow0(0), vcol0(0) {
     if (w > 0) {
       const int nt = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
       step_r = nt / w;
       step_c = nt - step_r * w;
       row0 = t / w;
       col0 = t - row0 * w;
+      vstep_r = vec * nt / w;
+      vstep_c = vec * nt - vstep_r * w;
+      vrow0 = vec * t / w;
+      vcol0 = vec * t - vrow0 * w;
     }
   }
   __device__ __forceinline__ void advance(int& row, int& col) const {
@@ -210,12 +218,11 @@ struct Stager {
       // 16-byte loads when the range is aligned and whole (every tile but the last, usually): vector v of the
       // range holds elements 16 / sizeof(V) * v + u
       constexpr int kPer = 16 / static_cast<int>(sizeof(V));
-      if (count > 0 && count % kPer == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+      if (vec == kPer && count > 0 && count % kPer == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
         const int4* src4 = reinterpret_cast<const int4*>(src);
         const int vcount = count / kPer;
         // thread t takes vectors t, t + nt, ...: element kPer * t first; kBatch vectors in flight
-        int row = (kPer * static_cast<int>(threadIdx.x)) / width, col = kPer * static_cast<int>(threadIdx.x) - row * width;
-        const int vstep = kPer * nt, vstep_r = vstep / width, vstep_c = vstep - vstep_r * width;
+        int row = vrow0, col = vcol0;
         for (int v0 = static_cast<int>(threadIdx.x); v0 < vcount; v0 += kBatch * nt) {
           int4 q[kBatch];
 #pragma unroll
@@ -289,7 +296,7 @@ __global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(
   T* gs = reinterpret_cast<T*>(smem + lay.gs);
   I* rs = reinterpret_cast<I*>(smem + lay.rs);
   uint8_t* ms = smem + lay.ms;
-  const Stager by_n(n, ps), by_m(m, pm);
+  const Stager by_n(n, ps, 16 / int(sizeof(T))), by_m(m, pm, 16 / int(sizeof(I)));
   if (mask_kind == 1) {
     for (int i = t; i < n; i += tile) ms[i] = a.mask[i];
   }
