@@ -13,8 +13,10 @@
 //     each thread adds its rows' gradients to its own float64 accumulator row, and one block per item then
 //     sums the threads in a fixed order (bit-for-bit reproducible on a given device).
 //   temperature: per-thread float64 moments, fixed-order block sums, block partials added in block order.
-//   sample: one thread per (row, sample); Gumbel keys (philox, float64) inserted into a sorted top-k buffer
-//     (strict comparison: on equal keys the lower item stays first).
+//   sample: one thread per (row, sample); Gumbel keys (philox, float64). For n <= 32 all keys sit in
+//     registers and each item goes straight to its rank, counted against the others (pl::draw_small, run by
+//     the CPU tests through a test hook); beyond, they are inserted into a sorted top-k buffer in global
+//     scratch. Either way, on equal keys the lower item comes first.
 //   pairwise: one thread per output element.
 //   fit: per-block float64 accumulators (shared memory when they fit, else slices of a global buffer) updated
 //     with atomics, slices added in slice order; the log-likelihood by fixed-order block sums.
@@ -436,12 +438,13 @@ __global__ void __launch_bounds__(kThreads)
   report_bad(first, bad);
 }
 
-// The same for rows of n <= K items, sorted in registers (device::gumbel_sort).
+// The same for rows of n <= K items, in registers: pl::draw_small (prefcal/pl.hpp, which the CPU tests run
+// through a test hook) ranks the keys by counting and each item is stored at its rank.
 template <class T, int K>
 __global__ void __launch_bounds__(kThreads)
-    sample_rows_net(const T* __restrict__ s, int64_t rows, int n, const uint8_t* __restrict__ mask, bool global_mask,
-                    int64_t size, int k, int kk, uint64_t seed, bool noise, int32_t* __restrict__ out,
-                    unsigned long long* __restrict__ bad) {
+    sample_rows_small(const T* __restrict__ s, int64_t rows, int n, const uint8_t* __restrict__ mask,
+                      bool global_mask, int64_t size, int k, int kk, uint64_t seed, bool noise,
+                      int32_t* __restrict__ out, unsigned long long* __restrict__ bad) {
   const int64_t tid = thread_index(), P = thread_count();
   const int64_t per = size > 0 ? size : 1;
   const int64_t total = rows * per;
@@ -452,32 +455,30 @@ __global__ void __launch_bounds__(kThreads)
     if (t == 0 && first == kNoError && !pl::finite_row(sr, int64_t(n))) first = b;
     if (t >= size) continue;
     const uint8_t* mk = mask == nullptr ? nullptr : (global_mask ? mask : mask + b * n);
-    double key[K];
-    int item[K];
-    const int avail = device::gumbel_sort<K>(sr, mk, n, seed, noise, b, static_cast<uint32_t>(t), key, item);
-    const int cnt = avail < kk ? avail : kk;
     int32_t* o = out + w * k;
-#pragma unroll
-    for (int j = 0; j < K; ++j) {
-      if (j < k) o[j] = j < cnt ? item[j] : -1;
-    }
-    for (int j = K; j < k; ++j) o[j] = -1;
+    const int avail = pl::draw_small<K>(sr, mk, n, kk, seed, noise, static_cast<uint64_t>(b),
+                                        static_cast<uint32_t>(t), [o](int rank, int item) { o[rank] = item; });
+    for (int j = avail < kk ? avail : kk; j < k; ++j) o[j] = -1;
   }
   report_bad(first, bad);
 }
 
 template <class T>
-using SampleNetKernel = void (*)(const T*, int64_t, int, const uint8_t*, bool, int64_t, int, int, uint64_t, bool,
-                                 int32_t*, unsigned long long*);
+using SampleSmallKernel = void (*)(const T*, int64_t, int, const uint8_t*, bool, int64_t, int, int, uint64_t, bool,
+                                   int32_t*, unsigned long long*);
 
-// The sorting-network kernel for rows of n items, or null when n is too large for one.
+// The register kernel for rows of n items (width pl::draw_width(n)), or null when n is too large for one.
 template <class T>
-SampleNetKernel<T> sample_net_kernel(int64_t n) {
-  if (n <= 4) return sample_rows_net<T, 4>;
-  if (n <= 8) return sample_rows_net<T, 8>;
-  if (n <= 16) return sample_rows_net<T, 16>;
-  if (n <= 32) return sample_rows_net<T, 32>;
-  return nullptr;
+SampleSmallKernel<T> sample_small_kernel(int64_t n) {
+  switch (pl::draw_width(n)) {
+    case 4: return sample_rows_small<T, 4>;
+    case 8: return sample_rows_small<T, 8>;
+    case 12: return sample_rows_small<T, 12>;
+    case 16: return sample_rows_small<T, 16>;
+    case 24: return sample_rows_small<T, 24>;
+    case 32: return sample_rows_small<T, 32>;
+    default: return nullptr;
+  }
 }
 
 // ------------------------------------------------------------------------------------------- pairwise
@@ -845,7 +846,7 @@ int64_t pl_sample(const void* scores, DType scores_type, int64_t rows, int64_t n
     using T = decltype(ts);
     const int64_t kk = std::min(k, n);
     const int64_t total = rows * std::max<int64_t>(size, 1);
-    const SampleNetKernel<T> reg = sample_net_kernel<T>(n);
+    const SampleSmallKernel<T> reg = sample_small_kernel<T>(n);
     if (reg != nullptr && k <= INT32_MAX) {
       const Geometry geo = geometry(total, 0, resident_blocks(reg, 0, kThreads, kSmemBudget) * kThreads);
       Result res(0, st);

@@ -20,6 +20,7 @@
 #include "prefcal/cpu/marginals.hpp"
 #include "prefcal/marginals.hpp"
 #include "prefcal/cpu/pl.hpp"
+#include "prefcal/pl.hpp"
 #include "prefcal/cpu/ranking.hpp"
 
 namespace py = pybind11;
@@ -285,6 +286,80 @@ py::tuple pl_sample(const py::array& scores, const py::object& mask, int64_t siz
     bad = prefcal::cpu::pl_sample(static_cast<const T*>(ps), rows, n, mk, global, size, k, seed, noise, o);
   });
   return py::make_tuple(out, bad);
+}
+
+// Test hooks: the per-row paths of the GPU's PL kernels (prefcal/pl.hpp), run on the host row by row, so
+// that the CPU tests check the arithmetic the GPU runs.
+//
+// pl_loglik_small: the staged log-likelihood kernel's row function (pl::row_loglik_small with a 64-bit
+// listed-item set): per-row scores (N, n), n <= 64. Returns (ll float64 (N,), ok bool (N,)); ll is 0 where
+// the row is bad.
+py::tuple pl_loglik_small(const py::array& scores, const py::array& rankings, const py::object& mask) {
+  require(scores, 2, "scores");
+  const auto sh = pl_rows(scores, rankings, mask);
+  if (sh.n > 64) throw std::invalid_argument("pl_loglik_small: n <= 64");
+  if (sh.N > INT32_MAX) throw std::invalid_argument("pl_loglik_small: too many rows");
+  py::array_t<double> ll(sh.N);
+  py::array_t<bool> ok(sh.N);
+  double* o = ll.mutable_data();
+  bool* k = ok.mutable_data();
+  with_pl_types(scores, rankings, [&](const auto* s, const auto* r) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(s)>>;
+    const int n = static_cast<int>(sh.n), m = static_cast<int>(sh.m);
+    for (int64_t b = 0; b < sh.N; ++b) {
+      const uint8_t* mk = sh.mask == nullptr ? nullptr : (sh.global_mask ? sh.mask : sh.mask + b * sh.n);
+      double v = 0.0;
+      k[b] = prefcal::pl::row_loglik_small<T, uint64_t>(s + b * sh.n, r + b * sh.m, m, n, mk, v);
+      o[b] = k[b] ? v : 0.0;
+    }
+  });
+  return py::make_tuple(ll, ok);
+}
+
+// pl_sample_small: the GPU sampler's register path (pl::draw_small at width pl::draw_width(n)), n <= 32, with
+// the arguments and output of pl_sample (no row check: rows with non-finite scores give unspecified orders).
+template <int K, class T>
+void sample_small_rows(const T* s, int64_t rows, int n, const uint8_t* mk, bool global, int64_t size, int k,
+                       uint64_t seed, bool noise, int32_t* out) {
+  const int kk = std::min(k, n);
+  for (int64_t b = 0; b < rows; ++b) {
+    const uint8_t* m = mk == nullptr ? nullptr : (global ? mk : mk + b * n);
+    for (int64_t t = 0; t < size; ++t) {
+      int32_t* o = out + (b * size + t) * k;
+      const int avail = prefcal::pl::draw_small<K>(s + b * n, m, n, kk, seed, noise, static_cast<uint64_t>(b),
+                                                   static_cast<uint32_t>(t), [o](int rank, int item) { o[rank] = item; });
+      for (int j = std::min(avail, kk); j < k; ++j) o[j] = -1;
+    }
+  }
+}
+
+py::array_t<int32_t> pl_sample_small(const py::array& scores, const py::object& mask, int64_t size, int64_t k,
+                                     uint64_t seed, bool noise) {
+  require(scores, 2, "scores");
+  const int64_t rows = scores.shape(0), n = scores.shape(1);
+  if (size < 0 || k < 0 || k > INT32_MAX) throw std::invalid_argument("pl_sample_small: size or k");
+  const int width = prefcal::pl::draw_width(n);
+  if (width == 0) throw std::invalid_argument("pl_sample_small: n <= 32");
+  bool global = false;
+  const uint8_t* mk = mask_ptr(mask, rows, n, &global);
+  py::array_t<int32_t> out({rows, size, k});
+  int32_t* o = out.mutable_data();
+  const void* ps = scores.data();
+  prefcal::bind::dispatch_float(dtype_of(scores), "scores", [&](auto ts) {
+    using T = decltype(ts);
+    const T* s = static_cast<const T*>(ps);
+    const int ni = static_cast<int>(n), ki = static_cast<int>(k);
+    py::gil_scoped_release nogil;
+    switch (width) {
+      case 4: sample_small_rows<4>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
+      case 8: sample_small_rows<8>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
+      case 12: sample_small_rows<12>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
+      case 16: sample_small_rows<16>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
+      case 24: sample_small_rows<24>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
+      default: sample_small_rows<32>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
+    }
+  });
+  return out;
 }
 
 py::tuple pl_pairwise(const py::array& scores) {
@@ -877,6 +952,10 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("rank_canonical", &rank_canonical, py::arg("probs").noconvert(), py::arg("labels").noconvert(), py::arg("h"),
         py::arg("p"));
   m.def("fastmath", &fastmath, py::arg("name"), py::arg("x").noconvert());
+  m.def("pl_loglik_small", &pl_loglik_small, py::arg("scores").noconvert(), py::arg("rankings").noconvert(),
+        py::arg("mask").none(true));
+  m.def("pl_sample_small", &pl_sample_small, py::arg("scores").noconvert(), py::arg("mask").none(true),
+        py::arg("size"), py::arg("k"), py::arg("seed"), py::arg("noise"));
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &prefcal::cpu::num_threads);
   m.def("build_info", &build_info);

@@ -12,6 +12,15 @@
 #define PREFCAL_HD inline
 #endif
 
+// Fully unrolls the next loop (of a trip count known at compile time) on the device and with GCC.
+#if defined(__CUDA_ARCH__)
+#define PREFCAL_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define PREFCAL_UNROLL _Pragma("GCC unroll 64")
+#else
+#define PREFCAL_UNROLL
+#endif
+
 namespace prefcal {
 
 // "No bad row found": kernels report the first offending row (or element) index, or this value.

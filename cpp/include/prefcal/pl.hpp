@@ -33,6 +33,7 @@
 
 #include "prefcal/common.hpp"
 #include "prefcal/fastmath.hpp"
+#include "prefcal/philox.hpp"
 
 namespace prefcal::pl {
 
@@ -467,6 +468,61 @@ PREFCAL_HD bool row_loglik_small(const T* s, const I* r, int m, int n, const uin
   }
   out = ll - logd.value();
   return true;
+}
+
+// The register width K of draw_small for rows of n items: the smallest of 4, 8, 12, 16, 24, 32 that holds
+// them; 0 when n > 32 (the GPU then keeps a top-k buffer per draw).
+PREFCAL_HD int draw_width(int64_t n) {
+  return n <= 4 ? 4 : n <= 8 ? 8 : n <= 12 ? 12 : n <= 16 ? 16 : n <= 24 ? 24 : n <= 32 ? 32 : 0;
+}
+
+// One Gumbel top-k draw (b, t) of a row of n <= K items, in registers (every index known at compile time):
+// the GPU sampler's path for small rows, run on the host by a test hook. Keys: s_i + the Gumbel noise of
+// (seed, b, t, i) (one Philox block per item pair; no noise for the mode), -inf for the unavailable items and
+// the K - n slots past the row. Each available item's rank is the number of keys before it: larger, or equal
+// with a lower item -- the order of the CPU kernel (rank_select) and of pl.sample everywhere. emit(rank, i)
+// for each available item of rank < kk; returns the number of available items. With finite scores the ranks
+// 0 .. min(kk, available) - 1 are each emitted once; with others (a bad row) ranks may repeat, but every one
+// emitted is below kk.
+template <int K, class T, class Emit>
+PREFCAL_HD int draw_small(const T* s, const uint8_t* mask, int n, int kk, uint64_t seed, bool noise, uint64_t b,
+                          uint32_t t, Emit emit) {
+  static_assert(K >= 2 && K % 2 == 0, "K holds whole item pairs");
+  double key[K];
+  int avail = 0;
+  PREFCAL_UNROLL
+  for (int i0 = 0; i0 < K; i0 += 2) {
+    philox::U32x4 blk{};
+    if (noise && i0 < n) blk = philox::block(seed, b, t, static_cast<uint32_t>(i0 >> 1));
+    PREFCAL_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const int i = i0 + h;
+      const bool ok = i < n && available(mask, i);
+      double x = -INFINITY;
+      if (ok) {
+        x = static_cast<double>(s[i]);
+        if (noise) x += philox::gumbel_of(blk, h != 0);
+      }
+      key[i] = x;
+      avail += ok ? 1 : 0;
+    }
+  }
+  PREFCAL_UNROLL
+  for (int q = 0; q < K; ++q) {
+    if (q < n && available(mask, q)) {
+      int rank = 0;
+      PREFCAL_UNROLL
+      for (int j = 0; j < K; ++j) {
+        if (j < q) {
+          rank += key[j] >= key[q] ? 1 : 0;  // the lower item wins a tie
+        } else if (j > q) {
+          rank += key[j] > key[q] ? 1 : 0;
+        }
+      }
+      if (rank < kk) emit(rank, q);
+    }
+  }
+  return avail;
 }
 
 // Accumulator of the fit pass on the host: p[i] += v.

@@ -1,0 +1,227 @@
+"""The per-row paths of the CUDA Plackett-Luce kernels (prefcal/pl.hpp), run on the host through test hooks of
+the C++ extension: the staged log-likelihood's row function (pl::row_loglik_small) and the register sampler
+(pl::draw_small). The GPU runs this same code, so these tests check its arithmetic on any machine; the GPU
+tests (test_pl.py on the cupy / torch-cuda backends) then check the kernels around it."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prefcal import _reference
+from prefcal._validation import NO_ERROR
+from test_pl import pl_data
+
+cpu = pytest.importorskip("prefcal._cpu", reason="the C++ extension is not built")
+
+
+def reference_rows(scores, rankings, mask):
+    """(float64 log-likelihood of the valid rows, 0 elsewhere; per-row validity) from the NumPy reference."""
+    _, _, (_, _, _, bad) = _reference._pl_rows(scores, rankings, mask)
+    ll = np.zeros(len(rankings))
+    good = ~bad
+    if good.any():
+        m = None if mask is None else (mask if mask.ndim == 1 else mask[good])
+        ll[good], _, _ = _reference.pl_loglik(scores[good].astype(np.float64), rankings[good], m, False)
+    return ll, good
+
+
+# ----------------------------------------------------------------------------------------- log-likelihood
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 10, 31, 32, 33, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("masked", [None, "row", "global"])
+def test_loglik_small_matches_reference(rng, n, dtype, partial, masked):
+    scores, rankings, mask = pl_data(rng, 300, n, partial=partial, masked=masked, dtype=dtype)
+    ll, ok = cpu.pl_loglik_small(scores, rankings, mask)
+    want, good = reference_rows(scores, rankings, mask)
+    assert ok.all() and good.all()
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(ll - want) <= tol * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("masked", [None, "row"])
+def test_loglik_small_float64_agrees_with_the_cpu_kernel(rng, masked):
+    """In float64 the GPU's row function and the CPU kernel (its own exp) agree to a few ulp."""
+    scores, rankings, mask = pl_data(rng, 2000, 10, partial=True, masked=masked)
+    ll, ok = cpu.pl_loglik_small(scores, rankings, mask)
+    want, _, bad = cpu.pl_loglik(scores, rankings, mask, False)
+    assert ok.all() and bad == NO_ERROR
+    assert np.all(np.abs(ll - want) <= 1e-14 * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("idtype", [np.int32, np.int64])  # the kernels' label types
+def test_loglik_small_ranking_dtypes(rng, idtype):
+    scores, rankings, _ = pl_data(rng, 200, 12, partial=True)
+    ll, ok = cpu.pl_loglik_small(scores, rankings.astype(idtype), None)
+    want, _ = reference_rows(scores, rankings, None)
+    assert ok.all()
+    np.testing.assert_allclose(ll, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spread", [50.0, 400.0, 1e4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loglik_small_wide_score_ranges(rng, spread, dtype):
+    """Rows whose scores span more than the fast path allows take the stable float64 path."""
+    scores, rankings, _ = pl_data(rng, 300, 9, partial=True, spread=spread, dtype=dtype)
+    ll, ok = cpu.pl_loglik_small(scores, rankings, None)
+    want, _ = reference_rows(scores, rankings, None)
+    assert ok.all()
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(ll - want) <= tol * (1 + np.abs(want)))
+
+
+def bad_rows():
+    """(rankings (N, 4) int64, mask (N, 5), scores (N, 5), expected validity): one problem per row."""
+    rows = [
+        ([0, 1, 2, 3], None, True),
+        ([4, -1, -1, -1], None, True),
+        ([-1, -1, -1, -1], None, True),
+        ([0, 5, 1, -1], None, False),  # out of range
+        ([0, -2, 1, -1], None, False),  # negative
+        ([0, -(2**40), 1, -1], None, False),  # negative, does not fit 32 bits
+        ([0, 2**32 + 1, 2, -1], None, False),  # wraps to 1 in 32 bits
+        ([0, 2, 0, -1], None, False),  # repeat
+        ([0, -1, 1, -1], None, False),  # item after padding
+        ([0, -1, -1, 3], None, False),
+        ([0, 3, -1, -1], [1, 1, 1, 0, 1], False),  # listed item outside the mask
+        ([0, 1, -1, -1], [1, 1, 0, 0, 0], True),
+        ([0, 1, -1, -1], [0, 0, 0, 0, 0], False),
+    ]
+    rankings = np.array([r for r, _, _ in rows], dtype=np.int64)
+    mask = np.array([m if m is not None else [1] * 5 for _, m, _ in rows], dtype=bool)
+    valid = np.array([v for _, _, v in rows])
+    return rankings, mask, valid
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loglik_small_flags_every_invalid_row(rng, dtype):
+    rankings, mask, valid = bad_rows()
+    scores = rng.normal(size=(len(rankings), 5)).astype(dtype)
+    ll, ok = cpu.pl_loglik_small(scores, rankings, mask)
+    np.testing.assert_array_equal(ok, valid)
+    _, good = reference_rows(scores, rankings, mask)
+    np.testing.assert_array_equal(ok, good)
+    # a non-finite score anywhere in the row (listed, unlisted or masked out) makes it bad
+    for value in (np.nan, np.inf, -np.inf):
+        for col in (0, 4):
+            s = scores.copy()
+            s[0, col] = value
+            _, ok2 = cpu.pl_loglik_small(s, rankings, mask)
+            assert not ok2[0] and (ok2[1:] == valid[1:]).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 64),
+    corrupt=st.sampled_from(["none", "range", "repeat", "hole", "mask", "score"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_loglik_small_properties(seed, n, corrupt, dtype):
+    """Random rows, some corrupted one way: the hook flags exactly the rows the reference rejects and agrees
+    with it on the rest."""
+    rng = np.random.default_rng(seed)
+    scores, rankings, mask = pl_data(rng, 40, n, partial=True, masked="row", dtype=dtype)
+    rankings = rankings.astype(np.int64)
+    rows = rng.random(40) < 0.3
+    for b in np.flatnonzero(rows):
+        listed = int((rankings[b] >= 0).sum())
+        if corrupt == "range" and listed:
+            rankings[b, rng.integers(listed)] = rng.choice([n, n + 7, -3])
+        elif corrupt == "repeat" and listed >= 2:
+            rankings[b, 1] = rankings[b, 0]
+        elif corrupt == "hole" and 1 <= listed < n:
+            rankings[b, listed] = rankings[b, 0]
+            rankings[b, 0] = -1
+        elif corrupt == "mask" and listed:
+            mask[b, rankings[b, 0]] = False
+        elif corrupt == "score":
+            scores[b, rng.integers(n)] = rng.choice([np.nan, np.inf, -np.inf])
+    ll, ok = cpu.pl_loglik_small(scores, rankings, mask)
+    want, good = reference_rows(scores, rankings, mask)
+    np.testing.assert_array_equal(ok, good)
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(ll - want) <= tol * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("k", ["full", "top2"])
+def test_loglik_small_probabilities_sum_to_one(rng, n, k):
+    """Over every ordering (or every top-2 prefix) of n items, the probabilities of one row sum to 1."""
+    length = n if k == "full" else min(2, n)
+    perms = np.array(list(itertools.permutations(range(n), length)), dtype=np.int32).reshape(-1, length)
+    rankings = np.full((len(perms), n), -1, dtype=np.int32)
+    rankings[:, :length] = perms
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        scores = np.broadcast_to(rng.normal(size=n) * 2, (len(perms), n)).astype(dtype)
+        ll, ok = cpu.pl_loglik_small(np.ascontiguousarray(scores), rankings, None)
+        assert ok.all()
+        assert abs(np.exp(ll).sum() - 1.0) < tol
+
+
+def test_loglik_small_rejects_wide_rows():
+    with pytest.raises(ValueError, match="n <= 64"):
+        cpu.pl_loglik_small(np.zeros((2, 65)), np.zeros((2, 3), dtype=np.int32), None)
+
+
+# ----------------------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 12, 13, 16, 17, 24, 25, 32])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked", [None, "row", "global"])
+def test_draw_small_matches_the_cpu_sampler(rng, n, dtype, masked):
+    """Every register width (4, 8, 12, 16, 24, 32) and the sizes around each; ties; masks; top-k; the mode."""
+    scores = rng.normal(size=(41, n)).astype(dtype)
+    scores[::5, : min(n, 4)] = 0.25  # ties
+    mask = None
+    if masked == "row":
+        mask = rng.random((41, n)) < 0.8
+        mask[3] = False  # a row with nothing available
+    elif masked == "global":
+        mask = rng.random(n) < 0.8
+    for k in sorted({1, min(3, n), n}):
+        for noise, size, seed in ((True, 3, 2**40 + 3), (False, 1, 0)):
+            got = cpu.pl_sample_small(scores, mask, size, k, seed, noise)
+            want, bad = cpu.pl_sample(scores, mask, size, k, seed, noise)
+            assert bad == NO_ERROR
+            np.testing.assert_array_equal(got, want)
+    ref, _ = _reference.pl_sample(scores, mask, 2, n, 11, True)
+    np.testing.assert_array_equal(cpu.pl_sample_small(scores, mask, 2, n, 11, True), ref)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**64 - 1),
+    n=st.integers(1, 32),
+    k=st.integers(0, 40),
+    ties=st.booleans(),
+    p_avail=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_draw_small_properties(seed, n, k, ties, p_avail):
+    """Any seed, any k (beyond n too: -1 padding), tied scores, sparse masks: the samples of the CPU sampler,
+    each a list of distinct available items followed by -1."""
+    rng = np.random.default_rng(seed % 2**32)
+    scores = rng.integers(0, 3, size=(7, n)).astype(np.float64) if ties else rng.normal(size=(7, n)) * 3
+    mask = rng.random((7, n)) < p_avail if p_avail < 1 else None
+    got = cpu.pl_sample_small(scores, mask, 2, k, seed, True)
+    want, _ = cpu.pl_sample(scores, mask, 2, k, seed, True)
+    np.testing.assert_array_equal(got, want)
+    avail = np.ones((7, n), bool) if mask is None else mask
+    for b, t in itertools.product(range(7), range(2)):
+        row = got[b, t]
+        listed = row[row >= 0]
+        assert len(listed) == min(k, int(avail[b].sum()))
+        assert (row[len(listed) :] == -1).all() and len(set(listed)) == len(listed)
+        assert avail[b, listed].all()
+
+
+def test_draw_small_rejects_wide_rows():
+    with pytest.raises(ValueError, match="n <= 32"):
+        cpu.pl_sample_small(np.zeros((2, 33)), None, 1, 3, 0, True)
