@@ -46,12 +46,14 @@ if [ "${NCU:-0}" = 1 ]; then
   # occupancy, bank conflicts, stall locations); the report goes to $OUT/ncu.log (with BENCH=1 that is a ninth
   # file, one more than the device tool brings back: use NCU=1 with BENCH=0 or SANITIZE=0)
   timeout ${NCU_TIMEOUT:-120} ncu --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
-    --section WarpStateStats --section Occupancy --section SourceCounters -k regex:"${NCU_KERNELS:-loglik_staged|sample_rows}" \
-    --launch-count 2 python3 -c "
-import torch; from prefcal import pl
+    --section WarpStateStats --section Occupancy --section SourceCounters \
+    -k regex:"${NCU_KERNELS:-loglik_staged|loglik_flat|sample_rows}" --launch-count 3 python3 -c "
+import torch; from prefcal import pl, _backend
 g = torch.Generator(device='cuda').manual_seed(7)
 s = torch.randn(10**7, 10, device='cuda', generator=g)
 r = torch.argsort(torch.rand(10**7, 10, device='cuda', generator=g), dim=1).to(torch.int32)
-pl.log_likelihood(s, r); pl.sample(s, seed=1); torch.cuda.synchronize()" > "$OUT/ncu.log" 2>&1
+pl.log_likelihood(s, r); pl.sample(s, seed=1)
+_backend.cuda_module().set_loglik_flat(True); pl.log_likelihood(s, r); torch.cuda.synchronize()" \
+    > "$OUT/ncu.log" 2>&1
   grep -E "void |Duration|Compute \(SM\)|Executed Instructions  |Achieved Occupancy" "$OUT/ncu.log" | head -20
 fi

@@ -72,6 +72,9 @@ int64_t pl_loglik(const PLArgs& args, void* ll, void* grad, Stream stream);
 // Benchmark hook: median milliseconds (CUDA events) of the device work of pl_loglik alone, over `reps`
 // launches after one warm-up.
 double time_pl_loglik(const PLArgs& args, void* ll, void* grad, int reps, Stream stream);
+// Test and benchmark hook: whether pl_loglik may use its flat-staged kernel (off by default: not yet
+// measured against the padded staging); returns the previous setting.
+bool set_loglik_flat(bool on);
 // out (host): f, f', f'' of the summed log-likelihood of beta * scores.
 int64_t pl_temperature(const PLArgs& args, double beta, double* out, Stream stream);
 // Gumbel top-k orderings of scores (rows, n): out int32 (rows, size, k), -1 past the available items.

@@ -9,6 +9,9 @@
 //     mask rows into shared memory with coalesced loads (row pitch padded to an odd number of elements:
 //     no bank conflicts), one thread computes each row from there, and the per-row gradient goes back
 //     through shared memory with coalesced stores. The common case (10^7 rows of 10 items).
+//   log-likelihood, "flat" (no gradient, per-row scores, n <= 32, n and m not multiples of 4; off by default,
+//     set_loglik_flat): the tile copied unpadded with 16-byte vectors, each row computed by the unrolled
+//     pl::row_loglik_fixed.
 //   log-likelihood, "generic": everything else. With global scores the gradient is summed over rows:
 //     each thread adds its rows' gradients to its own float64 accumulator row, and one block per item then
 //     sums the threads in a fixed order (bit-for-bit reproducible on a given device).
@@ -24,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <map>
@@ -343,6 +347,121 @@ __global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(
   report_bad(first, bad);
 }
 
+// Copies `count` consecutive elements from global memory to a shared buffer in the same layout (dst 16-byte
+// aligned): 16-byte vectors when src is aligned, kBatch per thread in flight, the tail element by element.
+template <class V>
+__device__ __forceinline__ void copy_flat(const V* __restrict__ src, int count, V* __restrict__ dst) {
+  constexpr int kBatch = 4, kPer = 16 / static_cast<int>(sizeof(V));
+  const int nt = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
+  int done = 0;
+  if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    const int vcount = count / kPer;
+    const int4* __restrict__ s4 = reinterpret_cast<const int4*>(src);
+    int4* d4 = reinterpret_cast<int4*>(dst);
+    for (int v0 = t; v0 < vcount; v0 += kBatch * nt) {
+      int4 q[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        if (v0 + b * nt < vcount) q[b] = __ldg(s4 + v0 + b * nt);
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        if (v0 + b * nt < vcount) d4[v0 + b * nt] = q[b];
+      }
+    }
+    done = vcount * kPer;
+  }
+  for (int k0 = done + t; k0 < count; k0 += kBatch * nt) {
+    V q[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      if (k0 + b * nt < count) q[b] = src[k0 + b * nt];
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      if (k0 + b * nt < count) dst[k0 + b * nt] = q[b];
+    }
+  }
+}
+
+// Shared-memory layout of the flat kernel (byte offsets, 16-byte aligned): rows unpadded, as in global memory.
+__host__ __device__ __forceinline__ StagedLayout flat_layout(int tile, int n, int m, size_t size_s, size_t size_i,
+                                                             int mask_kind) {
+  const size_t t = static_cast<size_t>(tile);
+  StagedLayout L{};
+  size_t off = 0;
+  L.ss = off;
+  off += align16(t * static_cast<size_t>(n) * size_s);
+  L.rs = off;
+  off += align16(t * static_cast<size_t>(m) * size_i);
+  L.ms = off;
+  off += mask_kind == 2 ? align16(t * static_cast<size_t>(n)) : (mask_kind == 1 ? align16(static_cast<size_t>(n)) : 0);
+  L.total = off;
+  return L;
+}
+
+// Log-likelihood without a gradient, per-row scores, m <= n <= K <= 32, n and m not multiples of 4: each block
+// copies its tile of rows into shared memory as they lie in global memory (16-byte vectors, no index
+// arithmetic), one thread computes each row with pl::row_loglik_fixed<K> (unrolled, in registers). Unpadded
+// rows of n % 4 != 0 elements put a warp's reads on at most two accesses per bank.
+template <class T, class I, int K>
+__global__ void __launch_bounds__(kThreads, (sizeof(T) == 4 && sizeof(I) == 4 && K <= 16) ? 3 : 1)
+    loglik_flat(Rows<T, I> a, T* __restrict__ ll, unsigned long long* __restrict__ bad) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tile = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
+  const int n = static_cast<int>(a.n), m = static_cast<int>(a.m);
+  const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
+  const StagedLayout lay = flat_layout(tile, n, m, sizeof(T), sizeof(I), mask_kind);
+  T* ss = reinterpret_cast<T*>(smem + lay.ss);
+  I* rs = reinterpret_cast<I*>(smem + lay.rs);
+  uint8_t* ms = smem + lay.ms;
+  if (mask_kind == 1) {
+    for (int i = t; i < n; i += tile) ms[i] = a.mask[i];
+  }
+  int64_t first = kNoError;
+  const int64_t step = int64_t(gridDim.x) * tile;
+  for (int64_t row0 = int64_t(blockIdx.x) * tile; row0 < a.N; row0 += step) {
+    const int rows = static_cast<int>(min(int64_t(tile), a.N - row0));
+    copy_flat(a.s + row0 * n, rows * n, ss);
+    copy_flat(a.r + row0 * m, rows * m, rs);
+    if (mask_kind == 2) copy_flat(a.mask + row0 * n, rows * n, ms);
+    __syncthreads();
+    if (t < rows) {
+      const uint8_t* mk = mask_kind == 0 ? nullptr : (mask_kind == 1 ? ms : ms + t * n);
+      double v;
+      if (pl::row_loglik_fixed<K, T>(ss + t * n, rs + t * m, m, n, mk, v)) {
+        ll[row0 + t] = static_cast<T>(v);
+      } else if (first == kNoError) {
+        first = row0 + t;
+      }
+    }
+    __syncthreads();  // the tile is overwritten next
+  }
+  report_bad(first, bad);
+}
+
+template <class T, class I>
+using FlatKernel = void (*)(Rows<T, I>, T*, unsigned long long*);
+
+// Whether pl_loglik may take the flat kernel: off until a GPU run shows it faster than the padded staging
+// (loglik_staged) it would replace; the test and benchmark hook set_loglik_flat turns it on.
+std::atomic<bool> g_loglik_flat{false};
+
+// The flat kernel for per-row rows of n items ranked in m columns without a gradient, or null.
+template <class T, class I>
+FlatKernel<T, I> flat_kernel(int64_t n, int64_t m) {
+  if (!g_loglik_flat.load() || n % 4 == 0 || m % 4 == 0 || m > n) return nullptr;
+  switch (pl::loglik_width(n)) {
+    case 4: return loglik_flat<T, I, 4>;
+    case 8: return loglik_flat<T, I, 8>;
+    case 12: return loglik_flat<T, I, 12>;
+    case 16: return loglik_flat<T, I, 16>;
+    case 24: return loglik_flat<T, I, 24>;
+    case 32: return loglik_flat<T, I, 32>;
+    default: return nullptr;
+  }
+}
+
 // Any shape. kGrad: 0 none, 1 per row into grad (N, n), 2 summed over rows (global scores) into acc.
 template <class T, class I, bool kSmall, int kGrad>
 __global__ void __launch_bounds__(kThreads)
@@ -645,6 +764,7 @@ struct LoglikRun {
   int kgrad = 0;  // 0 none, 1 per row, 2 summed
   bool staged = false;
   StagedKernel<T, I> staged_kernel = nullptr;
+  FlatKernel<T, I> flat = nullptr;
   RowsKernel<T, I> generic_kernel = nullptr;
   Geometry geo;
   size_t smem = 0;
@@ -656,7 +776,20 @@ struct LoglikRun {
       : rows(rows_of<T, I>(a)), ll(static_cast<T*>(ll_)), grad(static_cast<T*>(grad_)), res(0, st) {
     const int64_t N = a.N, m = a.m, n = a.n;
     kgrad = grad == nullptr ? 0 : (a.global_scores ? 2 : 1);
-    if (!a.global_scores && n <= kSmallN && m <= kSmallN) {
+    if (!a.global_scores && kgrad == 0 && (flat = flat_kernel<T, I>(n, m)) != nullptr) {
+      const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
+      for (int tile = kThreads; tile >= 64 && !staged; tile /= 2) {
+        const StagedLayout lay = flat_layout(tile, int(n), int(m), sizeof(T), sizeof(I), mask_kind);
+        if (lay.total <= kSmemBudget) {
+          staged = true;
+          smem = lay.total;
+          geo.block = tile;
+          geo.grid = blocks_for(N, tile, resident_blocks(flat, smem, tile, kSmemBudget));
+        }
+      }
+      if (!staged) flat = nullptr;
+    }
+    if (!staged && !a.global_scores && n <= kSmallN && m <= kSmallN) {
       const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
       staged_kernel = kgrad == 1 ? loglik_staged<T, I, true> : loglik_staged<T, I, false>;
       for (int tile = kThreads; tile >= 64 && !staged; tile /= 2) {
@@ -688,6 +821,11 @@ struct LoglikRun {
   void enqueue(cudaStream_t st) const {
     res.init(st);
     const unsigned grid = static_cast<unsigned>(geo.grid);
+    if (flat != nullptr) {
+      flat<<<grid, geo.block, smem, st>>>(rows, ll, res.bad());
+      PREFCAL_CUDA_LAUNCHED();
+      return;
+    }
     if (staged) {
       staged_kernel<<<grid, geo.block, smem, st>>>(rows, ll, grad, res.bad());
       PREFCAL_CUDA_LAUNCHED();
@@ -764,6 +902,8 @@ double* fit_scratch(const FitPlan& p, const PoolBuffer& buf, bool small, size_t 
 }  // namespace
 
 // ------------------------------------------------------------------------------------------- entry points
+
+bool set_loglik_flat(bool on) { return g_loglik_flat.exchange(on); }
 
 int64_t pl_loglik(const PLArgs& a, void* ll, void* grad, Stream stream) {
   const cudaStream_t st = as_stream(stream);

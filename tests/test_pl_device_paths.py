@@ -9,9 +9,10 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import get_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prefcal import _reference
+from prefcal import _backend, _reference, pl
 from prefcal._validation import NO_ERROR
 from test_pl import pl_data
 
@@ -43,6 +44,10 @@ def test_loglik_small_matches_reference(rng, n, dtype, partial, masked):
     assert ok.all() and good.all()
     tol = 2e-6 if dtype == np.float32 else 1e-12
     assert np.all(np.abs(ll - want) <= tol * (1 + np.abs(want)))
+    if n <= 32:  # the fixed-width function: the same numbers, bit for bit
+        ll_fixed, ok_fixed = cpu.pl_loglik_small(scores, rankings, mask, fixed=True)
+        np.testing.assert_array_equal(ok_fixed, ok)
+        np.testing.assert_array_equal(ll_fixed, ll)
 
 
 @pytest.mark.parametrize("masked", [None, "row"])
@@ -66,10 +71,11 @@ def test_loglik_small_ranking_dtypes(rng, idtype):
 
 @pytest.mark.parametrize("spread", [50.0, 400.0, 1e4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_loglik_small_wide_score_ranges(rng, spread, dtype):
+@pytest.mark.parametrize("fixed", [False, True])
+def test_loglik_small_wide_score_ranges(rng, spread, dtype, fixed):
     """Rows whose scores span more than the fast path allows take the stable float64 path."""
     scores, rankings, _ = pl_data(rng, 300, 9, partial=True, spread=spread, dtype=dtype)
-    ll, ok = cpu.pl_loglik_small(scores, rankings, None)
+    ll, ok = cpu.pl_loglik_small(scores, rankings, None, fixed=fixed)
     want, _ = reference_rows(scores, rankings, None)
     assert ok.all()
     tol = 2e-6 if dtype == np.float32 else 1e-12
@@ -100,10 +106,11 @@ def bad_rows():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_loglik_small_flags_every_invalid_row(rng, dtype):
+@pytest.mark.parametrize("fixed", [False, True])
+def test_loglik_small_flags_every_invalid_row(rng, dtype, fixed):
     rankings, mask, valid = bad_rows()
     scores = rng.normal(size=(len(rankings), 5)).astype(dtype)
-    ll, ok = cpu.pl_loglik_small(scores, rankings, mask)
+    ll, ok = cpu.pl_loglik_small(scores, rankings, mask, fixed=fixed)
     np.testing.assert_array_equal(ok, valid)
     _, good = reference_rows(scores, rankings, mask)
     np.testing.assert_array_equal(ok, good)
@@ -112,7 +119,7 @@ def test_loglik_small_flags_every_invalid_row(rng, dtype):
         for col in (0, 4):
             s = scores.copy()
             s[0, col] = value
-            _, ok2 = cpu.pl_loglik_small(s, rankings, mask)
+            _, ok2 = cpu.pl_loglik_small(s, rankings, mask, fixed=fixed)
             assert not ok2[0] and (ok2[1:] == valid[1:]).all()
 
 
@@ -148,6 +155,10 @@ def test_loglik_small_properties(seed, n, corrupt, dtype):
     np.testing.assert_array_equal(ok, good)
     tol = 2e-6 if dtype == np.float32 else 1e-12
     assert np.all(np.abs(ll - want) <= tol * (1 + np.abs(want)))
+    if n <= 32:
+        ll_fixed, ok_fixed = cpu.pl_loglik_small(scores, rankings, mask, fixed=True)
+        np.testing.assert_array_equal(ok_fixed, ok)
+        np.testing.assert_array_equal(ll_fixed, ll)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
@@ -160,14 +171,17 @@ def test_loglik_small_probabilities_sum_to_one(rng, n, k):
     rankings[:, :length] = perms
     for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
         scores = np.broadcast_to(rng.normal(size=n) * 2, (len(perms), n)).astype(dtype)
-        ll, ok = cpu.pl_loglik_small(np.ascontiguousarray(scores), rankings, None)
-        assert ok.all()
-        assert abs(np.exp(ll).sum() - 1.0) < tol
+        for fixed in (False, True):
+            ll, ok = cpu.pl_loglik_small(np.ascontiguousarray(scores), rankings, None, fixed=fixed)
+            assert ok.all()
+            assert abs(np.exp(ll).sum() - 1.0) < tol
 
 
 def test_loglik_small_rejects_wide_rows():
     with pytest.raises(ValueError, match="n <= 64"):
         cpu.pl_loglik_small(np.zeros((2, 65)), np.zeros((2, 3), dtype=np.int32), None)
+    with pytest.raises(ValueError, match="n <= 32"):
+        cpu.pl_loglik_small(np.zeros((2, 33)), np.zeros((2, 3), dtype=np.int32), None, fixed=True)
 
 
 # ----------------------------------------------------------------------------------------- sampling
@@ -225,3 +239,73 @@ def test_draw_small_properties(seed, n, k, ties, p_avail):
 def test_draw_small_rejects_wide_rows():
     with pytest.raises(ValueError, match="n <= 32"):
         cpu.pl_sample_small(np.zeros((2, 33)), None, 1, 3, 0, True)
+
+
+# ----------------------------------------------------------------------------------------- the flat kernel
+
+# Shapes the flat-staged log-likelihood kernel takes (n <= 32, n and m not multiples of 4). It is off by
+# default
+# (prefcal._cuda.set_loglik_flat); these tests turn it on, on the GPU backends. On the CPU they check the same
+# numbers against the CPU kernel, so the test logic itself runs everywhere.
+FLAT_BACKENDS = ("cpu", "cupy", "torch-cuda", "cuda-staged")
+
+
+@pytest.fixture(params=FLAT_BACKENDS)
+def flat_backend(request):
+    b = get_backend(request.param)
+    cuda = _backend.cuda_module() if b.on_gpu else None
+    previous = cuda.set_loglik_flat(True) if cuda is not None else None
+    try:
+        with b.active():
+            yield b
+    finally:
+        if cuda is not None:
+            cuda.set_loglik_flat(previous)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 17, 23, 25, 30, 31])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked", [None, "row", "global"])
+def test_flat_loglik_matches_reference(flat_backend, rng, n, dtype, masked):
+    b = flat_backend
+    n_rows = 700  # several tiles, the last one partial
+    for partial, idtype in ((False, np.int32), (True, np.int64)):
+        scores, rankings, mask = pl_data(
+            rng, n_rows, n, partial=partial, masked=masked, dtype=dtype, idtype=idtype
+        )
+        kw = {"mask": None if mask is None else b.array(mask)}
+        got = b.numpy(pl.log_likelihood(b.array(scores), b.array(rankings), **kw))
+        want, good = reference_rows(scores, rankings, mask)
+        assert good.all() and got.dtype == dtype
+        tol = 2e-6 if dtype == np.float32 else 1e-12
+        assert np.all(np.abs(got - want) <= tol * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("n", [10, 7])
+def test_flat_loglik_unaligned_rows(flat_backend, rng, n):
+    """Arrays that start one row into an allocation (not 16-byte aligned): the element-wise copy."""
+    b = flat_backend
+    scores, rankings, _ = pl_data(rng, 601, n, partial=True, dtype=np.float32)
+    got = b.numpy(pl.log_likelihood(b.array(scores)[1:], b.array(rankings)[1:]))
+    want, _ = reference_rows(scores[1:], rankings[1:], None)
+    assert np.all(np.abs(got - want) <= 2e-6 * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flat_loglik_names_the_first_bad_row(flat_backend, rng, dtype):
+    """Each kind of bad row, placed after a tile of good rows: the error names it."""
+    b = flat_backend
+    rankings, mask, valid = bad_rows()
+    rankings = np.pad(rankings, ((0, 0), (0, 1)), constant_values=-1)  # m = n = 5
+    good_s, good_r, _ = pl_data(rng, 300, 5, partial=True, dtype=dtype, idtype=np.int64)
+    for row in np.flatnonzero(~valid):
+        s = np.concatenate([good_s, rng.normal(size=(1, 5)).astype(dtype)])
+        r = np.concatenate([good_r, rankings[row : row + 1]])
+        m = np.concatenate([np.ones((300, 5), bool), mask[row : row + 1]])
+        with pytest.raises(ValueError, match=r"rankings\[300"):
+            pl.log_likelihood(b.array(s), b.array(r), mask=b.array(m))
+    s = np.concatenate([good_s, good_s[:1]])
+    s[300, 3] = np.nan
+    r = np.concatenate([good_r, good_r[:1]])
+    with pytest.raises(ValueError, match="300"):
+        pl.log_likelihood(b.array(s), b.array(r))

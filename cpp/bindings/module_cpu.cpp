@@ -291,25 +291,37 @@ py::tuple pl_sample(const py::array& scores, const py::object& mask, int64_t siz
 // Test hooks: the per-row paths of the GPU's PL kernels (prefcal/pl.hpp), run on the host row by row, so
 // that the CPU tests check the arithmetic the GPU runs.
 //
-// pl_loglik_small: the staged log-likelihood kernel's row function (pl::row_loglik_small with a 64-bit
-// listed-item set): per-row scores (N, n), n <= 64. Returns (ll float64 (N,), ok bool (N,)); ll is 0 where
-// the row is bad.
-py::tuple pl_loglik_small(const py::array& scores, const py::array& rankings, const py::object& mask) {
+// pl_loglik_small: the staged log-likelihood kernels' row functions: pl::row_loglik_small with a 64-bit
+// listed-item set (n <= 64), or with `fixed` pl::row_loglik_fixed at width pl::loglik_width(n) (n <= 32), for
+// per-row scores (N, n). Returns (ll float64 (N,), ok bool (N,)); ll is 0 where the row is bad.
+template <class T, class I>
+bool loglik_row(bool fixed, int width, const T* s, const I* r, int m, int n, const uint8_t* mk, double& v) {
+  namespace pl = prefcal::pl;
+  if (!fixed) return pl::row_loglik_small<T, uint64_t>(s, r, m, n, mk, v);
+  if (width == 4) return pl::row_loglik_fixed<4, T>(s, r, m, n, mk, v);
+  if (width == 8) return pl::row_loglik_fixed<8, T>(s, r, m, n, mk, v);
+  if (width == 12) return pl::row_loglik_fixed<12, T>(s, r, m, n, mk, v);
+  if (width == 16) return pl::row_loglik_fixed<16, T>(s, r, m, n, mk, v);
+  if (width == 24) return pl::row_loglik_fixed<24, T>(s, r, m, n, mk, v);
+  return pl::row_loglik_fixed<32, T>(s, r, m, n, mk, v);
+}
+
+py::tuple pl_loglik_small(const py::array& scores, const py::array& rankings, const py::object& mask, bool fixed) {
   require(scores, 2, "scores");
   const auto sh = pl_rows(scores, rankings, mask);
-  if (sh.n > 64) throw std::invalid_argument("pl_loglik_small: n <= 64");
+  if (sh.n > (fixed ? 32 : 64)) throw std::invalid_argument(fixed ? "pl_loglik_small: n <= 32" : "pl_loglik_small: n <= 64");
+  const int width = prefcal::pl::loglik_width(sh.n);
   if (sh.N > INT32_MAX) throw std::invalid_argument("pl_loglik_small: too many rows");
   py::array_t<double> ll(sh.N);
   py::array_t<bool> ok(sh.N);
   double* o = ll.mutable_data();
   bool* k = ok.mutable_data();
   with_pl_types(scores, rankings, [&](const auto* s, const auto* r) {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(s)>>;
     const int n = static_cast<int>(sh.n), m = static_cast<int>(sh.m);
     for (int64_t b = 0; b < sh.N; ++b) {
       const uint8_t* mk = sh.mask == nullptr ? nullptr : (sh.global_mask ? sh.mask : sh.mask + b * sh.n);
       double v = 0.0;
-      k[b] = prefcal::pl::row_loglik_small<T, uint64_t>(s + b * sh.n, r + b * sh.m, m, n, mk, v);
+      k[b] = loglik_row(fixed, width, s + b * sh.n, r + b * sh.m, m, n, mk, v);
       o[b] = k[b] ? v : 0.0;
     }
   });
@@ -953,7 +965,7 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("p"));
   m.def("fastmath", &fastmath, py::arg("name"), py::arg("x").noconvert());
   m.def("pl_loglik_small", &pl_loglik_small, py::arg("scores").noconvert(), py::arg("rankings").noconvert(),
-        py::arg("mask").none(true));
+        py::arg("mask").none(true), py::arg("fixed") = false);
   m.def("pl_sample_small", &pl_sample_small, py::arg("scores").noconvert(), py::arg("mask").none(true),
         py::arg("size"), py::arg("k"), py::arg("seed"), py::arg("noise"));
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));

@@ -661,6 +661,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("marg_empirical", &marg_empirical, py::arg("rankings"), py::arg("n_rows"), py::arg("m"), py::arg("n"),
         py::arg("mask").none(true), py::arg("global_mask"), py::arg("weights").none(true), py::arg("pairwise"),
         py::arg("out"), py::arg("stream"), py::arg("device"));
+  m.def("set_loglik_flat", &pc::set_loglik_flat, py::arg("on"));
   m.def("time_pl_loglik", &time_pl_loglik, py::arg("scores"), py::arg("global_scores"), py::arg("rankings"),
         py::arg("mask").none(true), py::arg("global_mask"), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("ll"),
         py::arg("grad").none(true), py::arg("reps"), py::arg("stream"), py::arg("device"));

@@ -476,6 +476,9 @@ PREFCAL_HD int draw_width(int64_t n) {
   return n <= 4 ? 4 : n <= 8 ? 8 : n <= 12 ? 12 : n <= 16 ? 16 : n <= 24 ? 24 : n <= 32 ? 32 : 0;
 }
 
+// The width K of row_loglik_fixed for rows of n items (m <= n listed): the same steps as draw_width.
+PREFCAL_HD int loglik_width(int64_t n) { return draw_width(n); }
+
 // One Gumbel top-k draw (b, t) of a row of n <= K items, in registers (every index known at compile time):
 // the GPU sampler's path for small rows, run on the host by a test hook. Keys: s_i + the Gumbel noise of
 // (seed, b, t, i) (one Philox block per item pair; no noise for the mode), -inf for the unavailable items and
@@ -523,6 +526,102 @@ PREFCAL_HD int draw_small(const T* s, const uint8_t* mask, int n, int kk, uint64
     }
   }
   return avail;
+}
+
+
+// row_loglik_small for rows of m <= n <= K <= 32 items, K known at compile time (the GPU's flat-staged
+// kernel): every loop unrolled over K slots with uniform guards (j < m, i < n), the ranking read once into
+// registers, the listed-item set in 32 bits, the checks order-free (the padding is valid when no listed item
+// follows a -1). The same arithmetic in the same order as row_loglik_small: the same result, bit for bit.
+// The two are alternatives for the GPU until it has measured them side by side (benchmarks/gpu_pl.py); the
+// slower one then goes.
+template <int K, class C, class T, class I>
+PREFCAL_HD bool row_loglik_fixed(const T* s, const I* r, int m, int n, const uint8_t* mask, double& out) {
+  static_assert(std::is_same<C, T>::value, "the compute type is the scores' type");
+  static_assert(K >= 1 && K <= 32, "the listed items' set has 32 bits");
+  int item[K];
+  int L = m;
+  bool padded = false, bad = false;
+  uint32_t seen = 0;
+  PREFCAL_UNROLL
+  for (int j = 0; j < K; ++j) {
+    item[j] = 0;
+    if (j < m) {
+      const I x = r[j];
+      const int v = static_cast<int>(x);
+      const bool pad = x == I(-1);
+      bad |= padded && !pad;  // a listed item after the padding
+      L = pad && !padded ? j : L;
+      padded |= pad;
+      if (!pad) {
+        // out of range (negative included: I(v) != x when x does not fit in an int)
+        bad |= static_cast<unsigned>(v) >= static_cast<unsigned>(n) || I(v) != x;
+        const uint32_t bit = uint32_t(1) << (v & 31);
+        bad |= (seen & bit) != 0;
+        seen |= bit;
+        if (mask != nullptr && !bad) bad = mask[v] == 0;
+        item[j] = v & 31;
+      }
+    }
+  }
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr U kExp = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
+  U nonfinite = 0;
+  T hi = static_cast<T>(-INFINITY), lo = static_cast<T>(INFINITY);
+  int n_avail = 0;
+  PREFCAL_UNROLL
+  for (int i = 0; i < K; ++i) {
+    if (i < n) {
+      const T x = s[i];
+      U xb;
+      memcpy(&xb, &x, sizeof xb);
+      nonfinite |= static_cast<U>((xb & kExp) == kExp);
+      if (available(mask, i)) {
+        hi = x > hi ? x : hi;
+        lo = x < lo ? x : lo;
+        ++n_avail;
+      }
+    }
+  }
+  if (bad || nonfinite != 0) return false;
+  const int Lc = L < n_avail - 1 ? L : n_avail - 1;
+  if (Lc <= 0) {
+    out = 0.0;
+    return true;
+  }
+  if (static_cast<double>(hi) - static_cast<double>(lo) > Span<C>::value) {
+    Bits64 bits;
+    bits.v = static_cast<uint64_t>(seen);
+    out = row_loglik<C>(s, r, int64_t(L), int64_t(n), mask, bits, static_cast<T*>(nullptr), Strided<double>{});
+    return true;
+  }
+  const C mx = static_cast<C>(hi);
+  C acc = C(0);  // worth of the unlisted available items
+  if (L < n_avail) {
+    PREFCAL_UNROLL
+    for (int i = 0; i < K; ++i) {
+      if (i < n && available(mask, i) && ((seen >> i) & 1u) == 0) acc += exp_c(static_cast<C>(s[i]) - mx);
+    }
+  }
+  double ll = 0.0;
+  typename FastProduct<C>::type logd;
+  PREFCAL_UNROLL
+  for (int j = K - 1; j >= 0; --j) {
+    if (j < L) {
+      const C x = static_cast<C>(s[item[j]]) - mx;
+      acc += exp_c(x);
+      if (j < Lc) {
+        ll += static_cast<double>(x);
+        if constexpr (std::is_same<C, float>::value) {
+          logd.mul(acc);
+        } else {
+          logd.mul_bounded(acc);
+        }
+      }
+    }
+  }
+  out = ll - logd.value();
+  return true;
 }
 
 // Accumulator of the fit pass on the host: p[i] += v.
