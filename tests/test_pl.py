@@ -293,6 +293,21 @@ def test_vector_sampling_paths_match_reference(rng, n, size, dtype):
         np.testing.assert_array_equal(pl.mode(scores, k=k), mode[:, 0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,size", [(3, 1), (10, 3), (1, 2), (40, 1)])
+def test_sampler_reports_the_first_nonfinite_row(rng, dtype, n, size):
+    """The CPU sampler's scan for non-finite scores (blocks of rows, chunks of draws): the first bad row,
+    wherever it lies (first row, a block boundary, the last row), for NaN and both infinities."""
+    cpu = pytest.importorskip("prefcal._cpu")
+    rows = 9000
+    for bad_rows, value in (([0], np.nan), ([4095 // n, 7000], np.inf), ([rows - 1], -np.inf), ([], 0.0)):
+        scores = rng.normal(size=(rows, n)).astype(dtype)
+        for b in bad_rows:
+            scores[b, rng.integers(n)] = value
+        _, first = cpu.pl_sample(scores, None, size, n, 1, True)
+        assert first == (bad_rows[0] if bad_rows else NO_ERROR)
+
+
 @pytest.mark.parametrize("n", [9, 17, 33, 40])
 def test_selection_buffers_on_every_backend(backend: Backend, rng, n):
     """Every size of top-k buffer (the CUDA sampler keeps up to 4, 8, 16 or 32 keys in registers, more in

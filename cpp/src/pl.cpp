@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -533,6 +534,39 @@ void noise_bits(uint64_t seed, const uint64_t* row_of, const uint32_t* sample_of
   noise_bits_portable(seed, row_of, sample_of, pair_of, count, out);
 }
 
+// The first of `rows` rows of n scores holding a non-finite one, or -1: a flat scan of blocks of whole rows
+// (vectorised: no early exit inside a block), row by row only in a block that holds one.
+template <class T>
+__attribute__((always_inline)) inline int64_t first_nonfinite_row_impl(const T* s, int64_t rows, int64_t n) {
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr U kExp = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
+  const int64_t per = std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1));
+  for (int64_t b0 = 0; b0 < rows; b0 += per) {
+    const int64_t nb = std::min(per, rows - b0), count = nb * n;
+    const T* p = s + b0 * n;
+    U top = 0;  // the largest exponent field: kExp when some score is inf or NaN
+    for (int64_t i = 0; i < count; ++i) {
+      U bits;
+      std::memcpy(&bits, p + i, sizeof bits);
+      const U e = bits & kExp;
+      top = e > top ? e : top;
+    }
+    if (top == kExp) {
+      for (int64_t b = b0; b < b0 + nb; ++b) {
+        if (!pl::finite_row(s + b * n, n)) return b;
+      }
+    }
+  }
+  return -1;
+}
+
+PREFCAL_CLONES int64_t first_nonfinite_row(const float* s, int64_t rows, int64_t n) {
+  return first_nonfinite_row_impl(s, rows, n);
+}
+PREFCAL_CLONES int64_t first_nonfinite_row(const double* s, int64_t rows, int64_t n) {
+  return first_nonfinite_row_impl(s, rows, n);
+}
+
 // Gumbel noise of 52 random bits: -log(-log(u)), u = philox::to_uniform(bits).
 inline double gumbel_bits(uint64_t bits) {
   const uint64_t one = 0x3FF0000000000000ull | bits;  // 1 + bits * 2^-52, exactly
@@ -778,11 +812,11 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
       }
     };
     // Every row is checked by the chunk that holds its first draw (or by the chunk a row continues into).
-    for (int64_t b = lo / size; b * size < hi; ++b) {
-      if (!pl::finite_row(s + b * n, n)) {
-        bad[static_cast<size_t>(c)] = b;
-        return;
-      }
+    const int64_t b_lo = lo / size, b_hi = (hi + size - 1) / size;
+    const int64_t f = first_nonfinite_row(s + b_lo * n, b_hi - b_lo, n);
+    if (f >= 0) {
+      bad[static_cast<size_t>(c)] = b_lo + f;
+      return;
     }
     for (int64_t d0 = lo; d0 < hi; d0 += batch) batch_of(d0, std::min(batch, hi - d0));
   });
