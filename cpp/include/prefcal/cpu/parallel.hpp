@@ -27,13 +27,15 @@ inline int threads_for(int64_t n_chunks) {
 }
 
 // body(thread, chunk, lo, hi) for each fixed chunk [lo, hi) of [0, n), on up to nt threads. Exceptions (only
-// std::bad_alloc can occur) are carried out of the parallel region.
+// std::bad_alloc can occur) are carried out of the parallel region. Chunks go to whichever thread is free
+// (dynamic schedule: a core slowed by other work does not hold the call back); the bodies keep their results
+// per chunk, or per thread only where the order cannot matter (integer counts, minima, scratch).
 template <class Body>
 void for_chunks(int64_t n, int64_t chunk, int nt, Body&& body) {
   const int64_t nc = (n + chunk - 1) / chunk;
   std::atomic<bool> failed{false};
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
 #else
   (void)nt;
 #endif
