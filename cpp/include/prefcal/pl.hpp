@@ -391,6 +391,35 @@ PREFCAL_HD double row_loglik(const T* s, const I* r, int64_t L, int64_t n, const
   return ll;
 }
 
+// The shared middle of the fused row functions (row_loglik_small, row_loglik_fixed), after their checks: true
+// with `out` set when the row is finished here (no counted stage: 0; available scores spanning more than
+// Span<C>: the stable float64 path of row_loglik), false when the fast path goes on.
+template <class C, class T, class I>
+PREFCAL_HD bool finish_small_row(const T* s, const I* r, int L, int Lc, int n, const uint8_t* mask, uint64_t seen,
+                                 T hi, T lo, double& out) {
+  if (Lc <= 0) {
+    out = 0.0;
+    return true;
+  }
+  if (static_cast<double>(hi) - static_cast<double>(lo) > Span<C>::value) {
+    Bits64 bits;
+    bits.v = seen;
+    out = row_loglik<C>(s, r, int64_t(L), int64_t(n), mask, bits, static_cast<T*>(nullptr), Strided<double>{});
+    return true;
+  }
+  return false;
+}
+
+// A counted stage's normaliser into the product of the fused row functions.
+template <class C>
+PREFCAL_HD void mul_stage(typename FastProduct<C>::type& logd, C acc) {
+  if constexpr (std::is_same<C, float>::value) {
+    logd.mul(acc);
+  } else {
+    logd.mul_bounded(acc);
+  }
+}
+
 // log P(r) of one row of at most 8 sizeof(W) items with the validation fused in (the staged GPU kernel's
 // path): false when the row is invalid (a bad ranking as parse_ranking reads it, or a non-finite score), else
 // true and the log-likelihood in `out`. The arithmetic of row_loglik without a gradient, in the same order,
@@ -435,16 +464,7 @@ PREFCAL_HD bool row_loglik_small(const T* s, const I* r, int m, int n, const uin
   }
   if ((static_cast<uint64_t>(bad) | static_cast<uint64_t>(nonfinite)) != 0) return false;
   const int Lc = L < n_avail - 1 ? L : n_avail - 1;
-  if (Lc <= 0) {
-    out = 0.0;
-    return true;
-  }
-  if (static_cast<double>(hi) - static_cast<double>(lo) > Span<C>::value) {
-    Bits64 bits;
-    bits.v = static_cast<uint64_t>(seen);
-    out = row_loglik<C>(s, r, int64_t(L), int64_t(n), mask, bits, static_cast<T*>(nullptr), Strided<double>{});
-    return true;
-  }
+  if (finish_small_row<C>(s, r, L, Lc, n, mask, static_cast<uint64_t>(seen), hi, lo, out)) return true;
   const C mx = static_cast<C>(hi);
   C acc = C(0);  // worth of the unlisted available items
   if (L < n_avail) {
@@ -460,11 +480,7 @@ PREFCAL_HD bool row_loglik_small(const T* s, const I* r, int m, int n, const uin
     const C x = static_cast<C>(s[static_cast<int>(r[j])]) - mx;
     acc += exp_c(x);
     ll += static_cast<double>(x);
-    if constexpr (std::is_same<C, float>::value) {
-      logd.mul(acc);
-    } else {
-      logd.mul_bounded(acc);
-    }
+    mul_stage<C>(logd, acc);
   }
   out = ll - logd.value();
   return true;
@@ -585,16 +601,7 @@ PREFCAL_HD bool row_loglik_fixed(const T* s, const I* r, int m, int n, const uin
   }
   if (bad || nonfinite != 0) return false;
   const int Lc = L < n_avail - 1 ? L : n_avail - 1;
-  if (Lc <= 0) {
-    out = 0.0;
-    return true;
-  }
-  if (static_cast<double>(hi) - static_cast<double>(lo) > Span<C>::value) {
-    Bits64 bits;
-    bits.v = static_cast<uint64_t>(seen);
-    out = row_loglik<C>(s, r, int64_t(L), int64_t(n), mask, bits, static_cast<T*>(nullptr), Strided<double>{});
-    return true;
-  }
+  if (finish_small_row<C>(s, r, L, Lc, n, mask, static_cast<uint64_t>(seen), hi, lo, out)) return true;
   const C mx = static_cast<C>(hi);
   C acc = C(0);  // worth of the unlisted available items
   if (L < n_avail) {
@@ -612,11 +619,7 @@ PREFCAL_HD bool row_loglik_fixed(const T* s, const I* r, int m, int n, const uin
       acc += exp_c(x);
       if (j < Lc) {
         ll += static_cast<double>(x);
-        if constexpr (std::is_same<C, float>::value) {
-          logd.mul(acc);
-        } else {
-          logd.mul_bounded(acc);
-        }
+        mul_stage<C>(logd, acc);
       }
     }
   }
