@@ -123,10 +123,13 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
     }
   }
   const int64_t listed = m < n ? m : n;  // positions that must hold items (the last of n may be -1)
+  // the checks in the rankings' width: sixteen 32-bit lanes are one vector
+  using V = typename std::conditional<sizeof(I) <= 4, int32_t, int64_t>::type;
+  using UV = typename std::make_unsigned<V>::type;
   for (int64_t j = 0; j < listed; ++j) {
     for (int l = 0; l < kLanes; ++l) {
-      const int64_t v = static_cast<int64_t>(r[l * m + j]);
-      const bool ok = static_cast<uint64_t>(v) < static_cast<uint64_t>(n);
+      const V v = static_cast<V>(r[l * m + j]);
+      const bool ok = static_cast<UV>(v) < static_cast<UV>(n);
       const uint32_t bit = ok ? uint32_t(1) << (v & 31) : 0u;
       bad[l] |= static_cast<uint32_t>(!ok && !(j == n - 1 && v == -1));
       bad[l] |= static_cast<uint32_t>((seen[l] & bit) != 0);
