@@ -753,11 +753,12 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
   const int64_t n_chunks = draws_total == 0 ? 0 : (draws_total + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   for_chunks(draws_total, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
+    // The buffers of the general path, allocated on its first use (the fused AVX-512 path needs none).
     const size_t values = static_cast<size_t>(batch * n2), blocks = static_cast<size_t>(batch * pairs);
-    std::vector<uint64_t> bits(values), row_of(blocks);
-    std::vector<uint32_t> sample_of(blocks), pair_of(blocks);
-    std::vector<double> g(values, 0.0), keys(static_cast<size_t>(n));
-    std::vector<int32_t> items(static_cast<size_t>(n));
+    std::vector<uint64_t> bits, row_of;
+    std::vector<uint32_t> sample_of, pair_of;
+    std::vector<double> g, keys;
+    std::vector<int32_t> items;
     std::vector<std::pair<double, int32_t>> scratch;
     // Draws [d0, d0 + count) of the row-major (row, sample) order; draw d writes out[d * k ..].
     auto batch_of = [&](int64_t d0, int64_t count) {
@@ -769,6 +770,16 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
         d0 += whole, count -= whole;
       }
 #endif
+      if (count == 0) return;
+      if (keys.size() != static_cast<size_t>(n)) {
+        bits.resize(values);
+        row_of.resize(blocks);
+        sample_of.resize(blocks);
+        pair_of.resize(blocks);
+        g.assign(values, 0.0);  // stays 0 without noise (the mode)
+        keys.resize(static_cast<size_t>(n));
+        items.resize(static_cast<size_t>(n));
+      }
       if (noise) {
         const int64_t np = pairs, ns = size;  // locals: the stores below cannot alias them
         uint64_t* ro = row_of.data();
