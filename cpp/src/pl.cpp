@@ -541,20 +541,17 @@ void noise_bits(uint64_t seed, const uint64_t* row_of, const uint32_t* sample_of
 // (vectorised: no early exit inside a block), row by row only in a block that holds one.
 template <class T>
 __attribute__((always_inline)) inline int64_t first_nonfinite_row_impl(const T* s, int64_t rows, int64_t n) {
-  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
-  constexpr U kExp = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
+  using U = typename pl::ExpBits<T>::U;
   const int64_t per = std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1));
   for (int64_t b0 = 0; b0 < rows; b0 += per) {
     const int64_t nb = std::min(per, rows - b0), count = nb * n;
     const T* p = s + b0 * n;
-    U top = 0;  // the largest exponent field: kExp when some score is inf or NaN
+    U top = 0;  // the largest exponent field: all ones when some score is inf or NaN
     for (int64_t i = 0; i < count; ++i) {
-      U bits;
-      std::memcpy(&bits, p + i, sizeof bits);
-      const U e = bits & kExp;
+      const U e = pl::exponent_bits(p[i]);
       top = e > top ? e : top;
     }
-    if (top == kExp) {
+    if (top == pl::ExpBits<T>::kAll) {
       for (int64_t b = b0; b < b0 + nb; ++b) {
         if (!pl::finite_row(s + b * n, n)) return b;
       }

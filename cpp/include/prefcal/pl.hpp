@@ -151,17 +151,30 @@ PREFCAL_HD void clear_listed(const I*, int64_t, int64_t, Bits64& bits) {
   bits.v = 0;
 }
 
-// Whether every score is finite: the exponent bits of NaN and +-inf are all ones (integer operations, no early
-// exit: the loop vectorises).
+// The exponent field of a float or double, as an unsigned integer of its width: ExpBits<T>::kAll (all ones)
+// exactly when x is NaN or +-inf. Integer operations: the loops over it vectorise.
+template <class T>
+struct ExpBits {
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  static constexpr U kAll = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
+};
+
+template <class T>
+PREFCAL_HD typename ExpBits<T>::U exponent_bits(T x) {
+  typename ExpBits<T>::U bits;
+  memcpy(&bits, &x, sizeof bits);
+  return bits & ExpBits<T>::kAll;
+}
+
+// Whether every score is finite (no early exit: the loop vectorises).
 template <class T>
 PREFCAL_HD bool finite_row(const T* s, int64_t n) {
-  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
-  constexpr U kExp = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
+  using U = typename ExpBits<T>::U;
   U bad = 0;
   for (int64_t i = 0; i < n; ++i) {
     U bits;
     memcpy(&bits, s + i, sizeof bits);
-    bad |= static_cast<U>((bits & kExp) == kExp);
+    bad |= static_cast<U>((bits & ExpBits<T>::kAll) == ExpBits<T>::kAll);
   }
   return bad == 0;
 }
@@ -391,6 +404,23 @@ PREFCAL_HD double row_loglik(const T* s, const I* r, int64_t L, int64_t n, const
   return ll;
 }
 
+// The pass of the fused row functions (row_loglik_small, row_loglik_fixed) over a row's scores: whether one is
+// not finite, and the largest, the smallest and the number of the available ones.
+template <class T>
+struct ScoreScan {
+  typename ExpBits<T>::U nonfinite = 0;
+  T hi = static_cast<T>(-INFINITY), lo = static_cast<T>(INFINITY);
+  int n_avail = 0;
+  PREFCAL_HD void add(T x, bool avail) {
+    nonfinite |= static_cast<typename ExpBits<T>::U>(exponent_bits(x) == ExpBits<T>::kAll);
+    if (avail) {
+      hi = x > hi ? x : hi;
+      lo = x < lo ? x : lo;
+      ++n_avail;
+    }
+  }
+};
+
 // The shared middle of the fused row functions (row_loglik_small, row_loglik_fixed), after their checks: true
 // with `out` set when the row is finished here (no counted stage: 0; available scores spanning more than
 // Span<C>: the stable float64 path of row_loglik), false when the fast path goes on.
@@ -446,26 +476,13 @@ PREFCAL_HD bool row_loglik_small(const T* s, const I* r, int m, int n, const uin
     seen |= bit;
     if (mask != nullptr) bad |= static_cast<W>(bad == 0 && mask[v] == 0);
   }
-  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
-  constexpr U kExp = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
-  U nonfinite = 0;
-  T hi = static_cast<T>(-INFINITY), lo = static_cast<T>(INFINITY);
-  int n_avail = mask == nullptr ? n : 0;
-  for (int i = 0; i < n; ++i) {
-    const T x = s[i];
-    U xb;
-    memcpy(&xb, &x, sizeof xb);
-    nonfinite |= static_cast<U>((xb & kExp) == kExp);
-    if (available(mask, i)) {
-      hi = x > hi ? x : hi;
-      lo = x < lo ? x : lo;
-      n_avail += mask == nullptr ? 0 : 1;
-    }
-  }
-  if ((static_cast<uint64_t>(bad) | static_cast<uint64_t>(nonfinite)) != 0) return false;
+  ScoreScan<T> sc;
+  for (int i = 0; i < n; ++i) sc.add(s[i], available(mask, i));
+  if ((static_cast<uint64_t>(bad) | static_cast<uint64_t>(sc.nonfinite)) != 0) return false;
+  const int n_avail = sc.n_avail;
   const int Lc = L < n_avail - 1 ? L : n_avail - 1;
-  if (finish_small_row<C>(s, r, L, Lc, n, mask, static_cast<uint64_t>(seen), hi, lo, out)) return true;
-  const C mx = static_cast<C>(hi);
+  if (finish_small_row<C>(s, r, L, Lc, n, mask, static_cast<uint64_t>(seen), sc.hi, sc.lo, out)) return true;
+  const C mx = static_cast<C>(sc.hi);
   C acc = C(0);  // worth of the unlisted available items
   if (L < n_avail) {
     for (int i = 0; i < n; ++i) {
@@ -580,29 +597,16 @@ PREFCAL_HD bool row_loglik_fixed(const T* s, const I* r, int m, int n, const uin
       }
     }
   }
-  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
-  constexpr U kExp = sizeof(T) == 4 ? U(0x7F800000u) : U(0x7FF0000000000000ull);
-  U nonfinite = 0;
-  T hi = static_cast<T>(-INFINITY), lo = static_cast<T>(INFINITY);
-  int n_avail = 0;
+  ScoreScan<T> sc;
   PREFCAL_UNROLL
   for (int i = 0; i < K; ++i) {
-    if (i < n) {
-      const T x = s[i];
-      U xb;
-      memcpy(&xb, &x, sizeof xb);
-      nonfinite |= static_cast<U>((xb & kExp) == kExp);
-      if (available(mask, i)) {
-        hi = x > hi ? x : hi;
-        lo = x < lo ? x : lo;
-        ++n_avail;
-      }
-    }
+    if (i < n) sc.add(s[i], available(mask, i));
   }
-  if (bad || nonfinite != 0) return false;
+  if (bad || sc.nonfinite != 0) return false;
+  const int n_avail = sc.n_avail;
   const int Lc = L < n_avail - 1 ? L : n_avail - 1;
-  if (finish_small_row<C>(s, r, L, Lc, n, mask, static_cast<uint64_t>(seen), hi, lo, out)) return true;
-  const C mx = static_cast<C>(hi);
+  if (finish_small_row<C>(s, r, L, Lc, n, mask, static_cast<uint64_t>(seen), sc.hi, sc.lo, out)) return true;
+  const C mx = static_cast<C>(sc.hi);
   C acc = C(0);  // worth of the unlisted available items
   if (L < n_avail) {
     PREFCAL_UNROLL
