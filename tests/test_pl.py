@@ -328,6 +328,136 @@ def test_selection_buffers_on_every_backend(backend: Backend, rng, n):
             )
 
 
+def _f32_keys_hooks():
+    """The C++ extension's hooks of the sampler's certified float32 keys; skip without them or AVX-512."""
+    cpu = pytest.importorskip("prefcal._cpu")
+    if cpu.gumbel_f32(np.zeros(1, np.uint32), np.zeros(1, np.uint32)) is None:
+        pytest.skip("the float32 keys need AVX-512")
+    return cpu
+
+
+def _gumbel_of_words(a, b):
+    """float64 Gumbel noise -log(-log u) of Philox words (a, b): u = (bits52 + 1/2) 2^-52 (philox.hpp)."""
+    bits = (a.astype(np.uint64) << np.uint64(20)) | (b.astype(np.uint64) >> np.uint64(12))
+    u = (bits.astype(np.float64) + 0.5) * 2.0**-52
+    return -np.log(-np.log(u))
+
+
+def _check_gumbel_f32(cpu, a, b):
+    a, b = np.asarray(a, np.uint32), np.asarray(b, np.uint32)
+    err = np.abs(cpu.gumbel_f32(a, b).astype(np.float64) - _gumbel_of_words(a, b))
+    # a quarter of the bound the sampler's certificate assumes (measured worst: 1.1e-6 of 1.5e-5)
+    assert err.max() <= cpu.GUMBEL_F32_ERROR / 4, (err.max(), a[err.argmax()], b[err.argmax()])
+
+
+def test_float32_gumbel_noise_is_within_its_bound(rng):
+    """The float32 noise behind the sampler's fast keys, against the float64 noise it certifies: random
+    words, u near 0 and 1 (the log1p branch), both sides of the branch point sqrt(1/2) and of 1/2, extreme
+    low words."""
+    cpu = _f32_keys_hooks()
+    top = 2**32 - 1
+    edges = np.concatenate(
+        [
+            np.arange(0, 5000),
+            top - np.arange(0, 5000),
+            3037000500 + np.arange(-3000, 3000),
+            2**31 + np.arange(-3000, 3000),
+            2 ** np.arange(32) - 1,
+            2 ** np.arange(32),
+        ]
+    ).astype(np.uint32)
+    for low in (np.zeros(len(edges)), np.full(len(edges), top), rng.integers(0, 2**32, len(edges))):
+        _check_gumbel_f32(cpu, edges, low.astype(np.uint32))
+    _check_gumbel_f32(cpu, rng.integers(0, 2**32, 2**18), rng.integers(0, 2**32, 2**18))
+    # the tail of a call that is not a multiple of sixteen lanes
+    _check_gumbel_f32(cpu, rng.integers(0, 2**32, 37), rng.integers(0, 2**32, 37))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), min_size=1, max_size=40))
+def test_float32_gumbel_noise_is_within_its_bound_hypothesis(words):
+    cpu = _f32_keys_hooks()
+    a, b = zip(*words, strict=True)
+    _check_gumbel_f32(cpu, a, b)
+
+
+def _draw_both_ways(cpu, scores, size, k, seed):
+    """pl.sample with the certified float32 keys and with float64 keys only; the float32 path's fallbacks."""
+    before = cpu.sample_f32_fallbacks()
+    fast = pl.sample(scores, size, k=k, seed=seed)
+    fallbacks = cpu.sample_f32_fallbacks() - before
+    previous = cpu.set_sample_f32(False)
+    try:
+        exact = pl.sample(scores, size, k=k, seed=seed)
+    finally:
+        cpu.set_sample_f32(previous)
+    return fast, exact, fallbacks
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 16, 17, 31, 32])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float32_keys_give_the_float64_samples(rng, n, dtype):
+    """The sampler's fast path decides the order of the float64 keys from float32 ones where their gap is
+    certain and redoes a group of draws with float64 keys otherwise: the same samples either way, for plain,
+    tied, wide-range and huge scores, float64 scores that differ below float32 precision, every k."""
+    cpu = _f32_keys_hooks()
+    rows = 1000
+    cases = {
+        "normal": rng.normal(size=(rows, n)),
+        "tied": np.round(rng.normal(size=(rows, n)), 1),
+        "wide": rng.normal(size=(rows, n)) * 1e4,
+        "huge": rng.normal(size=(rows, n)) * 1e7,  # beyond 2^20: all with float64 keys
+        "close": 1000.0 + 1e-9 * rng.integers(0, 5, size=(rows, n)),
+    }
+    for name, scores in cases.items():
+        scores = scores.astype(dtype)
+        for k in sorted({1, min(3, n), n}):
+            for size in (1, 3):
+                fast, exact, fallbacks = _draw_both_ways(cpu, scores, size, k, 2**33 + 5)
+                np.testing.assert_array_equal(fast, exact, err_msg=f"{name} k={k} size={size}")
+                groups = rows * size // 16
+                if name == "huge":
+                    assert fallbacks == groups
+                elif name == "normal" and n <= 10:
+                    assert fallbacks < groups / 5  # the float32 keys decide most groups
+    ref, _ = _reference.pl_sample(cases["normal"].astype(dtype), None, 2, n, 2**33 + 5, True)
+    np.testing.assert_array_equal(pl.sample(cases["normal"].astype(dtype), 2, seed=2**33 + 5), ref)
+
+
+def test_float32_keys_fall_back_where_keys_are_close(rng):
+    """Many items per row make close keys common: some groups take the float64 keys, most do not, and the
+    samples equal those of the float64 keys and of the NumPy reference."""
+    cpu = _f32_keys_hooks()
+    scores = rng.normal(size=(4000, 32)).astype(np.float32)
+    fast, exact, fallbacks = _draw_both_ways(cpu, scores, 1, 32, 11)
+    np.testing.assert_array_equal(fast, exact)
+    assert 0 < fallbacks < 4000 // 16
+    ref, _ = _reference.pl_sample(scores, None, 1, 32, 11, True)
+    np.testing.assert_array_equal(fast, ref)
+
+
+@pytest.mark.parametrize("gap", [1e-7, 1e-6, 1e-5, 1e-4, 1e-3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float32_keys_on_engineered_near_ties(rng, gap, dtype):
+    """Scores that cancel the noise, so that the float64 keys of a draw lie `gap` apart in a random order:
+    below the float32 keys' resolution the draws must fall back, above it they must be decided right; the
+    samples equal the float64 keys' and the NumPy reference's."""
+    cpu = _f32_keys_hooks()
+    rows, n, seed = 2000, 10, 2024
+    rows_, items = np.arange(rows)[:, None], np.arange(n)[None, :]
+    noise = _reference.gumbel(seed, rows_, np.zeros((1, 1), np.int64), items)
+    order = np.argsort(rng.random((rows, n)), axis=1)
+    scores = (-noise + gap * order).astype(dtype)
+    fast, exact, fallbacks = _draw_both_ways(cpu, scores, 1, n, seed)
+    np.testing.assert_array_equal(fast, exact)
+    ref, _ = _reference.pl_sample(scores, None, 1, n, seed, True)
+    np.testing.assert_array_equal(fast, ref)
+    if gap <= 1e-5:
+        assert fallbacks == rows // 16
+    elif gap >= 1e-3:
+        assert fallbacks == 0
+
+
 def test_sample_shapes_seeds_and_masks(rng):
     s = rng.normal(size=(5, 6))
     a = pl.sample(s, 3, seed=1)

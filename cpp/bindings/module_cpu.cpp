@@ -173,6 +173,23 @@ py::array fastmath(const std::string& name, const py::array& x) {
   throw std::invalid_argument("fastmath: log_pos (float64) or exp_neg (float32 / float64)");
 }
 
+// Test hook: the sampler's float32 Gumbel noise of Philox words (a, b) (uint32 arrays of one length); None
+// without AVX-512.
+py::object gumbel_f32(const py::array& a, const py::array& b) {
+  require(a, 1, "a");
+  require(b, 1, "b");
+  if (!py::isinstance<py::array_t<uint32_t>>(a) || !py::isinstance<py::array_t<uint32_t>>(b) ||
+      a.shape(0) != b.shape(0)) {
+    throw std::invalid_argument("gumbel_f32: a and b are uint32 arrays of one length");
+  }
+  py::array_t<float> out(a.shape(0));
+  if (!prefcal::cpu::gumbel_f32(static_cast<const uint32_t*>(a.data()), static_cast<const uint32_t*>(b.data()),
+                                a.shape(0), out.mutable_data())) {
+    return py::none();
+  }
+  return std::move(out);
+}
+
 // Test hooks: the shared per-element bin arithmetic, including the float32 path that the GPU runs.
 py::array_t<int32_t> uniform_bin_index(const py::array& conf, int32_t n_bins, bool f32_path) {
   require(conf, 1, "confidence");
@@ -968,6 +985,10 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("mask").none(true), py::arg("fixed") = false);
   m.def("pl_sample_small", &pl_sample_small, py::arg("scores").noconvert(), py::arg("mask").none(true),
         py::arg("size"), py::arg("k"), py::arg("seed"), py::arg("noise"));
+  m.def("gumbel_f32", &gumbel_f32, py::arg("a").noconvert(), py::arg("b").noconvert());
+  m.def("set_sample_f32", &prefcal::cpu::set_sample_f32, py::arg("on"));
+  m.def("sample_f32_fallbacks", &prefcal::cpu::sample_f32_fallbacks);
+  m.attr("GUMBEL_F32_ERROR") = py::float_(prefcal::cpu::gumbel_f32_error());
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &prefcal::cpu::num_threads);
   m.def("build_info", &build_info);

@@ -2,6 +2,7 @@
 #include "prefcal/cpu/pl.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <cstdint>
@@ -87,6 +88,10 @@ int64_t min_of(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *s
 // a lane that is not this case (padding before n - 1, a bad item, a wide score range) is left to the general
 // per-row code, which also words its error.
 constexpr int kLanes = 16;
+// The sampler's certified float32 keys (draw_lanes_f32_avx512): on by default; a test hook turns them off to
+// compare the two paths.
+std::atomic<bool> g_sample_f32{true};
+std::atomic<int64_t> g_sample_f32_fallbacks{0};  // groups of sixteen draws redone with the float64 keys
 
 // Moves the binary exponent of each lane's product into an integer (the product becomes its mantissa in
 // [1, 2)): branch-free, so a product of a few bounded factors between two calls never under- or overflows.
@@ -453,11 +458,13 @@ __attribute__((target("avx2"))) void noise_bits_avx2(uint64_t seed, const uint64
 
 #if defined(PREFCAL_X86_AVX2)
 // The same with AVX-512: sixteen blocks per step.
+// The products of the even lanes are the 64-bit lanes of `even`, those of the odd lanes the 64-bit lanes of
+// `oddp`; one masked swap of the 32-bit halves of each 64-bit lane picks each side (_MM_PERM_CDAB).
 __attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i b, __m512i& hi, __m512i& lo) {
   const __m512i even = _mm512_mul_epu32(a, b);
   const __m512i oddp = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(oddp, 32));
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), oddp);
+  lo = _mm512_mask_shuffle_epi32(even, 0xAAAA, oddp, _MM_PERM_CDAB);  // odd lanes: low half of oddp
+  hi = _mm512_mask_shuffle_epi32(oddp, 0x5555, even, _MM_PERM_CDAB);  // even lanes: high half of even
 }
 
 // Philox4x32-10 of sixteen blocks, counters (c0, c1, c2, c3) in place. Same function as philox::block.
@@ -639,6 +646,71 @@ void select_lanes(const double* const* rows, const double* const* noise, int64_t
 }
 
 #if defined(PREFCAL_X86_AVX2)
+// The output of sixteen draws (16 k items, draw-major) assembled from ranks: put() writes item q at rank r of
+// each lane with branch-free scalar stores (vector scatters are microcoded and slower here, AMD Zen 4); ranks
+// k and beyond go to spill slots past the block. Then one copy out.
+struct RankBlock {
+  alignas(64) int32_t items[32 * kLanes + kLanes];
+  alignas(64) int32_t at0[kLanes];  // lane * k
+  int32_t k;
+};
+
+__attribute__((target("avx512f"))) inline void rank_block_init(RankBlock& b, int64_t k) {
+  b.k = static_cast<int32_t>(k);
+  for (int l = 0; l < kLanes; ++l) b.at0[l] = l * b.k;
+}
+
+__attribute__((target("avx512f"))) inline void rank_block_put(RankBlock& b, __m512i r, int64_t q) {
+  const __m512i kk = _mm512_set1_epi32(b.k);
+  const __m512i spill = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32(kLanes * b.k));
+  alignas(64) int32_t at[kLanes];
+  _mm512_store_si512(at, _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(r, kk), spill,
+                                                 _mm512_add_epi32(_mm512_load_si512(b.at0), r)));
+  for (int l = 0; l < kLanes; ++l) b.items[at[l]] = static_cast<int32_t>(q);
+}
+
+inline void rank_block_copy(const RankBlock& b, int32_t* dst) {
+  std::memcpy(dst, b.items, sizeof(int32_t) * static_cast<size_t>(kLanes * b.k));
+}
+
+// The Philox counters of sixteen consecutive draws d0 .. d0 + 15 of the row-major (row, sample) order: row
+// (low and high words) and sample per lane, and each lane's score offset from the first draw's row. One draw
+// per row (size 1) in vector arithmetic (scalar stores read back as a vector stall store forwarding).
+struct LaneCounters {
+  __m512i row_lo, row_hi, sample;
+  alignas(64) int32_t off[kLanes];  // <= 15 * 32
+  int64_t b0;
+};
+
+__attribute__((target("avx512f"))) inline void lane_counters(LaneCounters& c, int64_t d0, int64_t size, int64_t n,
+                                                             int64_t row0, int64_t sample0) {
+  c.b0 = d0 / size;
+  if (size == 1) {
+    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const uint64_t first = static_cast<uint64_t>(c.b0 + row0);
+    c.row_lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first))), lane);
+    const __m512i hi = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first >> 32)));
+    c.row_hi = _mm512_mask_add_epi32(hi, _mm512_cmp_epu32_mask(c.row_lo, lane, _MM_CMPINT_LT), hi,
+                                     _mm512_set1_epi32(1));  // carry
+    c.sample = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(sample0)));
+    _mm512_store_si512(c.off, _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(n))));
+    return;
+  }
+  alignas(64) uint32_t rl[kLanes], rh[kLanes], ts[kLanes];
+  int64_t b = c.b0, t = d0 - c.b0 * size;
+  for (int l = 0; l < kLanes; ++l) {
+    rl[l] = static_cast<uint32_t>(b + row0);
+    rh[l] = static_cast<uint32_t>(static_cast<uint64_t>(b + row0) >> 32);
+    ts[l] = static_cast<uint32_t>(t + sample0);
+    c.off[l] = static_cast<int32_t>((b - c.b0) * n);
+    if (++t == size) t = 0, ++b;
+  }
+  c.row_lo = _mm512_load_si512(rl);
+  c.row_hi = _mm512_load_si512(rh);
+  c.sample = _mm512_load_si512(ts);
+}
+
 // Sixteen consecutive draws d0 .. d0 + 15 of the row-major (row, sample) order (draw d writes out[d k ..]) of
 // rows without a mask, n <= 32, in one pass with AVX-512 (noise = false: the mode). The Philox blocks of one
 // item pair for the sixteen draws come out as sixteen lanes, i.e. directly in the [item][draw] layout of the
@@ -649,20 +721,13 @@ template <class T>
 __attribute__((target("avx512f"))) void draw_lanes_avx512(uint64_t seed, bool noise, const T* s, int64_t d0,
                                                           int64_t size, int64_t n, int64_t k, int64_t row0,
                                                           int64_t sample0, int32_t* out) {
-  alignas(64) uint32_t rl[kLanes], rh[kLanes], ts[kLanes];
-  alignas(64) int32_t off[kLanes];
-  const int64_t b0 = d0 / size;
-  int64_t b = b0, t = d0 - b0 * size;
-  for (int l = 0; l < kLanes; ++l) {
-    rl[l] = static_cast<uint32_t>(b + row0);
-    rh[l] = static_cast<uint32_t>(static_cast<uint64_t>(b + row0) >> 32);
-    ts[l] = static_cast<uint32_t>(t + sample0);
-    off[l] = static_cast<int32_t>((b - b0) * n);  // <= 15 * 32
-    if (++t == size) t = 0, ++b;
-  }
+  LaneCounters lanes;
+  lane_counters(lanes, d0, size, n, row0, sample0);
+  const int64_t b0 = lanes.b0;
+  const int32_t* const off = lanes.off;
   alignas(64) double keys[32 * kLanes];  // [item][draw]
   if (noise) {
-    const __m512i row_lo = _mm512_load_si512(rl), row_hi = _mm512_load_si512(rh), sample = _mm512_load_si512(ts);
+    const __m512i row_lo = lanes.row_lo, row_hi = lanes.row_hi, sample = lanes.sample;
     alignas(64) uint64_t bits[32 * kLanes];  // [item][draw]
     for (int64_t j = 0; 2 * j < n; ++j) {
       __m512i c0 = _mm512_set1_epi32(static_cast<int>(j)), c1 = sample, c2 = row_lo, c3 = row_hi;
@@ -684,10 +749,9 @@ __attribute__((target("avx512f"))) void draw_lanes_avx512(uint64_t seed, bool no
     for (int l = 0; l < kLanes; ++l) sc[l] = static_cast<double>(base[off[l] + i]);
     for (int l = 0; l < kLanes; ++l) keys[i * kLanes + l] = noise ? sc[l] + keys[i * kLanes + l] : sc[l];
   }
-  const __m512i one = _mm512_set1_epi64(1), kk = _mm512_set1_epi64(k), never = _mm512_set1_epi64(-1);
-  const __m512i at0 = _mm512_set_epi64(7 * k, 6 * k, 5 * k, 4 * k, 3 * k, 2 * k, k, 0);
-  const __m512i at1 = _mm512_add_epi64(at0, _mm512_set1_epi64(8 * k));
-  int32_t* const dst = out + d0 * k;
+  const __m512i one = _mm512_set1_epi64(1);
+  RankBlock block;
+  rank_block_init(block, k);
   for (int64_t q = 0; q < n; ++q) {
     const __m512d q0 = _mm512_load_pd(keys + q * kLanes), q1 = _mm512_load_pd(keys + q * kLanes + 8);
     __m512i r0 = _mm512_setzero_si512(), r1 = _mm512_setzero_si512();
@@ -701,15 +765,170 @@ __attribute__((target("avx512f"))) void draw_lanes_avx512(uint64_t seed, bool no
       r1 = _mm512_mask_add_epi64(r1, _mm512_cmp_pd_mask(_mm512_load_pd(keys + j * kLanes + 8), q1, _CMP_GT_OQ), r1,
                                  one);
     }
-    // Scalar stores: vector scatters are microcoded and slower here (AMD Zen 4).
-    alignas(64) int64_t at[kLanes];
-    _mm512_store_si512(at, _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(r0, kk), never, _mm512_add_epi64(at0, r0)));
-    _mm512_store_si512(at + 8,
-                       _mm512_mask_blend_epi64(_mm512_cmplt_epi64_mask(r1, kk), never, _mm512_add_epi64(at1, r1)));
-    for (int l = 0; l < kLanes; ++l) {
-      if (at[l] >= 0) dst[at[l]] = static_cast<int32_t>(q);
-    }
+    rank_block_put(block,
+                   _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(r0)), _mm512_cvtepi64_epi32(r1), 1),
+                   q);
   }
+  rank_block_copy(block, out + d0 * k);
+}
+
+// Certified float32 keys (the fast path of the sampler, AVX-512). The samples are defined by the float64 keys
+// K_i = s_i + G_i, G_i = -log(-log u_i) (gumbel_bits). Here each key is first computed in float32: the Gumbel
+// noise g_i by float32 logs (log1p_f32: reciprocal estimate + one Newton step, a degree-3 series in z = t^2
+// of 2 atanh t), and A_i = float(s_i) + g_i. With |g_i - G_i| <= kGumbelF32Error and M the largest |s| of the
+// sixteen draws' rows, every |A_i - K_i| <= delta = kGumbelF32Error + 2^-23 (M + 38); with
+// D = 2 kGumbelF32Error + 2^-21 (M + 39), fl(A_q + D) >= A_q + 2 delta and fl(A_q - D) <= A_q - 2 delta, so
+//   A_j > fl(A_q + D)  implies  K_j > K_q     (j certainly before q),
+//   A_j < fl(A_q - D)  implies  K_j < K_q     (j certainly after q).
+// The rank of q counted with these tests equals its rank among the K when every pair is decided one way or the
+// other. A group of sixteen draws where some draw has an undecided pair (about 1.3% of the groups for
+// standard normal scores, n = 10) is redone by draw_lanes_avx512 with the float64 keys: the samples are the
+// same either way, bit for bit.
+constexpr float kGumbelF32Error = 0x1.0p-16f;  // 1.5e-5; |g32 - G| <= 1.05e-6 measured on 3.2e8 values (edges
+                                               // included), ~3e-6 by analysis (mostly g32's own rounding)
+constexpr float kMaxScoreF32 = 0x1.0p20f;     // rows with a larger |score| take the float64 keys
+
+// log1p(f) for 16 lanes of f in [-0.3, 0.5) to ~3e-7 relative: 2 atanh(t), t = f / (2 + f) (reciprocal
+// estimate to 2^-14, one Newton step), 2 atanh(t) = 2t (1 + z/3 + z^2/5 + z^3/7 + z^4/9 + z^5/11 ...),
+// z = t^2 <= 0.04, truncated after z^3 / 7 (the next term: relative 2.8e-7).
+__attribute__((target("avx512f"))) inline __m512 log1p_f32(__m512 f) {
+  const __m512 two = _mm512_set1_ps(2.0f), d = _mm512_add_ps(f, two);
+  __m512 r = _mm512_rcp14_ps(d);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, two));
+  const __m512 t = _mm512_mul_ps(f, r), z = _mm512_mul_ps(t, t);
+  __m512 p = _mm512_fmadd_ps(z, _mm512_set1_ps(1.0f / 7), _mm512_set1_ps(1.0f / 5));
+  p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.0f / 3));
+  const __m512 t2 = _mm512_add_ps(t, t);
+  return _mm512_fmadd_ps(_mm512_mul_ps(t2, z), p, t2);
+}
+
+// 2^e (1 + f) = x for 16 lanes of positive normal x, 1 + f in [3/4, 3/2) (vgetmant's interval; where it halves
+// the mantissa in [3/2, 2), the exponent of vgetexp goes up by one); e as float.
+__attribute__((target("avx512f"))) inline void split_f32(__m512 x, __m512& e, __m512& f) {
+  const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_src);
+  const __m512 one = _mm512_set1_ps(1.0f), ex = _mm512_getexp_ps(x);
+  e = _mm512_mask_add_ps(ex, _mm512_cmp_ps_mask(m, one, _CMP_LT_OQ), ex, one);
+  f = _mm512_sub_ps(m, one);
+}
+
+// -(e ln 2 + log1p f): ln 2 = hi + lo, hi with 16 significant bits (e hi exact).
+__attribute__((target("avx512f"))) inline __m512 neg_log_f32(__m512 e, __m512 f) {
+  return _mm512_fnmadd_ps(e, _mm512_set1_ps(0.693145751953125f),
+                          _mm512_fnmsub_ps(e, _mm512_set1_ps(1.428606765330187e-06f), log1p_f32(f)));
+}
+
+// (bits52(a, b) + 1/2) 2^-52, the uniform of philox::uniform_of, to ~2^-23 relative, for 16 lanes.
+__attribute__((target("avx512f"))) inline __m512 uniform_f32(__m512i a, __m512i b) {
+  const __m512 low = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 12)), _mm512_set1_ps(0.5f)),
+                                   _mm512_set1_ps(0x1.0p-52f));
+  return _mm512_fmadd_ps(_mm512_cvtepu32_ps(a), _mm512_set1_ps(0x1.0p-32f), low);
+}
+
+// float32 Gumbel noise -log(E), E = -log u, of the 16 lanes of Philox words (a, b), within kGumbelF32Error of
+// gumbel_bits. Where u >= sqrt(1/2), E = -log1p(-t) keeps its relative accuracy: t = 1 - u is the uniform of
+// the complemented words (2^52 - 1 - bits52(a, b) = bits52(~a, ~b)), so one uniform_f32 serves both cases.
+__attribute__((target("avx512f"))) inline __m512 gumbel_f32(__m512i a, __m512i b) {
+  const __mmask16 high = _mm512_cmp_epu32_mask(a, _mm512_set1_epi32(static_cast<int>(3037000500u)), _MM_CMPINT_NLT);
+  const __m512i flip = _mm512_maskz_mov_epi32(high, _mm512_set1_epi32(-1));
+  const __m512 v = uniform_f32(_mm512_xor_si512(a, flip), _mm512_xor_si512(b, flip));  // u, or t where high
+  __m512 e, f;
+  split_f32(v, e, f);
+  e = _mm512_mask_mov_ps(e, high, _mm512_setzero_ps());
+  f = _mm512_mask_sub_ps(f, high, _mm512_setzero_ps(), v);
+  const __m512 E = neg_log_f32(e, f);
+  split_f32(E, e, f);
+  return neg_log_f32(e, f);
+}
+
+// gumbel_f32 over arrays (test hook), 16 lanes at a time, the tail padded.
+__attribute__((target("avx512f"))) void gumbel_f32_lanes(const uint32_t* a, const uint32_t* b, int64_t count,
+                                                         float* out) {
+  for (int64_t p = 0; p < count; p += kLanes) {
+    const int64_t m = std::min<int64_t>(kLanes, count - p);
+    const __mmask16 live = static_cast<__mmask16>((1u << m) - 1u);
+    const __m512i va = _mm512_maskz_loadu_epi32(live, a + p), vb = _mm512_maskz_loadu_epi32(live, b + p);
+    _mm512_mask_storeu_ps(out + p, live, gumbel_f32(va, vb));
+  }
+}
+
+// max |p[i]| over count values (finite), as float (rounded up for float64 input), vectorised with AVX-512.
+__attribute__((target("avx512f"))) inline float max_abs_avx512(const float* p, int64_t count) {
+  __m512 big = _mm512_setzero_ps();
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  for (int64_t i = 0; i < count; i += kLanes) {
+    const __mmask16 live = count - i >= kLanes ? static_cast<__mmask16>(0xFFFF)
+                                               : static_cast<__mmask16>((1u << (count - i)) - 1u);
+    const __m512i v = _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(live, p + i)), abs_mask);
+    big = _mm512_max_ps(big, _mm512_castsi512_ps(v));
+  }
+  return _mm512_reduce_max_ps(big);
+}
+__attribute__((target("avx512f"))) inline float max_abs_avx512(const double* p, int64_t count) {
+  __m512d big = _mm512_setzero_pd();
+  const __m512i abs_mask = _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll);
+  for (int64_t i = 0; i < count; i += 8) {
+    const __mmask8 live = count - i >= 8 ? static_cast<__mmask8>(0xFF) : static_cast<__mmask8>((1u << (count - i)) - 1u);
+    const __m512i v = _mm512_and_si512(_mm512_castpd_si512(_mm512_maskz_loadu_pd(live, p + i)), abs_mask);
+    big = _mm512_max_pd(big, _mm512_castsi512_pd(v));
+  }
+  const double m = _mm512_reduce_max_pd(big);
+  return m <= 0x1.0p20 ? static_cast<float>(m) * (1.0f + 0x1.0p-23f) : 0x1.0p21f;
+}
+
+// Sixteen draws as draw_lanes_avx512 (noise on), by certified float32 keys; false (nothing written) when some
+// draw is undecided or a row holds a score beyond kMaxScoreF32: the caller then runs draw_lanes_avx512.
+template <class T>
+__attribute__((target("avx512f"))) bool draw_lanes_f32_avx512(uint64_t seed, const T* s, int64_t d0, int64_t size,
+                                                               int64_t n, int64_t k, int64_t row0, int64_t sample0,
+                                                               int32_t* out) {
+  LaneCounters lanes;
+  lane_counters(lanes, d0, size, n, row0, sample0);
+  const int64_t b0 = lanes.b0;
+  const int32_t* const off = lanes.off;
+  // The largest |score| of the group's rows (consecutive), before any work: rows beyond kMaxScoreF32 fall back.
+  const T* base = s + b0 * n;
+  const float big = max_abs_avx512(base, ((d0 + kLanes - 1) / size - b0 + 1) * n);
+  if (!(big <= kMaxScoreF32)) return false;
+  alignas(64) float keys[32 * kLanes];  // [item][draw]
+  const __m512i row_lo = lanes.row_lo, row_hi = lanes.row_hi, sample = lanes.sample;
+  for (int64_t j = 0; 2 * j < n; ++j) {
+    __m512i c0 = _mm512_set1_epi32(static_cast<int>(j)), c1 = sample, c2 = row_lo, c3 = row_hi;
+    philox16(seed, c0, c1, c2, c3);
+    _mm512_store_ps(keys + 2 * j * kLanes, gumbel_f32(c0, c1));  // item 2j
+    _mm512_store_ps(keys + (2 * j + 1) * kLanes, gumbel_f32(c2, c3));  // item 2j + 1 (row exists: n <= 32)
+  }
+  // Scores transposed to [item][draw] with scalar loads (vector gathers are slower here, AMD Zen 4).
+  for (int64_t i = 0; i < n; ++i) {
+    alignas(64) float sc[kLanes];
+    for (int l = 0; l < kLanes; ++l) sc[l] = static_cast<float>(base[off[l] + i]);  // |s| <= 2^20: defined
+    _mm512_store_ps(keys + i * kLanes, _mm512_add_ps(_mm512_load_ps(sc), _mm512_load_ps(keys + i * kLanes)));
+  }
+  const __m512 D = _mm512_set1_ps(2.0f * kGumbelF32Error + 0x1.0p-21f * (big + 39.0f));
+  // Each pair (j, q), j > q, once: a decided pair adds 1 to the rank of the later of the two, an undecided one
+  // adds nothing, so a draw is decided when its ranks sum to n (n - 1) / 2.
+  const __m512i one = _mm512_set1_epi32(1);
+  alignas(64) int32_t rank[32][kLanes];
+  for (int64_t q = 0; q < n; ++q) _mm512_store_si512(rank[q], _mm512_setzero_si512());
+  __m512i total = _mm512_setzero_si512();
+  for (int64_t q = 0; q < n; ++q) {
+    const __m512 a = _mm512_load_ps(keys + q * kLanes);
+    const __m512 hi = _mm512_add_ps(a, D), lo = _mm512_sub_ps(a, D);
+    __m512i r = _mm512_load_si512(rank[q]);
+    for (int64_t j = q + 1; j < n; ++j) {
+      const __m512 x = _mm512_load_ps(keys + j * kLanes);
+      r = _mm512_mask_add_epi32(r, _mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), r, one);  // j before q
+      const __m512i rj = _mm512_load_si512(rank[j]);
+      _mm512_store_si512(rank[j], _mm512_mask_add_epi32(rj, _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), rj, one));
+    }
+    _mm512_store_si512(rank[q], r);
+    total = _mm512_add_epi32(total, r);
+  }
+  if (_mm512_cmpneq_epi32_mask(total, _mm512_set1_epi32(static_cast<int>(n * (n - 1) / 2))) != 0) return false;
+  RankBlock block;
+  rank_block_init(block, k);
+  for (int64_t q = 0; q < n; ++q) rank_block_put(block, _mm512_load_si512(rank[q]), q);
+  rank_block_copy(block, out + d0 * k);
+  return true;
 }
 #endif
 
@@ -762,8 +981,13 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
 #if defined(PREFCAL_X86_AVX2)
       if (mask == nullptr && n <= 32 && cpu_avx512()) {  // fused, sixteen draws per step
         const int64_t whole = count / kLanes * kLanes;
-        for (int64_t q = 0; q < whole; q += kLanes) draw_lanes_avx512(seed, noise, s, d0 + q, size, n, k, row0, sample0,
-                                                                        out);
+        for (int64_t q = 0; q < whole; q += kLanes) {
+          if (noise && g_sample_f32.load(std::memory_order_relaxed)) {
+            if (draw_lanes_f32_avx512(seed, s, d0 + q, size, n, k, row0, sample0, out)) continue;
+            g_sample_f32_fallbacks.fetch_add(1, std::memory_order_relaxed);
+          }
+          draw_lanes_avx512(seed, noise, s, d0 + q, size, n, k, row0, sample0, out);
+        }
         d0 += whole, count -= whole;
       }
 #endif
@@ -1007,6 +1231,23 @@ PREFCAL_PL_TI(float, int64_t)
 PREFCAL_PL_TI(double, int32_t)
 PREFCAL_PL_TI(double, int64_t)
 #undef PREFCAL_PL_TI
+
+bool set_sample_f32(bool on) { return g_sample_f32.exchange(on); }
+
+bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out) {
+#if defined(PREFCAL_X86_AVX2)
+  if (!cpu_avx512()) return false;
+  gumbel_f32_lanes(a, b, count, out);
+  return true;
+#else
+  (void)a, (void)b, (void)count, (void)out;
+  return false;
+#endif
+}
+
+float gumbel_f32_error() { return kGumbelF32Error; }
+
+int64_t sample_f32_fallbacks() { return g_sample_f32_fallbacks.load(); }
 
 template int64_t pl_sample<float>(const float*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
                                   bool, int32_t*, int64_t, int64_t);

@@ -32,6 +32,15 @@ template <class T>
 int64_t pl_sample(const T* scores, int64_t rows, int64_t n, const uint8_t* mask, bool global_mask, int64_t size,
                   int64_t k, uint64_t seed, bool noise, int32_t* out, int64_t row0 = 0, int64_t sample0 = 0);
 
+// Test hooks of the sampler's certified float32 keys: set_sample_f32 turns them on / off (returns the previous
+// setting); gumbel_f32 is their float32 Gumbel noise of Philox words (a, b) (false: no AVX-512, nothing
+// written), within gumbel_f32_error() of the float64 noise; sample_f32_fallbacks counts the groups of sixteen
+// draws redone with float64 keys since the start.
+bool set_sample_f32(bool on);
+int64_t sample_f32_fallbacks();
+bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out);
+float gumbel_f32_error();
+
 // P(i before j) = sigmoid(s_i - s_j): out (rows, n, n). Returns the first row with a non-finite score.
 template <class T>
 int64_t pl_pairwise(const T* scores, int64_t rows, int64_t n, T* out);
