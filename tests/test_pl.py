@@ -243,6 +243,67 @@ def test_thread_count_does_not_change_results(rng):
             np.testing.assert_array_equal(a, b)
 
 
+def _loglik_both_ways(cpu, scores, rankings):
+    """The CPU kernel's (ll, grad, first bad row) with the explicit AVX-512 lanes and with the compiler's."""
+    previous = cpu.set_loglik_avx512(True)
+    try:
+        fast = cpu.pl_loglik(scores, rankings, None, False)
+        cpu.set_loglik_avx512(False)
+        slow = cpu.pl_loglik(scores, rankings, None, False)
+    finally:
+        cpu.set_loglik_avx512(previous)
+    return fast, slow
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 10, 15, 16, 17])
+@pytest.mark.parametrize("idtype", [np.int32, np.int64])
+def test_loglik_avx512_lanes_match_the_other_paths(rng, n, idtype):
+    """The explicit AVX-512 lanes (float32 scores, int32 / int64 full rankings, n <= 16): the values of the
+    compiler-vectorised lanes and of the reference; top-(n-1) rows (-1 last) in a group; the first bad row
+    for each kind of bad row, wherever it falls in a group of sixteen; wide score ranges (per-row code)."""
+    cpu = pytest.importorskip("prefcal._cpu")
+    rows = 16 * 40 + 5
+    scores, rankings, _ = pl_data(rng, rows, n, dtype=np.float32)
+    rankings = rankings.astype(idtype)
+
+    def check(s, r):
+        fast, slow = _loglik_both_ways(cpu, s, r)
+        assert fast[2] == slow[2] == NO_ERROR
+        np.testing.assert_allclose(fast[0], slow[0], rtol=1e-7, atol=1e-7)  # bit for bit with GCC 12
+        ref, _, _ = _reference.pl_loglik(s.astype(np.float64), r, None, False)
+        np.testing.assert_allclose(fast[0], ref, rtol=1e-5, atol=1e-5)
+
+    check(scores, rankings)
+    top = rankings.copy()
+    top[5::37, n - 1] = -1
+    check(scores, top)
+    wide = scores.copy()
+    wide[3::29, 0] = wide[3::29, 1] + 200.0
+    check(wide, rankings)
+    kinds = ["range", "negative", "repeat", "early_pad", "nan", "inf"]
+    if idtype == np.int64:
+        kinds.append("beyond_int32")  # an item plus 2^40: must not pass as the item once narrowed
+    for kind in kinds:
+        for b in (0, 15, 16, int(rng.integers(rows)), rows - 1):
+            s, r = scores.copy(), rankings.copy()
+            if kind == "range":
+                r[b, n // 2] = n
+            elif kind == "negative":
+                r[b, 0] = -2
+            elif kind == "repeat":
+                r[b, 1] = r[b, 0]
+            elif kind == "early_pad":
+                r[b, 0] = -1
+            elif kind == "beyond_int32":
+                r[b, 1] += 2**40  # narrowed to 32 bits it is the same item
+            elif kind == "nan":
+                s[b, n - 1] = np.nan
+            else:
+                s[b, 0] = -np.inf
+            fast, slow = _loglik_both_ways(cpu, s, r)
+            assert fast[2] == slow[2] == b, (kind, b)
+
+
 # ----------------------------------------------------------------------------------------- sampling
 
 

@@ -92,6 +92,9 @@ constexpr int kLanes = 16;
 // compare the two paths.
 std::atomic<bool> g_sample_f32{true};
 std::atomic<int64_t> g_sample_f32_fallbacks{0};  // groups of sixteen draws redone with the float64 keys
+// The log-likelihood's explicit AVX-512 lanes (float32 scores, int32 rankings): on by default; a test hook turns
+// them off to compare with the compiler-vectorised lanes.
+std::atomic<bool> g_loglik_avx512{true};
 
 // Moves the binary exponent of each lane's product into an integer (the product becomes its mantissa in
 // [1, 2)): branch-free, so a product of a few bounded factors between two calls never under- or overflows.
@@ -276,11 +279,177 @@ PREFCAL_CLONES uint32_t loglik_lanes_f64_i32(const double* s, const int32_t* r, 
 PREFCAL_CLONES uint32_t loglik_lanes_f64_i64(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll) {
   return loglik_lanes(s, r, n, m, ll);
 }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// exp_neg(float) of fastmath.hpp for 16 lanes, operation for operation (x in [-80, 0] here: no clamping needed
+// beyond the span check, kept for garbage lanes).
+__attribute__((target("avx512f"))) inline __m512 exp_neg16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_setzero_ps());
+  const __m512 k = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504f), _mm512_set1_ps(12582912.0f)),
+                                 _mm512_set1_ps(12582912.0f));
+  const __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.42860677e-06f),
+                                    _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145752f), x));
+  __m512 p = _mm512_set1_ps(1.98412698e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.38888889e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33333333e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16666667e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666667e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __m512i scale = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(scale));
+}
+
+// The upper eight lanes of x (AVX-512F only: no AVX512DQ extract).
+__attribute__((target("avx512f"))) inline __m256 upper8(__m512 x) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
+}
+
+// 16 x 16 transpose of rows[l][j] into cols[j][l] (j < n).
+__attribute__((target("avx512f"))) inline void transpose16(const float (*rows)[kLanes], int64_t n,
+                                                            float (*cols)[kLanes]) {
+  __m512 a[16], b[16];
+  for (int i = 0; i < 16; ++i) a[i] = _mm512_load_ps(rows[i]);
+  for (int i = 0; i < 16; i += 2) {
+    b[i] = _mm512_unpacklo_ps(a[i], a[i + 1]);
+    b[i + 1] = _mm512_unpackhi_ps(a[i], a[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    a[i] = _mm512_shuffle_ps(b[i], b[i + 2], 0x44);
+    a[i + 1] = _mm512_shuffle_ps(b[i], b[i + 2], 0xEE);
+    a[i + 2] = _mm512_shuffle_ps(b[i + 1], b[i + 3], 0x44);
+    a[i + 3] = _mm512_shuffle_ps(b[i + 1], b[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    b[i] = _mm512_shuffle_f32x4(a[i], a[i + 4], 0x88);
+    b[i + 4] = _mm512_shuffle_f32x4(a[i], a[i + 4], 0xDD);
+    b[i + 8] = _mm512_shuffle_f32x4(a[i + 8], a[i + 12], 0x88);
+    b[i + 12] = _mm512_shuffle_f32x4(a[i + 8], a[i + 12], 0xDD);
+  }
+  // b[p + 4 q]: 128-bit block g holds rows 4 g .. 4 g + 3 of columns 4 k + p for the two k that q picks; one
+  // more pair of block shuffles puts column t in a[t].
+  for (int i = 0; i < 8; ++i) {
+    a[i] = _mm512_shuffle_f32x4(b[i], b[i + 8], 0x88);
+    a[i + 8] = _mm512_shuffle_f32x4(b[i], b[i + 8], 0xDD);
+  }
+  for (int64_t t = 0; t < n; ++t) _mm512_store_ps(cols[t], a[t]);
+}
+
+// loglik_lanes for float32 scores, int32 / int64 full rankings (m == n <= 16), with AVX-512: each row is loaded as one
+// vector, checked there (range, repeats by vpconflictd, finite scores) and permuted into position order
+// (vpermps); a 16 x 16 transpose then gives the [position][row] layout, where the max, the exps, the suffix
+// sums and the float64 product of the normalisers are vector operations over the sixteen rows, with the
+// arithmetic of loglik_lanes. Rows whose last position is -1 make the whole group return `false` (the caller
+// then runs loglik_lanes); otherwise the returned lanes are those left to the per-row code.
+template <class I>
+__attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const float* s, const I* r, int64_t n,
+                                                                         float* ll, uint32_t& rest) {
+  const __mmask16 nm = static_cast<__mmask16>((1u << n) - 1u), last = static_cast<__mmask16>(1u << (n - 1));
+  const __m512i nv = _mm512_set1_epi32(static_cast<int>(n)), minus1 = _mm512_set1_epi32(-1);
+  const __m512i sentinel = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32(64));
+  const __m512i exp_field = _mm512_set1_epi32(0x7F800000);
+  alignas(64) float rows[kLanes][kLanes];
+  uint32_t bad = 0;
+  for (int l = 0; l < kLanes; ++l) {
+    const __m512 sv = _mm512_maskz_loadu_ps(nm, s + l * n);
+    __m512i rv;
+    __mmask16 in, pad;  // positions holding an item (0 <= v < n); the last position holding -1
+    if constexpr (sizeof(I) == 4) {
+      rv = _mm512_maskz_loadu_epi32(nm, r + l * n);
+      in = _mm512_mask_cmplt_epu32_mask(nm, rv, nv);
+      pad = _mm512_mask_cmpeq_epi32_mask(last, rv, minus1);
+    } else {  // checked in 64 bits, then narrowed (an out-of-range value never passes as an item)
+      const __mmask8 lo = static_cast<__mmask8>(nm), hi = static_cast<__mmask8>(nm >> 8);
+      const __m512i r0 = _mm512_maskz_loadu_epi64(lo, r + l * n), r1 = _mm512_maskz_loadu_epi64(hi, r + l * n + 8);
+      const __m512i n64 = _mm512_set1_epi64(n), m64 = _mm512_set1_epi64(-1);
+      in = static_cast<__mmask16>(_mm512_mask_cmplt_epu64_mask(lo, r0, n64) |
+                                  (static_cast<unsigned>(_mm512_mask_cmplt_epu64_mask(hi, r1, n64)) << 8));
+      pad = static_cast<__mmask16>((_mm512_cmpeq_epi64_mask(r0, m64) |
+                                    (static_cast<unsigned>(_mm512_cmpeq_epi64_mask(r1, m64)) << 8)) & last);
+      rv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(r0)), _mm512_cvtepi64_epi32(r1), 1);
+    }
+    if (pad != 0) return false;
+    const __m512i keyed = _mm512_mask_mov_epi32(sentinel, in, rv);  // out-of-range positions: distinct values
+    const __m512i earlier = _mm512_conflict_epi32(keyed);  // per position: the earlier positions equal to it
+    const __mmask16 repeat = _mm512_test_epi32_mask(earlier, earlier);
+    const __mmask16 nonfinite =
+        _mm512_mask_cmpeq_epi32_mask(nm, _mm512_and_si512(_mm512_castps_si512(sv), exp_field), exp_field);
+    bad |= static_cast<uint32_t>(in != nm || (repeat | nonfinite) != 0) << l;
+    _mm512_store_ps(rows[l], _mm512_permutexvar_ps(rv, sv));
+  }
+  alignas(64) float P[kLanes][kLanes];  // [position][row]: the score of the item at each position
+  transpose16(rows, n, P);
+  __m512 mx = _mm512_load_ps(P[0]), mn = mx;
+  for (int64_t j = 1; j < n; ++j) {
+    const __m512 x = _mm512_load_ps(P[j]);
+    mx = _mm512_max_ps(mx, x);
+    mn = _mm512_min_ps(mn, x);
+  }
+  const __m512d span = _mm512_set1_pd(pl::Span<float>::value);
+  const __m256 mx_hi = upper8(mx), mn_hi = upper8(mn);
+  const __mmask8 wide0 = _mm512_cmp_pd_mask(
+      _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(mx)), _mm512_cvtps_pd(_mm512_castps512_ps256(mn))), span,
+      _CMP_GT_OQ);
+  const __mmask8 wide1 =
+      _mm512_cmp_pd_mask(_mm512_sub_pd(_mm512_cvtps_pd(mx_hi), _mm512_cvtps_pd(mn_hi)), span, _CMP_GT_OQ);
+  bad |= static_cast<uint32_t>(wide0) | (static_cast<uint32_t>(wide1) << 8);
+  // The last position starts the suffix sums; positions n - 2 .. 0 each add a stage.
+  __m512 acc = exp_neg16(_mm512_sub_ps(_mm512_load_ps(P[n - 1]), mx));
+  __m512d lsum0 = _mm512_setzero_pd(), lsum1 = lsum0, prod0 = _mm512_set1_pd(1.0), prod1 = prod0;
+  __m512d ex0 = _mm512_setzero_pd(), ex1 = ex0;
+  for (int64_t j = n - 2; j >= 0; --j) {
+    const __m512 d = _mm512_sub_ps(_mm512_load_ps(P[j]), mx);
+    acc = _mm512_add_ps(acc, exp_neg16(d));
+    lsum0 = _mm512_add_pd(lsum0, _mm512_cvtps_pd(_mm512_castps512_ps256(d)));
+    lsum1 = _mm512_add_pd(lsum1, _mm512_cvtps_pd(upper8(d)));
+    prod0 = _mm512_mul_pd(prod0, _mm512_cvtps_pd(_mm512_castps512_ps256(acc)));
+    prod1 = _mm512_mul_pd(prod1, _mm512_cvtps_pd(upper8(acc)));
+    if ((j & 1) == 0) {  // move the exponents out: factors lie in [e^-80, 16], every two (as move_exponents)
+      ex0 = _mm512_add_pd(ex0, _mm512_getexp_pd(prod0));
+      ex1 = _mm512_add_pd(ex1, _mm512_getexp_pd(prod1));
+      prod0 = _mm512_getmant_pd(prod0, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+      prod1 = _mm512_getmant_pd(prod1, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+    }
+  }
+  alignas(64) double lsum[kLanes], prod[kLanes], ex[kLanes];
+  _mm512_store_pd(lsum, lsum0);
+  _mm512_store_pd(lsum + 8, lsum1);
+  _mm512_store_pd(prod, prod0);
+  _mm512_store_pd(prod + 8, prod1);
+  _mm512_store_pd(ex, ex0);
+  _mm512_store_pd(ex + 8, ex1);
+  for (int l = 0; l < kLanes; ++l) {
+    ll[l] = static_cast<float>(lsum[l] - (ex[l] * 0.6931471805599453 + fastmath::log_pos(prod[l])));
+  }
+  rest = bad;
+  return true;
+}
+
+bool cpu_avx512_cd() {
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
+  return ok;
+}
+#endif
+
+// float32 scores: the explicit AVX-512 lanes where they apply, else the compiler-vectorised ones.
+template <class I>
+uint32_t f32_lanes(const float* s, const I* r, int64_t n, int64_t m, float* ll,
+                   uint32_t (*vectorised)(const float*, const I*, int64_t, int64_t, float*)) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  uint32_t rest = 0;
+  if (m == n && n <= 16 && g_loglik_avx512.load(std::memory_order_relaxed) && cpu_avx512_cd() &&
+      loglik_lanes_f32_avx512(s, r, n, ll, rest)) {
+    return rest;
+  }
+#endif
+  return vectorised(s, r, n, m, ll);
+}
 uint32_t lanes(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll) {
-  return loglik_lanes_f32_i32(s, r, n, m, ll);
+  return f32_lanes(s, r, n, m, ll, loglik_lanes_f32_i32);
 }
 uint32_t lanes(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll) {
-  return loglik_lanes_f32_i64(s, r, n, m, ll);
+  return f32_lanes(s, r, n, m, ll, loglik_lanes_f32_i64);
 }
 uint32_t lanes(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll) {
   return loglik_lanes_f64_i32(s, r, n, m, ll);
@@ -1248,6 +1417,8 @@ bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out)
 float gumbel_f32_error() { return kGumbelF32Error; }
 
 int64_t sample_f32_fallbacks() { return g_sample_f32_fallbacks.load(); }
+
+bool set_loglik_avx512(bool on) { return g_loglik_avx512.exchange(on); }
 
 template int64_t pl_sample<float>(const float*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
                                   bool, int32_t*, int64_t, int64_t);
