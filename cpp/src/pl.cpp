@@ -92,7 +92,7 @@ constexpr int kLanes = 16;
 // compare the two paths.
 std::atomic<bool> g_sample_f32{true};
 std::atomic<int64_t> g_sample_f32_fallbacks{0};  // groups of sixteen draws redone with the float64 keys
-// The log-likelihood's explicit AVX-512 lanes (float32 scores, int32 rankings): on by default; a test hook turns
+// The log-likelihood's explicit AVX-512 lanes (float32 scores, int32 / int64 rankings): on by default; a test hook turns
 // them off to compare with the compiler-vectorised lanes.
 std::atomic<bool> g_loglik_avx512{true};
 
@@ -279,7 +279,22 @@ PREFCAL_CLONES uint32_t loglik_lanes_f64_i32(const double* s, const int32_t* r, 
 PREFCAL_CLONES uint32_t loglik_lanes_f64_i64(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll) {
   return loglik_lanes(s, r, n, m, ll);
 }
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(PREFCAL_X86_AVX2)
+bool cpu_avx512() {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+}
+
+bool cpu_avx512_cd() {
+  static const bool ok = cpu_avx512() && __builtin_cpu_supports("avx512cd");
+  return ok;
+}
+
+// 0, 1, .., 15: each lane's index.
+__attribute__((target("avx512f"))) inline __m512i lane_index() {
+  return _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+}
+
 // exp_neg(float) of fastmath.hpp for 16 lanes, operation for operation (x in [-80, 0] here: no clamping needed
 // beyond the span check, kept for garbage lanes).
 __attribute__((target("avx512f"))) inline __m512 exp_neg16(__m512 x) {
@@ -346,8 +361,7 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
                                                                          float* ll, uint32_t& rest) {
   const __mmask16 nm = static_cast<__mmask16>((1u << n) - 1u), last = static_cast<__mmask16>(1u << (n - 1));
   const __m512i nv = _mm512_set1_epi32(static_cast<int>(n)), minus1 = _mm512_set1_epi32(-1);
-  const __m512i sentinel = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(64));
+  const __m512i sentinel = _mm512_add_epi32(lane_index(), _mm512_set1_epi32(64));
   const __m512i exp_field = _mm512_set1_epi32(0x7F800000);
   alignas(64) float rows[kLanes][kLanes];
   uint32_t bad = 0;
@@ -426,17 +440,13 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
   return true;
 }
 
-bool cpu_avx512_cd() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
-  return ok;
-}
 #endif
 
 // float32 scores: the explicit AVX-512 lanes where they apply, else the compiler-vectorised ones.
 template <class I>
 uint32_t f32_lanes(const float* s, const I* r, int64_t n, int64_t m, float* ll,
                    uint32_t (*vectorised)(const float*, const I*, int64_t, int64_t, float*)) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(PREFCAL_X86_AVX2)
   uint32_t rest = 0;
   if (m == n && n <= 16 && g_loglik_avx512.load(std::memory_order_relaxed) && cpu_avx512_cd() &&
       loglik_lanes_f32_avx512(s, r, n, ll, rest)) {
@@ -690,13 +700,6 @@ __attribute__((target("avx512f"))) void noise_bits_avx512(uint64_t seed, const u
 }
 #endif
 
-#if defined(PREFCAL_X86_AVX2)
-bool cpu_avx512() {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
-}
-#endif
-
 void noise_bits(uint64_t seed, const uint64_t* row_of, const uint32_t* sample_of, const uint32_t* pair_of,
                 int64_t count, uint64_t* out) {
 #if defined(PREFCAL_X86_AVX2)
@@ -831,8 +834,7 @@ __attribute__((target("avx512f"))) inline void rank_block_init(RankBlock& b, int
 
 __attribute__((target("avx512f"))) inline void rank_block_put(RankBlock& b, __m512i r, int64_t q) {
   const __m512i kk = _mm512_set1_epi32(b.k);
-  const __m512i spill = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                         _mm512_set1_epi32(kLanes * b.k));
+  const __m512i spill = _mm512_add_epi32(lane_index(), _mm512_set1_epi32(kLanes * b.k));
   alignas(64) int32_t at[kLanes];
   _mm512_store_si512(at, _mm512_mask_blend_epi32(_mm512_cmplt_epi32_mask(r, kk), spill,
                                                  _mm512_add_epi32(_mm512_load_si512(b.at0), r)));
@@ -856,7 +858,7 @@ __attribute__((target("avx512f"))) inline void lane_counters(LaneCounters& c, in
                                                              int64_t row0, int64_t sample0) {
   c.b0 = d0 / size;
   if (size == 1) {
-    const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i lane = lane_index();
     const uint64_t first = static_cast<uint64_t>(c.b0 + row0);
     c.row_lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first))), lane);
     const __m512i hi = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first >> 32)));
