@@ -243,35 +243,51 @@ def test_thread_count_does_not_change_results(rng):
             np.testing.assert_array_equal(a, b)
 
 
-def _loglik_both_ways(cpu, scores, rankings):
-    """The CPU kernel's (ll, grad, first bad row) with the explicit AVX-512 lanes and with the compiler's."""
-    previous = cpu.set_loglik_avx512(True)
+def _both_ways(hook, call):
+    """call() with the code path that the test hook `hook` switches on, then with it off."""
+    previous = hook(True)
     try:
-        fast = cpu.pl_loglik(scores, rankings, None, False)
-        cpu.set_loglik_avx512(False)
-        slow = cpu.pl_loglik(scores, rankings, None, False)
+        fast = call()
+        hook(False)
+        slow = call()
     finally:
-        cpu.set_loglik_avx512(previous)
+        hook(previous)
     return fast, slow
 
 
+def _loglik_both_ways(cpu, scores, rankings, want_grad=False):
+    """The CPU kernel's (ll, grad, first bad row) with the explicit AVX-512 lanes and without them (the
+    compiler-vectorised lanes; with the gradient, the per-row code)."""
+    return _both_ways(cpu.set_loglik_avx512, lambda: cpu.pl_loglik(scores, rankings, None, want_grad))
+
+
+@pytest.mark.parametrize("want_grad", [False, True])
 @pytest.mark.parametrize("n", [2, 3, 7, 10, 15, 16, 17])
 @pytest.mark.parametrize("idtype", [np.int32, np.int64])
-def test_loglik_avx512_lanes_match_the_other_paths(rng, n, idtype):
-    """The explicit AVX-512 lanes (float32 scores, int32 / int64 full rankings, n <= 16): the values of the
-    compiler-vectorised lanes and of the reference; top-(n-1) rows (-1 last) in a group; the first bad row
-    for each kind of bad row, wherever it falls in a group of sixteen; wide score ranges (per-row code)."""
+def test_loglik_avx512_lanes_match_the_other_paths(rng, n, idtype, want_grad):
+    """The explicit AVX-512 lanes (float32 scores, int32 / int64 full rankings, n <= 16), with and without the
+    gradient: the values of the other paths and of the reference; top-(n-1) rows (-1 last) in a group; the
+    first bad row for each kind of bad row, wherever it falls in a group of sixteen; wide score ranges
+    (per-row code)."""
     cpu = pytest.importorskip("prefcal._cpu")
     rows = 16 * 40 + 5
     scores, rankings, _ = pl_data(rng, rows, n, dtype=np.float32)
     rankings = rankings.astype(idtype)
 
     def check(s, r):
-        fast, slow = _loglik_both_ways(cpu, s, r)
+        fast, slow = _loglik_both_ways(cpu, s, r, want_grad)
         assert fast[2] == slow[2] == NO_ERROR
-        np.testing.assert_allclose(fast[0], slow[0], rtol=1e-7, atol=1e-7)  # bit for bit with GCC 12
-        ref, _, _ = _reference.pl_loglik(s.astype(np.float64), r, None, False)
+        ref, ref_grad, _ = _reference.pl_loglik(s.astype(np.float64), r, None, want_grad)
         np.testing.assert_allclose(fast[0], ref, rtol=1e-5, atol=1e-5)
+        if not want_grad:
+            np.testing.assert_allclose(fast[0], slow[0], rtol=1e-7, atol=1e-7)  # bit for bit with GCC 12
+            return
+        # the per-row code's exps are not FMA-contracted: a few float32 ulp apart
+        np.testing.assert_allclose(fast[0], slow[0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(fast[1], slow[1], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(fast[1], ref_grad, rtol=1e-5, atol=1e-5)
+        if n <= 16 and (r >= 0).all():  # the lanes without the gradient (else: per-row code for the grad)
+            np.testing.assert_array_equal(fast[0], _loglik_both_ways(cpu, s, r)[0][0])
 
     check(scores, rankings)
     top = rankings.copy()
@@ -300,7 +316,7 @@ def test_loglik_avx512_lanes_match_the_other_paths(rng, n, idtype):
                 s[b, n - 1] = np.nan
             else:
                 s[b, 0] = -np.inf
-            fast, slow = _loglik_both_ways(cpu, s, r)
+            fast, slow = _loglik_both_ways(cpu, s, r, want_grad)
             assert fast[2] == slow[2] == b, (kind, b)
 
 
@@ -785,6 +801,47 @@ def test_temperature_pass_matches_reference(rng):
         - pl.log_likelihood((2 - h) * scores, rankings, mask=mask, reduction="sum")
     ) / (2 * h)
     assert cpu.pl_temperature(scores, rankings, mask, 2.0)[0][1] == pytest.approx(fd, rel=1e-6)
+
+
+def _temperature_both_ways(cpu, scores, rankings, beta):
+    """The CPU temperature pass ((f, f', f''), first bad row) with the sixteen-row lanes and without them."""
+    return _both_ways(cpu.set_temperature_lanes, lambda: cpu.pl_temperature(scores, rankings, None, beta))
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 16, 32, 33])
+@pytest.mark.parametrize("dtype,idtype", [(np.float32, np.int32), (np.float64, np.int64)])
+def test_temperature_lanes_match_the_per_row_code(rng, n, dtype, idtype):
+    """The temperature pass's lanes (per-row scores, full rankings, n <= 32): the moments of the per-row code
+    and of the reference, top-(n-1) rows among full ones, wide rows (beta * span > 300: per-row code), f
+    against the log-likelihood of beta * scores, and the first bad row of each kind wherever it falls."""
+    cpu = pytest.importorskip("prefcal._cpu")
+    rows = 16 * 30 + 7
+    scores, rankings, _ = pl_data(rng, rows, n, dtype=dtype, idtype=idtype)
+    rankings[4::23, n - 1] = -1
+    scores[9::31, 0] = scores[9::31, 1] + 20.0  # wide at beta = 40
+    for beta in (0.05, 1.0, 40.0):
+        fast, slow = _temperature_both_ways(cpu, scores, rankings, beta)
+        assert fast[1] == slow[1] == NO_ERROR
+        ref, _ = _reference.pl_temperature(scores, rankings, None, beta)
+        np.testing.assert_allclose(fast[0], slow[0], rtol=1e-10)
+        np.testing.assert_allclose(fast[0], ref, rtol=1e-10)
+        f = pl.log_likelihood((beta * scores.astype(np.float64)), rankings, reduction="sum")
+        assert fast[0][0] == pytest.approx(f, rel=1e-12)
+    for kind in ("range", "repeat", "early_pad", "nan", "inf"):
+        for b in (0, 15, 16, int(rng.integers(rows)), rows - 1):
+            s, r = scores.copy(), rankings.copy()
+            if kind == "range":
+                r[b, n // 2] = n
+            elif kind == "repeat":
+                r[b, 1] = r[b, 0]
+            elif kind == "early_pad":
+                r[b, 0] = -1
+            elif kind == "nan":
+                s[b, n - 1] = np.nan
+            else:
+                s[b, 0] = np.inf
+            fast, slow = _temperature_both_ways(cpu, s, r, 1.0)
+            assert fast[1] == slow[1] == b, (kind, b)
 
 
 def test_temperature_rejects_unidentifiable_data():

@@ -88,6 +88,27 @@ int64_t min_of(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *s
 // a lane that is not this case (padding before n - 1, a bad item, a wide score range) is left to the general
 // per-row code, which also words its error.
 constexpr int kLanes = 16;
+
+// Rows [lo, hi) of a chunk: with lanes_ok, groups of sixteen rows through group(first row), which returns the
+// lanes it leaves; those, and the rows after the last whole group, through row(b, bits) (for_rows). Returns the
+// first row that `row` rejects, or kNoError.
+template <class F, class G>
+int64_t for_lane_groups(bool lanes_ok, int64_t n, Scratch& sc, int64_t lo, int64_t hi, F&& row, G&& group) {
+  int64_t start = lo;
+  if (lanes_ok) {
+    Bits64 bits;
+    for (; start + kLanes <= hi; start += kLanes) {
+      uint32_t rest = group(start);
+      while (rest != 0) {
+        const int64_t b = start + __builtin_ctz(rest);
+        rest &= rest - 1;
+        if (!row(b, bits)) return b;
+      }
+    }
+  }
+  return for_rows(n, sc, start, hi, row);
+}
+
 // The sampler's certified float32 keys (draw_lanes_f32_avx512): on by default; a test hook turns them off to
 // compare the two paths.
 std::atomic<bool> g_sample_f32{true};
@@ -95,6 +116,9 @@ std::atomic<int64_t> g_sample_f32_fallbacks{0};  // groups of sixteen draws redo
 // The log-likelihood's explicit AVX-512 lanes (float32 scores, int32 / int64 rankings): on by default; a test hook turns
 // them off to compare with the compiler-vectorised lanes.
 std::atomic<bool> g_loglik_avx512{true};
+// The temperature pass's lanes (temperature_lanes): on by default; a test hook turns them off to compare with
+// the per-row code.
+std::atomic<bool> g_temperature_lanes{true};
 
 // Moves the binary exponent of each lane's product into an integer (the product becomes its mantissa in
 // [1, 2)): branch-free, so a product of a few bounded factors between two calls never under- or overflows.
@@ -108,13 +132,28 @@ __attribute__((always_inline)) inline void move_exponents(double* prod, int32_t*
   }
 }
 
-template <class T, class I>
-__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, int64_t n, int64_t m, T* ll) {
-  using C = T;
-  C S[32][kLanes], W[32][kLanes];
+// Sixteen rows of per-row scores and full rankings (m >= n - 1; position n - 1 may hold -1) laid out [item][lane]:
+// the scores S, the items by position R, each lane's largest and smallest score, the items it lists, the item
+// at the last position (the unlisted one where the row lists n - 1), and whether the row is bad (a non-finite
+// score, an item out of range or repeated, a listed item after the padding).
+template <class T>
+struct LaneRows {
+  T S[32][kLanes];
   int32_t R[32][kLanes];
-  C mx[kLanes], mn[kLanes];
+  T mx[kLanes], mn[kLanes];
   uint32_t seen[kLanes], bad[kLanes];
+  int32_t last[kLanes];
+};
+
+template <class T, class I>
+__attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, int64_t n, int64_t m, LaneRows<T>& x) {
+  using C = T;
+  auto& S = x.S;
+  auto& R = x.R;
+  auto& mx = x.mx;
+  auto& mn = x.mn;
+  auto& seen = x.seen;
+  auto& bad = x.bad;
   for (int l = 0; l < kLanes; ++l) {
     mx[l] = s[l * n];
     mn[l] = s[l * n];
@@ -123,11 +162,11 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) {
-      const C x = s[l * n + i];
-      S[i][l] = x;
-      mx[l] = x > mx[l] ? x : mx[l];
-      mn[l] = x < mn[l] ? x : mn[l];
-      bad[l] |= static_cast<uint32_t>(!(x - x == C(0)));  // NaN or inf
+      const C v = s[l * n + i];
+      S[i][l] = v;
+      mx[l] = v > mx[l] ? v : mx[l];
+      mn[l] = v < mn[l] ? v : mn[l];
+      bad[l] |= static_cast<uint32_t>(!(v - v == C(0)));  // NaN or inf
     }
   }
   const int64_t listed = m < n ? m : n;  // positions that must hold items (the last of n may be -1)
@@ -148,7 +187,33 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
   for (int64_t j = listed; j < m; ++j) {
     for (int l = 0; l < kLanes; ++l) bad[l] |= static_cast<uint32_t>(r[l * m + j] != I(-1));
   }
-  for (int l = 0; l < kLanes; ++l) bad[l] |= static_cast<uint32_t>(static_cast<double>(mx[l]) - mn[l] > pl::Span<C>::value);
+  const uint32_t all = n == 32 ? 0xFFFFFFFFu : (uint32_t(1) << n) - 1;
+  for (int l = 0; l < kLanes; ++l) {
+    const uint32_t missing = all & ~seen[l];
+    x.last[l] = (missing != 0 ? __builtin_ctz(missing | 0x80000000u) : R[n - 1][l]) & 31;
+  }
+}
+
+// Each lane's bit where its row is bad: left to the per-row code.
+inline uint32_t bad_lanes(const uint32_t* bad) {
+  uint32_t out = 0;
+  for (int l = 0; l < kLanes; ++l) out |= (bad[l] != 0 ? 1u : 0u) << l;
+  return out;
+}
+
+template <class T, class I>
+__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, int64_t n, int64_t m, T* ll) {
+  using C = T;
+  LaneRows<T> x;
+  load_lanes(s, r, n, m, x);
+  auto& S = x.S;
+  auto& R = x.R;
+  auto& mx = x.mx;
+  auto& bad = x.bad;
+  C W[32][kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    bad[l] |= static_cast<uint32_t>(static_cast<double>(mx[l]) - x.mn[l] > pl::Span<C>::value);
+  }
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) W[i][l] = fastmath::exp_neg(S[i][l] - mx[l]);
   }
@@ -156,11 +221,8 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
   C acc[kLanes];
   double lsum[kLanes], prod[kLanes];
   int32_t exps[kLanes];
-  const uint32_t all = n == 32 ? 0xFFFFFFFFu : (uint32_t(1) << n) - 1;
   for (int l = 0; l < kLanes; ++l) {
-    const uint32_t missing = all & ~seen[l];
-    const int last = missing != 0 ? __builtin_ctz(missing | 0x80000000u) : R[n - 1][l];
-    acc[l] = W[last & 31][l];
+    acc[l] = W[x.last[l]][l];
     lsum[l] = 0.0;
     prod[l] = 1.0;
     exps[l] = 0;
@@ -174,13 +236,67 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
     }
     if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two, branch-free
   }
-  uint32_t fallback = 0;
   for (int l = 0; l < kLanes; ++l) {
     const double value = lsum[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
     ll[l] = static_cast<T>(value);
-    fallback |= (bad[l] != 0 ? 1u : 0u) << l;
   }
-  return fallback;
+  return bad_lanes(bad);
+}
+
+// pl::row_temperature for sixteen rows of load_lanes' case: the moments of d = s - max s under the worths
+// e = exp(beta d), accumulated from the last position back (the per-row code rescales by the running largest
+// beta d instead; the same values up to rounding). A row where beta (max - min) > 300 (the worths would leave
+// exp_neg's domain) is left to the per-row code. Adds the good rows' moments to `out`; returns the others.
+template <class T, class I>
+__attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, const I* r, int64_t n, int64_t m,
+                                                                 double beta, pl::Moments& out) {
+  LaneRows<T> x;
+  load_lanes(s, r, n, m, x);
+  double D[32][kLanes], E[32][kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    x.bad[l] |= static_cast<uint32_t>(!(beta * (static_cast<double>(x.mx[l]) - x.mn[l]) <= 300.0));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int l = 0; l < kLanes; ++l) {
+      const double d = static_cast<double>(x.S[i][l]) - static_cast<double>(x.mx[l]);
+      D[i][l] = d;
+      E[i][l] = fastmath::exp_neg(beta * d);
+    }
+  }
+  double a0[kLanes], a1[kLanes], a2[kLanes], z[kLanes], d1[kLanes], d2[kLanes], prod[kLanes];
+  int32_t exps[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const double d = D[x.last[l]][l], e = E[x.last[l]][l];
+    a0[l] = e;
+    a1[l] = e * d;
+    a2[l] = e * d * d;
+    z[l] = d1[l] = d2[l] = 0.0;
+    prod[l] = 1.0;
+    exps[l] = 0;
+  }
+  for (int64_t j = n - 2; j >= 0; --j) {
+    for (int l = 0; l < kLanes; ++l) {
+      const int32_t item = x.R[j][l];
+      const double d = D[item][l], e = E[item][l];
+      a0[l] += e;
+      a1[l] += e * d;
+      a2[l] += e * d * d;
+      const double mean = a1[l] / a0[l], var = a2[l] / a0[l] - mean * mean;
+      z[l] += d;
+      d1[l] += d - mean;
+      d2[l] -= var > 0.0 ? var : 0.0;
+      prod[l] *= a0[l];
+    }
+    if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two, branch-free
+  }
+  const uint32_t rest = bad_lanes(x.bad);
+  for (int l = 0; l < kLanes; ++l) {
+    if ((rest >> l) & 1u) continue;
+    out.f += beta * z[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
+    out.d1 += d1[l];
+    out.d2 += d2[l];
+  }
+  return rest;
 }
 
 // One fit pass over sixteen full rankings (no mask, every item listed, n <= 32) per vector step: the worths are
@@ -265,6 +381,24 @@ uint32_t fit_lanes(const int32_t* r, int64_t n, const double* weights, const dou
 uint32_t fit_lanes(const int64_t* r, int64_t n, const double* weights, const double* w, const double* theta,
                    double top, bool want_ll, double* dl, double* ll) {
   return fit_lanes_i64(r, n, weights, w, theta, top, want_ll, dl, ll);
+}
+
+// The temperature lanes for each scores / rankings type, compiled for AVX-512, AVX2 and the baseline.
+PREFCAL_CLONES uint32_t temp_lanes(const float* s, const int32_t* r, int64_t n, int64_t m, double beta,
+                                   pl::Moments& out) {
+  return temperature_lanes(s, r, n, m, beta, out);
+}
+PREFCAL_CLONES uint32_t temp_lanes(const float* s, const int64_t* r, int64_t n, int64_t m, double beta,
+                                   pl::Moments& out) {
+  return temperature_lanes(s, r, n, m, beta, out);
+}
+PREFCAL_CLONES uint32_t temp_lanes(const double* s, const int32_t* r, int64_t n, int64_t m, double beta,
+                                   pl::Moments& out) {
+  return temperature_lanes(s, r, n, m, beta, out);
+}
+PREFCAL_CLONES uint32_t temp_lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double beta,
+                                   pl::Moments& out) {
+  return temperature_lanes(s, r, n, m, beta, out);
 }
 
 PREFCAL_CLONES uint32_t loglik_lanes_f32_i32(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll) {
@@ -356,14 +490,18 @@ __attribute__((target("avx512f"))) inline void transpose16(const float (*rows)[k
 // sums and the float64 product of the normalisers are vector operations over the sixteen rows, with the
 // arithmetic of loglik_lanes. Rows whose last position is -1 make the whole group return `false` (the caller
 // then runs loglik_lanes); otherwise the returned lanes are those left to the per-row code.
-template <class I>
+// With Grad, also the gradient of each good row (grad, n per row), with the arithmetic of pl::row_loglik's
+// gradient: g = [p < n - 1] - w c_p, c_p = sum_{j <= p, j < n - 1} 1 / D_j in float64, computed by position
+// and transposed back; each row's values are then stored at its items (a bad row's gradient is left alone).
+template <bool Grad, class I>
 __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const float* s, const I* r, int64_t n,
-                                                                         float* ll, uint32_t& rest) {
+                                                                         float* ll, float* grad, uint32_t& rest) {
   const __mmask16 nm = static_cast<__mmask16>((1u << n) - 1u), last = static_cast<__mmask16>(1u << (n - 1));
   const __m512i nv = _mm512_set1_epi32(static_cast<int>(n)), minus1 = _mm512_set1_epi32(-1);
   const __m512i sentinel = _mm512_add_epi32(lane_index(), _mm512_set1_epi32(64));
   const __m512i exp_field = _mm512_set1_epi32(0x7F800000);
   alignas(64) float rows[kLanes][kLanes];
+  alignas(64) int32_t items[Grad ? kLanes : 1][kLanes];  // each row's items by position
   uint32_t bad = 0;
   for (int l = 0; l < kLanes; ++l) {
     const __m512 sv = _mm512_maskz_loadu_ps(nm, s + l * n);
@@ -391,6 +529,7 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
         _mm512_mask_cmpeq_epi32_mask(nm, _mm512_and_si512(_mm512_castps_si512(sv), exp_field), exp_field);
     bad |= static_cast<uint32_t>(in != nm || (repeat | nonfinite) != 0) << l;
     _mm512_store_ps(rows[l], _mm512_permutexvar_ps(rv, sv));
+    if constexpr (Grad) _mm512_store_si512(items[l], rv);
   }
   alignas(64) float P[kLanes][kLanes];  // [position][row]: the score of the item at each position
   transpose16(rows, n, P);
@@ -409,12 +548,21 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
       _mm512_cmp_pd_mask(_mm512_sub_pd(_mm512_cvtps_pd(mx_hi), _mm512_cvtps_pd(mn_hi)), span, _CMP_GT_OQ);
   bad |= static_cast<uint32_t>(wide0) | (static_cast<uint32_t>(wide1) << 8);
   // The last position starts the suffix sums; positions n - 2 .. 0 each add a stage.
+  __m512 W[Grad ? kLanes : 1];       // the worths by position
+  __m512d inv[Grad ? kLanes : 1][2];  // 1 / D_j, lanes 0-7 and 8-15
   __m512 acc = exp_neg16(_mm512_sub_ps(_mm512_load_ps(P[n - 1]), mx));
+  if constexpr (Grad) W[n - 1] = acc;
   __m512d lsum0 = _mm512_setzero_pd(), lsum1 = lsum0, prod0 = _mm512_set1_pd(1.0), prod1 = prod0;
   __m512d ex0 = _mm512_setzero_pd(), ex1 = ex0;
   for (int64_t j = n - 2; j >= 0; --j) {
     const __m512 d = _mm512_sub_ps(_mm512_load_ps(P[j]), mx);
-    acc = _mm512_add_ps(acc, exp_neg16(d));
+    const __m512 w = exp_neg16(d);
+    acc = _mm512_add_ps(acc, w);
+    if constexpr (Grad) {
+      W[j] = w;
+      inv[j][0] = _mm512_div_pd(_mm512_set1_pd(1.0), _mm512_cvtps_pd(_mm512_castps512_ps256(acc)));
+      inv[j][1] = _mm512_div_pd(_mm512_set1_pd(1.0), _mm512_cvtps_pd(upper8(acc)));
+    }
     lsum0 = _mm512_add_pd(lsum0, _mm512_cvtps_pd(_mm512_castps512_ps256(d)));
     lsum1 = _mm512_add_pd(lsum1, _mm512_cvtps_pd(upper8(d)));
     prod0 = _mm512_mul_pd(prod0, _mm512_cvtps_pd(_mm512_castps512_ps256(acc)));
@@ -436,6 +584,29 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
   for (int l = 0; l < kLanes; ++l) {
     ll[l] = static_cast<float>(lsum[l] - (ex[l] * 0.6931471805599453 + fastmath::log_pos(prod[l])));
   }
+  if constexpr (Grad) {
+    alignas(64) float G[kLanes][kLanes];  // [position][row]; positions n .. 15 unused
+    __m512d c0 = _mm512_setzero_pd(), c1 = c0;
+    for (int64_t p = 0; p < n; ++p) {
+      const __m512d one = _mm512_set1_pd(p < n - 1 ? 1.0 : 0.0);
+      if (p < n - 1) {
+        c0 = _mm512_add_pd(c0, inv[p][0]);
+        c1 = _mm512_add_pd(c1, inv[p][1]);
+      }
+      const __m512d w0 = _mm512_cvtps_pd(_mm512_castps512_ps256(W[p])), w1 = _mm512_cvtps_pd(upper8(W[p]));
+      const __m256 g0 = _mm512_cvtpd_ps(_mm512_sub_pd(one, _mm512_mul_pd(w0, c0)));
+      const __m256 g1 = _mm512_cvtpd_ps(_mm512_sub_pd(one, _mm512_mul_pd(w1, c1)));
+      _mm512_store_pd(reinterpret_cast<double*>(G[p]), _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(g0)),
+                                                                           _mm256_castps_pd(g1), 1));
+    }
+    for (int64_t p = n; p < kLanes; ++p) _mm512_store_ps(G[p], _mm512_setzero_ps());
+    transpose16(G, kLanes, rows);  // rows[l][p]: row l's gradient by position
+    for (int l = 0; l < kLanes; ++l) {
+      if ((bad >> l) & 1u) continue;
+      float* g = grad + l * n;
+      for (int64_t p = 0; p < n; ++p) g[items[l][p]] = rows[l][p];
+    }
+  }
   rest = bad;
   return true;
 }
@@ -449,7 +620,7 @@ uint32_t f32_lanes(const float* s, const I* r, int64_t n, int64_t m, float* ll,
 #if defined(PREFCAL_X86_AVX2)
   uint32_t rest = 0;
   if (m == n && n <= 16 && g_loglik_avx512.load(std::memory_order_relaxed) && cpu_avx512_cd() &&
-      loglik_lanes_f32_avx512(s, r, n, ll, rest)) {
+      loglik_lanes_f32_avx512<false>(s, r, n, ll, nullptr, rest)) {
     return rest;
   }
 #endif
@@ -468,6 +639,30 @@ uint32_t lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double* 
   return loglik_lanes_f64_i64(s, r, n, m, ll);
 }
 
+// The gradient's lanes: float32 scores, int32 / int64 full rankings (m == n <= 16), AVX-512 (grad_lanes_apply).
+// Returns the lanes left to the per-row code, all sixteen when the group holds a padded row.
+bool grad_lanes_apply(const float*, int64_t n, int64_t m) {
+#if defined(PREFCAL_X86_AVX2)
+  return m == n && n <= 16 && g_loglik_avx512.load(std::memory_order_relaxed) && cpu_avx512_cd();
+#else
+  (void)n, (void)m;
+  return false;
+#endif
+}
+bool grad_lanes_apply(const double*, int64_t, int64_t) { return false; }
+template <class T, class I>
+uint32_t grad_lanes(const T* s, const I* r, int64_t n, T* ll, T* grad) {
+  uint32_t rest = 0xFFFFu;
+#if defined(PREFCAL_X86_AVX2)
+  if constexpr (std::is_same<T, float>::value) {
+    if (!loglik_lanes_f32_avx512<true>(s, r, n, ll, grad, rest)) rest = 0xFFFFu;
+  }
+#else
+  (void)s, (void)r, (void)n, (void)ll, (void)grad;
+#endif
+  return rest;
+}
+
 }  // namespace
 
 template <class T, class I>
@@ -481,7 +676,8 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   std::vector<double> partial(global_grad ? static_cast<size_t>(n_chunks * n) : 0, 0.0);
   const int nt = threads_for(n_chunks);
-  const bool lanes_ok = grad == nullptr && !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
+  const bool lanes_ok = !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1 &&
+                        (grad == nullptr || grad_lanes_apply(s, n, m));
   for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
@@ -504,22 +700,10 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
       pl::clear_listed(rr, m, n, bits);
       return good;
     };
-    int64_t start = lo;
-    if (lanes_ok) {  // groups of 16 rows in vector lanes; a lane they cannot take goes through `row`
-      Bits64 bits;
-      for (; start + kLanes <= hi; start += kLanes) {
-        uint32_t rest = lanes(s + start * n, r + start * m, n, m, ll + start);
-        while (rest != 0) {
-          const int64_t b = start + __builtin_ctz(rest);
-          rest &= rest - 1;
-          if (!row(b, bits)) {
-            bad[static_cast<size_t>(k)] = b;
-            return;
-          }
-        }
-      }
-    }
-    bad[static_cast<size_t>(k)] = for_rows(n, sc, start, hi, row);
+    bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
+      return grad == nullptr ? lanes(s + b * n, r + b * m, n, m, ll + b)
+                             : grad_lanes(s + b * n, r + b * m, n, ll + b, grad + b * n);
+    });
   });
   const int64_t first = min_of(bad);
   if (first == kNoError && global_grad) {
@@ -541,10 +725,12 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
   const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   std::vector<pl::Moments> part(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)));
+  const bool lanes_ok = g_temperature_lanes.load(std::memory_order_relaxed) && !sh.global_scores &&
+                        sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     pl::Moments& acc = part[static_cast<size_t>(k)];
-    bad[static_cast<size_t>(k)] = for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
+    auto row = [&](int64_t b, auto& bits) {
       const T* sr = sh.global_scores ? s : s + b * n;
       const I* rr = r + b * m;
       const uint8_t* mk = mask_row(sh, b);
@@ -558,6 +744,9 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
       }
       pl::clear_listed(rr, m, n, bits);
       return good;
+    };
+    bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
+      return temp_lanes(s + b * n, r + b * m, n, m, beta, acc);
     });
   });
   out[0] = out[1] = out[2] = 0.0;
@@ -1421,6 +1610,7 @@ float gumbel_f32_error() { return kGumbelF32Error; }
 int64_t sample_f32_fallbacks() { return g_sample_f32_fallbacks.load(); }
 
 bool set_loglik_avx512(bool on) { return g_loglik_avx512.exchange(on); }
+bool set_temperature_lanes(bool on) { return g_temperature_lanes.exchange(on); }
 
 template int64_t pl_sample<float>(const float*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
                                   bool, int32_t*, int64_t, int64_t);

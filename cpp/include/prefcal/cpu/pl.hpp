@@ -38,8 +38,11 @@ int64_t pl_sample(const T* scores, int64_t rows, int64_t n, const uint8_t* mask,
 // draws redone with float64 keys since the start.
 bool set_sample_f32(bool on);
 // Test hook: the log-likelihood's explicit AVX-512 lanes (float32 / int32, m == n <= 16) on / off (returns the
-// previous setting); off, the compiler-vectorised lanes take those rows.
+// previous setting); off, the compiler-vectorised lanes take those rows, and the per-row code the gradients.
 bool set_loglik_avx512(bool on);
+// Test hook: the temperature pass's sixteen-row lanes on / off (returns the previous setting); off, the per-row
+// code takes every row.
+bool set_temperature_lanes(bool on);
 int64_t sample_f32_fallbacks();
 bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out);
 float gumbel_f32_error();
