@@ -6,10 +6,12 @@ Peers measured in the same run:
 * log-likelihood of 10^6 full rankings of 10 items (float32 scores, int32 rankings: 80 bytes per row): the
   NumPy formulation (gather + reverse cumulative log-sum-exp, no validation), the same in torch
   (gather + logcumsumexp), and prefcal's NumPy reference;
+  and, for the value with the gradient, torch autograd of that formulation (a ListMLE forward + backward);
 * sampling 10^6 x 10: NumPy and torch Gumbel-argsort;
 * fitting one PL model to 10^5 full rankings of 20 items: prefcal's NumPy MM reference at the same
   tolerance, and choix.ilsr_rankings on 10^4 of the rankings (it is too slow for all of them; compare
   rows/s);
+* temperature 10^6 x 10: SciPy's bounded minimize_scalar of the NumPy formulation (float64);
 * the memory copy bandwidth.
 """
 
@@ -59,6 +61,7 @@ def test_copy_bandwidth(benchmark, recorder):
         "prefcal with gradient (C++)",
         "NumPy gather+cumLSE",
         "torch gather+logcumsumexp",
+        "torch ListMLE forward+backward (autograd)",
         "prefcal reference (NumPy)",
     ],
 )
@@ -68,6 +71,17 @@ def test_loglik(benchmark, recorder, rows, impl):
         fn = lambda: pl.log_likelihood(scores, rankings)  # noqa: E731
     elif impl == "prefcal with gradient (C++)":
         fn = lambda: pl.log_likelihood_grad(scores, rankings)  # noqa: E731
+    elif impl == "torch ListMLE forward+backward (autograd)":  # the peer of the value and gradient
+        torch = pytest.importorskip("torch")
+        tr = torch.from_numpy(rankings.astype(np.int64))
+
+        def fn():
+            ts = torch.from_numpy(scores).requires_grad_()
+            x = torch.gather(ts, 1, tr)
+            ll = (x - torch.logcumsumexp(x.flip(1), 1).flip(1))[:, :-1].sum(1)
+            ll.sum().backward()
+            return ll, ts.grad
+
     elif impl == "NumPy gather+cumLSE":
         fn = lambda: numpy_loglik(scores, rankings)  # noqa: E731
     elif impl == "prefcal reference (NumPy)":
@@ -140,9 +154,26 @@ def test_fit(benchmark, recorder, fit_data, impl):
     recorder(benchmark, "pl-fit-1e5x20", impl, m, m * FIT_N * 4)
 
 
-@pytest.mark.parametrize("impl", ["prefcal temperature (C++)"])
+@pytest.mark.parametrize(
+    "impl", ["prefcal temperature (C++)", "SciPy minimize_scalar of the NumPy log-likelihood"]
+)
 def test_temperature(benchmark, recorder, rows, impl):
     scores, rankings = rows
     benchmark.group = "pl-temperature-1e6x10"
-    benchmark.pedantic(lambda: prefcal.recalibrate.temperature(scores, rankings), rounds=3, warmup_rounds=0)
+    if impl == "prefcal temperature (C++)":
+        fn = lambda: prefcal.recalibrate.temperature(scores, rankings)  # noqa: E731
+    else:  # what a user writes today: a bounded 1-D search over the NumPy formulation (float64)
+        optimize = pytest.importorskip("scipy.optimize")
+        s64 = scores.astype(np.float64)
+
+        def fn():
+            res = optimize.minimize_scalar(
+                lambda b: -numpy_loglik(b * s64, rankings).sum(),
+                bounds=(1e-3, 10.0),
+                method="bounded",
+                options={"xatol": 1e-8},
+            )
+            return res.x
+
+    benchmark.pedantic(fn, rounds=3 if "C++" in impl else 1, warmup_rounds=0)
     recorder(benchmark, "pl-temperature-1e6x10", impl, N, scores.nbytes + rankings.nbytes)
