@@ -257,36 +257,42 @@ def _both_ways(hook, call):
 
 def _loglik_both_ways(cpu, scores, rankings, want_grad=False):
     """The CPU kernel's (ll, grad, first bad row) with the explicit AVX-512 lanes and without them (the
-    compiler-vectorised lanes; with the gradient, the per-row code)."""
+    compiler-vectorised lanes)."""
     return _both_ways(cpu.set_loglik_avx512, lambda: cpu.pl_loglik(scores, rankings, None, want_grad))
 
 
 @pytest.mark.parametrize("want_grad", [False, True])
-@pytest.mark.parametrize("n", [2, 3, 7, 10, 15, 16, 17])
+@pytest.mark.parametrize("n", [2, 3, 7, 10, 15, 16, 17, 25, 32, 33])
 @pytest.mark.parametrize("idtype", [np.int32, np.int64])
-def test_loglik_avx512_lanes_match_the_other_paths(rng, n, idtype, want_grad):
-    """The explicit AVX-512 lanes (float32 scores, int32 / int64 full rankings, n <= 16), with and without the
-    gradient: the values of the other paths and of the reference; top-(n-1) rows (-1 last) in a group; the
-    first bad row for each kind of bad row, wherever it falls in a group of sixteen; wide score ranges
-    (per-row code)."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loglik_lanes_match_the_other_paths(rng, n, idtype, dtype, want_grad):
+    """The sixteen-row lanes (per-row scores, no mask, full rankings, n <= 32; the explicit AVX-512 ones for
+    float32 and n <= 16), with and without the gradient: the values of the other lanes, of the per-row code
+    (a mask sends every row there) and of the reference; top-(n-1) rows (-1 last) in a group; wide score
+    ranges (per-row code); the first bad row for each kind of bad row, wherever it falls in a group of
+    sixteen."""
     cpu = pytest.importorskip("prefcal._cpu")
     rows = 16 * 40 + 5
-    scores, rankings, _ = pl_data(rng, rows, n, dtype=np.float32)
+    scores, rankings, _ = pl_data(rng, rows, n, dtype=dtype)
     rankings = rankings.astype(idtype)
+    every = np.ones((rows, n), dtype=bool)
+    # float32: the lanes' exps are FMA-contracted and the per-row code's are not (a few ulp apart)
+    close = 1e-6 if dtype == np.float32 else 1e-12
+    tol = 1e-5 if dtype == np.float32 else 1e-12
 
     def check(s, r):
         fast, slow = _loglik_both_ways(cpu, s, r, want_grad)
-        assert fast[2] == slow[2] == NO_ERROR
+        per_row = cpu.pl_loglik(s, r, every, want_grad)
+        assert fast[2] == slow[2] == per_row[2] == NO_ERROR
         ref, ref_grad, _ = _reference.pl_loglik(s.astype(np.float64), r, None, want_grad)
-        np.testing.assert_allclose(fast[0], ref, rtol=1e-5, atol=1e-5)
-        if not want_grad:
-            np.testing.assert_allclose(fast[0], slow[0], rtol=1e-7, atol=1e-7)  # bit for bit with GCC 12
-            return
-        # the per-row code's exps are not FMA-contracted: a few float32 ulp apart
-        np.testing.assert_allclose(fast[0], slow[0], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(fast[1], slow[1], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(fast[1], ref_grad, rtol=1e-5, atol=1e-5)
-        if n <= 16 and (r >= 0).all():  # the lanes without the gradient (else: per-row code for the grad)
+        np.testing.assert_allclose(fast[0], ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(fast[0], slow[0], rtol=1e-7, atol=1e-7)  # bit for bit with GCC 12
+        np.testing.assert_allclose(fast[0], per_row[0], rtol=close, atol=close)
+        if want_grad:
+            np.testing.assert_allclose(fast[1], slow[1], rtol=close, atol=close)
+            np.testing.assert_allclose(fast[1], per_row[1], rtol=close, atol=close)
+            np.testing.assert_allclose(fast[1], ref_grad, rtol=tol, atol=tol)
+            # the same log-likelihood as without the gradient
             np.testing.assert_array_equal(fast[0], _loglik_both_ways(cpu, s, r)[0][0])
 
     check(scores, rankings)
@@ -317,7 +323,7 @@ def test_loglik_avx512_lanes_match_the_other_paths(rng, n, idtype, want_grad):
             else:
                 s[b, 0] = -np.inf
             fast, slow = _loglik_both_ways(cpu, s, r, want_grad)
-            assert fast[2] == slow[2] == b, (kind, b)
+            assert fast[2] == slow[2] == cpu.pl_loglik(s, r, every, want_grad)[2] == b, (kind, b)
 
 
 # ----------------------------------------------------------------------------------------- sampling

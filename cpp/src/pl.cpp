@@ -201,8 +201,12 @@ inline uint32_t bad_lanes(const uint32_t* bad) {
   return out;
 }
 
-template <class T, class I>
-__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, int64_t n, int64_t m, T* ll) {
+// With Grad, also each good row's gradient (n per row in grad; a bad row's is left alone), by the arithmetic of
+// pl::row_loglik: g = [p < n - 1] - w c_p at the item of position p (the last: the last item, listed or not),
+// c_p = sum_{j <= p, j < n - 1} 1 / D_j in float64.
+template <bool Grad, class T, class I>
+__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, int64_t n, int64_t m, T* ll,
+                                                            T* grad) {
   using C = T;
   LaneRows<T> x;
   load_lanes(s, r, n, m, x);
@@ -227,12 +231,14 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
     prod[l] = 1.0;
     exps[l] = 0;
   }
+  double inv[Grad ? 32 : 1][kLanes];  // 1 / D_j
   for (int64_t j = n - 2; j >= 0; --j) {
     for (int l = 0; l < kLanes; ++l) {
       const int32_t item = R[j][l];
       acc[l] += W[item][l];
       lsum[l] += static_cast<double>(S[item][l] - mx[l]);
       prod[l] *= static_cast<double>(acc[l]);
+      if constexpr (Grad) inv[j][l] = 1.0 / static_cast<double>(acc[l]);
     }
     if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two, branch-free
   }
@@ -240,7 +246,26 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
     const double value = lsum[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
     ll[l] = static_cast<T>(value);
   }
-  return bad_lanes(bad);
+  const uint32_t rest = bad_lanes(bad);
+  if constexpr (Grad) {
+    double c[kLanes];
+    C G[32][kLanes];  // by position
+    for (int l = 0; l < kLanes; ++l) c[l] = 0.0;
+    for (int64_t p = 0; p < n - 1; ++p) {
+      for (int l = 0; l < kLanes; ++l) {
+        c[l] += inv[p][l];
+        G[p][l] = static_cast<C>(1.0 - static_cast<double>(W[R[p][l]][l]) * c[l]);
+      }
+    }
+    for (int l = 0; l < kLanes; ++l) G[n - 1][l] = static_cast<C>(-static_cast<double>(W[x.last[l]][l]) * c[l]);
+    for (int l = 0; l < kLanes; ++l) {
+      if ((rest >> l) & 1u) continue;
+      T* g = grad + l * n;
+      for (int64_t p = 0; p < n - 1; ++p) g[R[p][l]] = G[p][l];
+      g[x.last[l]] = G[n - 1][l];
+    }
+  }
+  return rest;
 }
 
 // pl::row_temperature for sixteen rows of load_lanes' case: the moments of d = s - max s under the worths
@@ -401,17 +426,21 @@ PREFCAL_CLONES uint32_t temp_lanes(const double* s, const int64_t* r, int64_t n,
   return temperature_lanes(s, r, n, m, beta, out);
 }
 
-PREFCAL_CLONES uint32_t loglik_lanes_f32_i32(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll) {
-  return loglik_lanes(s, r, n, m, ll);
+PREFCAL_CLONES uint32_t loglik_lanes_f32_i32(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll,
+                                          float* grad) {
+  return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
 }
-PREFCAL_CLONES uint32_t loglik_lanes_f32_i64(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll) {
-  return loglik_lanes(s, r, n, m, ll);
+PREFCAL_CLONES uint32_t loglik_lanes_f32_i64(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll,
+                                          float* grad) {
+  return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
 }
-PREFCAL_CLONES uint32_t loglik_lanes_f64_i32(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll) {
-  return loglik_lanes(s, r, n, m, ll);
+PREFCAL_CLONES uint32_t loglik_lanes_f64_i32(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll,
+                                          double* grad) {
+  return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
 }
-PREFCAL_CLONES uint32_t loglik_lanes_f64_i64(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll) {
-  return loglik_lanes(s, r, n, m, ll);
+PREFCAL_CLONES uint32_t loglik_lanes_f64_i64(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll,
+                                          double* grad) {
+  return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
 }
 #if defined(PREFCAL_X86_AVX2)
 bool cpu_avx512() {
@@ -613,54 +642,32 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
 
 #endif
 
-// float32 scores: the explicit AVX-512 lanes where they apply, else the compiler-vectorised ones.
+// float32 scores: the explicit AVX-512 lanes where they apply, else the compiler-vectorised ones. With
+// grad != nullptr, also the gradients.
 template <class I>
-uint32_t f32_lanes(const float* s, const I* r, int64_t n, int64_t m, float* ll,
-                   uint32_t (*vectorised)(const float*, const I*, int64_t, int64_t, float*)) {
+uint32_t f32_lanes(const float* s, const I* r, int64_t n, int64_t m, float* ll, float* grad,
+                   uint32_t (*vectorised)(const float*, const I*, int64_t, int64_t, float*, float*)) {
 #if defined(PREFCAL_X86_AVX2)
   uint32_t rest = 0;
   if (m == n && n <= 16 && g_loglik_avx512.load(std::memory_order_relaxed) && cpu_avx512_cd() &&
-      loglik_lanes_f32_avx512<false>(s, r, n, ll, nullptr, rest)) {
+      (grad == nullptr ? loglik_lanes_f32_avx512<false>(s, r, n, ll, grad, rest)
+                       : loglik_lanes_f32_avx512<true>(s, r, n, ll, grad, rest))) {
     return rest;
   }
 #endif
-  return vectorised(s, r, n, m, ll);
+  return vectorised(s, r, n, m, ll, grad);
 }
-uint32_t lanes(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll) {
-  return f32_lanes(s, r, n, m, ll, loglik_lanes_f32_i32);
+uint32_t lanes(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll, float* grad) {
+  return f32_lanes(s, r, n, m, ll, grad, loglik_lanes_f32_i32);
 }
-uint32_t lanes(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll) {
-  return f32_lanes(s, r, n, m, ll, loglik_lanes_f32_i64);
+uint32_t lanes(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll, float* grad) {
+  return f32_lanes(s, r, n, m, ll, grad, loglik_lanes_f32_i64);
 }
-uint32_t lanes(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll) {
-  return loglik_lanes_f64_i32(s, r, n, m, ll);
+uint32_t lanes(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll, double* grad) {
+  return loglik_lanes_f64_i32(s, r, n, m, ll, grad);
 }
-uint32_t lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll) {
-  return loglik_lanes_f64_i64(s, r, n, m, ll);
-}
-
-// The gradient's lanes: float32 scores, int32 / int64 full rankings (m == n <= 16), AVX-512 (grad_lanes_apply).
-// Returns the lanes left to the per-row code, all sixteen when the group holds a padded row.
-bool grad_lanes_apply(const float*, int64_t n, int64_t m) {
-#if defined(PREFCAL_X86_AVX2)
-  return m == n && n <= 16 && g_loglik_avx512.load(std::memory_order_relaxed) && cpu_avx512_cd();
-#else
-  (void)n, (void)m;
-  return false;
-#endif
-}
-bool grad_lanes_apply(const double*, int64_t, int64_t) { return false; }
-template <class T, class I>
-uint32_t grad_lanes(const T* s, const I* r, int64_t n, T* ll, T* grad) {
-  uint32_t rest = 0xFFFFu;
-#if defined(PREFCAL_X86_AVX2)
-  if constexpr (std::is_same<T, float>::value) {
-    if (!loglik_lanes_f32_avx512<true>(s, r, n, ll, grad, rest)) rest = 0xFFFFu;
-  }
-#else
-  (void)s, (void)r, (void)n, (void)ll, (void)grad;
-#endif
-  return rest;
+uint32_t lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll, double* grad) {
+  return loglik_lanes_f64_i64(s, r, n, m, ll, grad);
 }
 
 }  // namespace
@@ -676,8 +683,7 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   std::vector<double> partial(global_grad ? static_cast<size_t>(n_chunks * n) : 0, 0.0);
   const int nt = threads_for(n_chunks);
-  const bool lanes_ok = !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1 &&
-                        (grad == nullptr || grad_lanes_apply(s, n, m));
+  const bool lanes_ok = !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
   for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
@@ -701,8 +707,7 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
       return good;
     };
     bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
-      return grad == nullptr ? lanes(s + b * n, r + b * m, n, m, ll + b)
-                             : grad_lanes(s + b * n, r + b * m, n, ll + b, grad + b * n);
+      return lanes(s + b * n, r + b * m, n, m, ll + b, grad == nullptr ? nullptr : grad + b * n);
     });
   });
   const int64_t first = min_of(bad);
