@@ -81,13 +81,7 @@ int64_t min_of(const std::vector<int64_t>& v) { return v.empty() ? kNoError : *s
 
 // ------------------------------------------------------------------------------ log-likelihood, 16 rows at once
 //
-// The common case: per-row scores, no mask, full rankings (every item listed, or all but one) of n <= 32 items.
-// Sixteen rows are laid out lane by lane ([item][lane]) so that every step (max, exp, the ranking checks, the
-// backward suffix sums, the product of the normalisers, the final log) is one vector operation over the rows.
-// The arithmetic is that of pl::row_loglik's fast path (same exp, same suffix order, same float64 product);
-// a lane that is not this case (padding before n - 1, a bad item, a wide score range) is left to the general
-// per-row code, which also words its error.
-constexpr int kLanes = 16;
+constexpr int kLanes = 16;  // rows per group of the lane kernels (one 512-bit vector of float32)
 
 // Rows [lo, hi) of a chunk: with lanes_ok, groups of sixteen rows through group(first row), which returns the
 // lanes it leaves; those, and the rows after the last whole group, through row(b, bits) (for_rows). Returns the
@@ -201,6 +195,12 @@ inline uint32_t bad_lanes(const uint32_t* bad) {
   return out;
 }
 
+// The log-likelihood's common case: per-row scores, no mask, full rankings (every item listed, or all but one)
+// of n <= 32 items. Sixteen rows are laid out lane by lane ([item][lane]) so that every step (max, exp, the
+// ranking checks, the backward suffix sums, the product of the normalisers, the final log) is one vector
+// operation over the rows. The arithmetic is that of pl::row_loglik's fast path (same exp, same suffix order,
+// same float64 product); a lane that is not this case (padding before n - 1, a bad item, a wide score range)
+// is left to the general per-row code, which also words its error.
 // With Grad, also each good row's gradient (n per row in grad; a bad row's is left alone), by the arithmetic of
 // pl::row_loglik: g = [p < n - 1] - w c_p at the item of position p (the last: the last item, listed or not),
 // c_p = sum_{j <= p, j < n - 1} 1 / D_j in float64.
@@ -483,6 +483,11 @@ __attribute__((target("avx512f"))) inline __m256 upper8(__m512 x) {
   return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
 }
 
+// The sixteen lanes lo, hi (AVX-512F only: no AVX512DQ insert).
+__attribute__((target("avx512f"))) inline __m512 join8(__m256 lo, __m256 hi) {
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+}
+
 // 16 x 16 transpose of rows[l][j] into cols[j][l] (j < n).
 __attribute__((target("avx512f"))) inline void transpose16(const float (*rows)[kLanes], int64_t n,
                                                             float (*cols)[kLanes]) {
@@ -625,8 +630,7 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
       const __m512d w0 = _mm512_cvtps_pd(_mm512_castps512_ps256(W[p])), w1 = _mm512_cvtps_pd(upper8(W[p]));
       const __m256 g0 = _mm512_cvtpd_ps(_mm512_sub_pd(one, _mm512_mul_pd(w0, c0)));
       const __m256 g1 = _mm512_cvtpd_ps(_mm512_sub_pd(one, _mm512_mul_pd(w1, c1)));
-      _mm512_store_pd(reinterpret_cast<double*>(G[p]), _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(g0)),
-                                                                           _mm256_castps_pd(g1), 1));
+      _mm512_store_ps(G[p], join8(g0, g1));
     }
     for (int64_t p = n; p < kLanes; ++p) _mm512_store_ps(G[p], _mm512_setzero_ps());
     transpose16(G, kLanes, rows);  // rows[l][p]: row l's gradient by position

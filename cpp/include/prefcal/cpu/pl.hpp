@@ -38,7 +38,7 @@ int64_t pl_sample(const T* scores, int64_t rows, int64_t n, const uint8_t* mask,
 // draws redone with float64 keys since the start.
 bool set_sample_f32(bool on);
 // Test hook: the log-likelihood's explicit AVX-512 lanes (float32 / int32, m == n <= 16) on / off (returns the
-// previous setting); off, the compiler-vectorised lanes take those rows, and the per-row code the gradients.
+// previous setting); off, the compiler-vectorised lanes take those rows, gradients included.
 bool set_loglik_avx512(bool on);
 // Test hook: the temperature pass's sixteen-row lanes on / off (returns the previous setting); off, the per-row
 // code takes every row.
