@@ -123,6 +123,44 @@ def test_loglik_small_flags_every_invalid_row(rng, dtype, fixed):
             assert not ok2[0] and (ok2[1:] == valid[1:]).all()
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 12, 13, 31, 32])
+@pytest.mark.parametrize("idtype", [np.int32, np.int64])
+def test_loglik_fixed_full_rankings_without_a_mask(rng, n, idtype):
+    """Full-width rankings without a mask take row_loglik_fixed's short check (n entries in range setting n
+    distinct bits); every other such row, padded or bad, must still be read the general way: the same
+    validity and numbers as row_loglik_small and the reference, row by row."""
+    N = 64
+    scores = rng.normal(size=(N, n)).astype(np.float32)
+    rankings = np.argsort(rng.random((N, n)), axis=1).astype(np.int64)
+    cases = ["ok", "pad_tail", "pad_head", "range", "negative", "repeat", "wide", "score"]
+    for b in range(N):
+        case, j = cases[b % len(cases)], int(rng.integers(n))
+        if case == "pad_tail":
+            rankings[b, j:] = -1  # a partial ranking (valid), or no item listed
+        elif case == "pad_head" and n > 1:
+            rankings[b, min(j, n - 2)] = -1  # a hole: a listed item after the padding (bad)
+        elif case == "range":
+            rankings[b, j] = n + (b % 3)
+        elif case == "negative":
+            rankings[b, j] = -2 - (b % 3)
+        elif case == "repeat" and n > 1:
+            rankings[b, (j + 1) % n] = rankings[b, j]
+        elif case == "wide" and idtype == np.int64:
+            rankings[b, j] += 2**32  # narrows to a valid item: still out of range
+        elif case == "score":
+            scores[b, j] = np.nan
+    rankings = rankings.astype(idtype)
+    ll, ok = cpu.pl_loglik_small(scores, rankings, None, fixed=True)
+    ll_small, ok_small = cpu.pl_loglik_small(scores, rankings, None)
+    np.testing.assert_array_equal(ok, ok_small)
+    np.testing.assert_array_equal(ll, ll_small)
+    want, good = reference_rows(scores, rankings.astype(np.int64), None)
+    np.testing.assert_array_equal(ok, good)
+    assert np.all(np.abs(ll - want) <= 2e-6 * (1 + np.abs(want)))
+    if n > 1:
+        assert ok.sum() >= N // len(cases) and not ok.all()
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),

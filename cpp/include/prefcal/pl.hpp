@@ -562,6 +562,36 @@ PREFCAL_HD int draw_small(const T* s, const uint8_t* mask, int n, int kk, uint64
 }
 
 
+// The common row of row_loglik_fixed: no mask and a full ranking (m == n <= K) of n distinct items. Such a
+// ranking is valid exactly when its n entries lie in [0, n) and set n distinct bits, so the check is a compare
+// and two bit operations an entry (no padding, repeat or mask logic). True with item[j] = r[j] for j < n (0
+// past them) and `seen` the set of the n items; false otherwise, `seen` untouched (r not read when mask or m
+// rules the row out), and the caller reads the ranking the general way, which finds its padding or its fault.
+template <int K, class I>
+PREFCAL_HD bool full_ranking_fixed(const I* r, int m, int n, const uint8_t* mask, int (&item)[K], uint32_t& seen) {
+  if (mask != nullptr || m != n) return false;
+  unsigned top = 0;  // the largest entry as unsigned: negative ones (the -1 padding too) are huge
+  bool narrow = true;
+  uint32_t set = 0;
+  PREFCAL_UNROLL
+  for (int j = 0; j < K; ++j) {
+    item[j] = 0;
+    if (j < n) {
+      const I x = r[j];
+      const int v = static_cast<int>(x);
+      const unsigned u = static_cast<unsigned>(v);
+      top = u > top ? u : top;
+      narrow &= I(v) == x;  // false when x does not fit in an int (never for 32-bit rankings)
+      set |= uint32_t(1) << (v & 31);
+      item[j] = v & 31;
+    }
+  }
+  const uint32_t all = n >= 32 ? ~uint32_t(0) : (uint32_t(1) << n) - 1u;
+  if (top >= static_cast<unsigned>(n) || !narrow || set != all) return false;
+  seen = set;
+  return true;
+}
+
 // row_loglik_small for rows of m <= n <= K <= 32 items, K known at compile time (the GPU's flat-staged
 // kernel): every loop unrolled over K slots with uniform guards (j < m, i < n), the ranking read once into
 // registers, the listed-item set in 32 bits, the checks order-free (the padding is valid when no listed item
@@ -576,24 +606,27 @@ PREFCAL_HD bool row_loglik_fixed(const T* s, const I* r, int m, int n, const uin
   int L = m;
   bool padded = false, bad = false;
   uint32_t seen = 0;
-  PREFCAL_UNROLL
-  for (int j = 0; j < K; ++j) {
-    item[j] = 0;
-    if (j < m) {
-      const I x = r[j];
-      const int v = static_cast<int>(x);
-      const bool pad = x == I(-1);
-      bad |= padded && !pad;  // a listed item after the padding
-      L = pad && !padded ? j : L;
-      padded |= pad;
-      if (!pad) {
-        // out of range (negative included: I(v) != x when x does not fit in an int)
-        bad |= static_cast<unsigned>(v) >= static_cast<unsigned>(n) || I(v) != x;
-        const uint32_t bit = uint32_t(1) << (v & 31);
-        bad |= (seen & bit) != 0;
-        seen |= bit;
-        if (mask != nullptr && !bad) bad = mask[v] == 0;
-        item[j] = v & 31;
+  // a full ranking without a mask: what the general reading would find (L = m = n), without its checks
+  if (!full_ranking_fixed<K>(r, m, n, mask, item, seen)) {
+    PREFCAL_UNROLL
+    for (int j = 0; j < K; ++j) {
+      item[j] = 0;
+      if (j < m) {
+        const I x = r[j];
+        const int v = static_cast<int>(x);
+        const bool pad = x == I(-1);
+        bad |= padded && !pad;  // a listed item after the padding
+        L = pad && !padded ? j : L;
+        padded |= pad;
+        if (!pad) {
+          // out of range (negative included: I(v) != x when x does not fit in an int)
+          bad |= static_cast<unsigned>(v) >= static_cast<unsigned>(n) || I(v) != x;
+          const uint32_t bit = uint32_t(1) << (v & 31);
+          bad |= (seen & bit) != 0;
+          seen |= bit;
+          if (mask != nullptr && !bad) bad = mask[v] == 0;
+          item[j] = v & 31;
+        }
       }
     }
   }
