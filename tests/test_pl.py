@@ -150,39 +150,52 @@ def _orderings(items, length):
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 6])
 def test_probabilities_sum_to_one_by_enumeration(backend: Backend, rng, n):
     scores = rng.normal(size=(3, n)) * 1.5
-    for length in range(1, n + 1):
-        orders = _orderings(range(n), length)
-        r = np.full((len(orders), n), -1, dtype=np.int32)
-        for i, o in enumerate(orders):
-            r[i, :length] = o
-        for b in range(3):
+    for b in range(3):
+        prob = {}  # prefix (tuple) -> its probability, for every length
+        for length in range(1, n + 1):
+            orders = _orderings(range(n), length)
+            r = np.full((len(orders), n), -1, dtype=np.int32)
+            for i, o in enumerate(orders):
+                r[i, :length] = o
             s = np.repeat(scores[b : b + 1], len(orders), axis=0)
             p = np.exp(backend.numpy(pl.log_likelihood(backend.array(s), backend.array(r))))
             assert p.sum() == pytest.approx(1.0, abs=1e-12)
-            # the prefix probability equals the sum over its completions (brute force over full orderings)
-            if length == n - 1 and n <= 5:
-                full = {tuple(o): p[i] for i, o in enumerate(orders)}
-                for o, q in full.items():
-                    rest = [x for x in range(n) if x not in o]
-                    assert q == pytest.approx(full.get(o, q), abs=1e-12) and len(rest) == 1
+            prob.update({tuple(o): p[i] for i, o in enumerate(orders)})
+        # a top-k prefix has the probability of all its completions by one more item (so, by induction, of
+        # all the full orderings that start with it)
+        for o, q in prob.items():
+            if len(o) < n:
+                ext = sum(prob[o + (x,)] for x in range(n) if x not in o)
+                assert ext == pytest.approx(q, rel=1e-12, abs=1e-15)
 
 
-def test_masked_probabilities_sum_to_one_by_enumeration(backend: Backend, rng):
+@pytest.mark.parametrize("per_row", [False, True])
+def test_masked_probabilities_sum_to_one_by_enumeration(backend: Backend, rng, per_row):
     n = 6
-    scores = rng.normal(size=n)
-    mask = np.array([True, False, True, True, False, True])
-    items = np.nonzero(mask)[0]
-    for length in (1, 2, 4):
-        orders = _orderings(items, length)
-        r = np.full((len(orders), n), -1, dtype=np.int64)
-        for i, o in enumerate(orders):
-            r[i, :length] = o
-        p = np.exp(
-            backend.numpy(
-                pl.log_likelihood(backend.array(scores), backend.array(r), mask=backend.array(mask))
+    masks = np.array(
+        [
+            [True, False, True, True, False, True],
+            [True, True, True, True, True, True],
+            [False, True, False, False, True, False],
+        ]
+    )
+    scores = rng.normal(size=(len(masks), n))
+    for b in range(len(masks)) if per_row else [0]:
+        items = np.nonzero(masks[b])[0]
+        for length in range(1, len(items) + 1):
+            orders = _orderings(items, length)
+            r = np.full((len(orders), n), -1, dtype=np.int64)
+            for i, o in enumerate(orders):
+                r[i, :length] = o
+            if per_row:  # (N, n) scores and masks, the row's model and choice set repeated
+                s = np.repeat(scores[b : b + 1], len(orders), axis=0)
+                mk = np.repeat(masks[b : b + 1], len(orders), axis=0)
+            else:  # one global model and choice set
+                s, mk = scores[b], masks[b]
+            p = np.exp(
+                backend.numpy(pl.log_likelihood(backend.array(s), backend.array(r), mask=backend.array(mk)))
             )
-        )
-        assert p.sum() == pytest.approx(1.0, abs=1e-12)
+            assert p.sum() == pytest.approx(1.0, abs=1e-12)
 
 
 def test_brute_force_probability_of_one_ordering():
@@ -683,6 +696,27 @@ def test_fit_reports_iterations_and_non_convergence(rng):
         assert full.converged and full.n_iter <= 1000
         assert full.log_likelihood >= short.log_likelihood
         assert full.to_dict()["method"] == method
+
+
+def test_newton_stall_is_not_reported_as_convergence(rng, monkeypatch):
+    """When no halving of the Newton step keeps the likelihood (here: every pass after the first returns a
+    NaN likelihood), the fit stops at the last accepted point with converged=False, not with a zero change
+    mistaken for convergence."""
+    _, rankings, _ = pl_data(rng, 200, 5, partial=True)
+    real = pl._FitData.run
+    calls = []
+
+    def run(self, theta, want_q, want_ll):
+        denom, q, ll = real(self, theta, want_q, want_ll)
+        calls.append(ll)
+        return denom, q, (ll if len(calls) <= 3 else float("nan"))
+
+    monkeypatch.setattr(pl._FitData, "run", run)
+    f = pl.fit(rankings, 5, method="newton", tol=1e-12)
+    assert not f.converged and f.n_iter >= 1 and np.isfinite(f.log_likelihood)
+    assert len(calls) >= 3 + 60  # the stalled step tried all its halvings
+    monkeypatch.setattr(pl._FitData, "run", real)
+    assert pl.fit(rankings, 5, method="newton", tol=1e-12).converged
 
 
 @pytest.mark.parametrize("case", ["partial-masked", "full", "full-and-partial"])

@@ -364,8 +364,8 @@ class PLFit:
 
 
 def _rankings_call(rankings: Any, n_items: int, mask: Any, weights: Any) -> tuple[_backend.Call, int, int]:
-    """The call of a kernel over observed rankings of n_items (with mask and weights): (call, rows, positions);
-    shapes checked, not yet placed."""
+    """The call of a kernel over observed rankings of n_items (with mask and weights): (call, rows,
+    positions); shapes checked, not yet placed."""
     call = _backend.Call(
         {"rankings": rankings, "mask": mask, "weights": weights},
         {
@@ -541,7 +541,9 @@ def fit(
     state = None  # what the last pass computed at theta, when a step can reuse it
     while it < max_iter:
         it += 1
-        new, state = step(data, theta, wins, alpha, state)
+        new, state, accepted = step(data, theta, wins, alpha, state)
+        if not accepted:  # no step along the Newton direction keeps the likelihood: stalled, not converged
+            break
         change = float(np.max(np.abs((new - new.mean()) - (theta - theta.mean()))))
         theta = new
         _check_finite(theta)
@@ -651,7 +653,8 @@ def _newton_step(data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: flo
     """One Newton step on the log-worths, halved until the penalised likelihood does not decrease.
 
     ``state`` is (denominators, Q, log-likelihood) at ``theta`` from the previous step's last pass, so an
-    accepted step costs one pass over the data."""
+    accepted step costs one pass over the data. Returns (new estimate, its state, accepted); when 60 halvings
+    all lose ground (or the likelihood is not a number), (theta, state, False)."""
     if state is None:
         state = data.run(theta, True, True)
     denom, q, ll_data = state
@@ -670,6 +673,6 @@ def _newton_step(data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: flo
             cand = cand - cand.mean()
         new_state = data.run(cand, True, True)
         if new_state[2] + _pseudo(cand, alpha)[2] >= current - 1e-12 * abs(current):
-            return cand, new_state
+            return cand, new_state, True
         delta = delta / 2.0
-    return theta, state
+    return theta, state, False
