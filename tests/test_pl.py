@@ -628,6 +628,31 @@ def test_mode_and_mode_log_prob(backend: Backend, rng):
             assert lp[b] == pytest.approx(best, abs=1e-12)
 
 
+def test_mode_and_mode_log_prob_with_row_masks(backend: Backend, rng):
+    """Per-row choice sets: the mode lists the row's available items by score and mode_log_prob is the
+    largest log-probability over all top-k orderings of the row's choice set (enumerated)."""
+    n = 5
+    scores = np.round(rng.normal(size=(12, n)), 1)
+    mask = rng.random((12, n)) < 0.6
+    mask[:, 0] = True
+    mask[1] = False
+    mask[1, 3] = True  # one available item
+    for k in (1, 2, n):
+        m = backend.numpy(pl.mode(backend.array(scores), k=k, mask=backend.array(mask)))
+        lp = backend.numpy(pl.mode_log_prob(backend.array(scores), k=k, mask=backend.array(mask)))
+        for b in range(12):
+            items = np.nonzero(mask[b])[0]
+            want = items[np.argsort(-scores[b, items], kind="stable")][:k]
+            assert m[b, : len(want)].tolist() == want.tolist() and (m[b, len(want) :] == -1).all()
+            orders = _orderings(items, min(k, len(items)))
+            r = np.full((len(orders), n), -1)
+            r[:, : len(orders[0])] = orders
+            s = np.repeat(scores[b : b + 1], len(orders), 0)
+            mk = np.repeat(mask[b : b + 1], len(orders), 0)
+            best = pl.log_likelihood(s, r, mask=mk).max()
+            assert lp[b] == pytest.approx(best, abs=1e-12)
+
+
 def test_mode_with_mask_pads_with_minus_one():
     s = np.array([[3.0, 1.0, 2.0, 0.0]])
     mask = np.array([[False, True, True, False]])
@@ -754,7 +779,8 @@ def test_fit_passes_match_reference(rng, case):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("choix") is None, reason="choix is not installed")
-def test_fit_matches_choix(rng):
+@pytest.mark.parametrize("method", ["mm", "newton"])
+def test_fit_matches_choix(rng, method):
     import choix
 
     n = 6
@@ -766,7 +792,7 @@ def test_fit_matches_choix(rng):
     order = np.argsort(-keys, axis=1)
     rankings = np.where(np.take_along_axis(mask, order, 1), order, -1)
     data = [[int(x) for x in r if x >= 0] for r in rankings]
-    ours = pl.fit(rankings, n, mask=mask, tol=1e-12).scores
+    ours = pl.fit(rankings, n, mask=mask, method=method, tol=1e-12).scores
     theirs = choix.ilsr_rankings(n, data, tol=1e-14, max_iter=10000)
     np.testing.assert_allclose(ours, theirs - theirs.mean(), atol=1e-6)
 
