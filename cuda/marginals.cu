@@ -21,7 +21,7 @@
 //     clock (double-buffered, threads over coefficients), then each thread deflates its in-window items
 //     and adds g c_j to its own column of pt [j][i] (no atomics). The small per-item arrays live in shared
 //     memory (up to ~1500 items), pt too when small enough, else per-block slices of global scratch.
-//   mc: one thread per (row, sample) draw (grid-stride): device::gumbel_top (the draw of pl.sample) and a
+//   mc: one thread per (row, sample) draw (grid-stride): pl::gumbel_top (the draw of pl.sample) and a
 //     float64 atomicAdd of 1 per drawn position (exact: counts), then a kernel scales by 1 / n_samples.
 //   from_samples: one thread per (row, sample) (grid-stride): parse, atomicAdd of 1 per listed position,
 //     then the scaling kernel (1 / size).
@@ -42,7 +42,6 @@
 #include "prefcal/pl.hpp"
 #include "reduce.cuh"
 #include "runtime.cuh"
-#include "sample.cuh"
 
 namespace prefcal::cuda {
 
@@ -513,7 +512,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t b = d / n_samples, t = d - b * n_samples;
     const T* sr = c.s + b * n;
     if (t == 0 && first == kNoError && !pl::finite_row(sr, n)) first = b;
-    const int64_t cnt = device::gumbel_top(sr, c.mask_of(b), n, k, seed, true, b, t, key, item);
+    const int64_t cnt = pl::gumbel_top(sr, c.mask_of(b), n, k, seed, true, b, t, key, item);
     double* row = c.out + b * width;
     for (int64_t j = 0; j < cnt; ++j) {
       const int64_t it = item[j];  // in [0, n)

@@ -42,7 +42,6 @@
 #include "prefcal/pl.hpp"
 #include "reduce.cuh"
 #include "runtime.cuh"
-#include "sample.cuh"
 
 namespace prefcal::cuda {
 
@@ -531,8 +530,8 @@ __global__ void __launch_bounds__(kThreads)
 // ------------------------------------------------------------------------------------------- sampling
 
 // Work item w = b * per + t (per = max(size, 1)); t == 0 also checks the row's scores. keys / items: the
-// thread's sorted top-kk buffer, kk = min(k, n), filled by device::gumbel_top (sample.cuh, shared with the
-// Monte Carlo marginals).
+// thread's sorted top-kk buffer, kk = min(k, n), filled by pl::gumbel_top (prefcal/pl.hpp, shared with the
+// Monte Carlo marginals; the CPU tests run it through pl_sample_insertion).
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     sample_rows(const T* __restrict__ s, int64_t rows, int64_t n, const uint8_t* __restrict__ mask, bool global_mask,
@@ -550,7 +549,7 @@ __global__ void __launch_bounds__(kThreads)
     if (t == 0 && first == kNoError && !pl::finite_row(sr, n)) first = b;
     if (t >= size) continue;
     const uint8_t* mk = mask == nullptr ? nullptr : (global_mask ? mask : mask + b * n);
-    const int64_t cnt = device::gumbel_top(sr, mk, n, kk, seed, noise, b, t, key, item);
+    const int64_t cnt = pl::gumbel_top(sr, mk, n, kk, seed, noise, b, t, key, item);
     int32_t* o = out + w * k;
     for (int64_t j = 0; j < k; ++j) o[j] = j < cnt ? item[j] : -1;
   }

@@ -900,7 +900,9 @@ def test_temperature_lanes_match_the_per_row_code(rng, n, dtype, idtype):
                 r[b, n // 2] = n
             elif kind == "repeat":
                 r[b, 1] = r[b, 0]
-            elif kind == "early_pad":
+            elif kind == "early_pad":  # a hole: padding before a listed item (row b may be top-(n-1))
+                if r[b, 1] < 0:
+                    r[b, 1] = r[b, 0]
                 r[b, 0] = -1
             elif kind == "nan":
                 s[b, n - 1] = np.nan

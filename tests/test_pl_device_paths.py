@@ -274,6 +274,44 @@ def test_draw_small_properties(seed, n, k, ties, p_avail):
         assert avail[b, listed].all()
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 31, 32, 33, 40, 64, 100, 257])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("masked", [None, "row", "global"])
+def test_gumbel_top_matches_the_cpu_sampler(rng, n, dtype, masked):
+    """pl::gumbel_top, the GPU's draw for rows of more than 32 items and of the Monte Carlo marginals, run on
+    the host: the samples of the CPU sampler and of the reference for every k (beyond n too), ties, masks
+    (a row with nothing available), seeds that use the high bits, and the mode."""
+    rows = 23
+    scores = rng.normal(size=(rows, n)).astype(dtype) * 2
+    scores[::4, : min(n, 6)] = 0.5  # ties
+    mask = None
+    if masked == "row":
+        mask = rng.random((rows, n)) < 0.7
+        mask[2] = False
+    elif masked == "global":
+        mask = rng.random(n) < 0.7
+    for k in sorted({0, 1, min(3, n), n // 2, n, n + 2}):
+        for noise, size, seed in ((True, 3, 2**63 + 2**40 + 5), (False, 1, 0)):
+            got = cpu.pl_sample_insertion(scores, mask, size, k, seed, noise)
+            want, bad = cpu.pl_sample(scores, mask, size, k, seed, noise)
+            assert bad == NO_ERROR and got.shape == want.shape == (rows, size, k)
+            np.testing.assert_array_equal(got, want)
+    ref, _ = _reference.pl_sample(scores, mask, 2, n, 11, True)
+    np.testing.assert_array_equal(cpu.pl_sample_insertion(scores, mask, 2, n, 11, True), ref)
+
+
+def test_gumbel_top_equals_draw_small_where_both_apply(rng):
+    """For n <= 32 the GPU has two draws (registers, and the insertion buffer); they give the same samples."""
+    for n in (3, 12, 32):
+        scores = rng.normal(size=(50, n))
+        mask = rng.random((50, n)) < 0.8
+        for k in (1, n):
+            np.testing.assert_array_equal(
+                cpu.pl_sample_insertion(scores, mask, 4, k, 99, True),
+                cpu.pl_sample_small(scores, mask, 4, k, 99, True),
+            )
+
+
 def test_draw_small_rejects_wide_rows():
     with pytest.raises(ValueError, match="n <= 32"):
         cpu.pl_sample_small(np.zeros((2, 33)), None, 1, 3, 0, True)

@@ -297,11 +297,21 @@ py::tuple pl_sample(const py::array& scores, const py::object& mask, int64_t siz
   int32_t* o = out.mutable_data();
   const void* ps = scores.data();
   int64_t bad = 0;
+  // pl.sample asks for k <= n; the kernel's vector paths rely on it. Beyond n (the test hooks' comparisons)
+  // the kernel draws k = n into a buffer, and the positions past n are -1.
+  const int64_t kk = std::min(k, n);
+  std::vector<int32_t> buf(k > n ? static_cast<size_t>(rows * size * kk) : 0);
+  int32_t* dst = k > n ? buf.data() : o;
   prefcal::bind::dispatch_float(dtype_of(scores), "scores", [&](auto ts) {
     using T = decltype(ts);
     py::gil_scoped_release nogil;
-    bad = prefcal::cpu::pl_sample(static_cast<const T*>(ps), rows, n, mk, global, size, k, seed, noise, o);
+    bad = prefcal::cpu::pl_sample(static_cast<const T*>(ps), rows, n, mk, global, size, kk, seed, noise, dst);
   });
+  if (k > n) {
+    for (int64_t d = 0; d < rows * size; ++d) {
+      for (int64_t j = 0; j < k; ++j) o[d * k + j] = j < kk ? buf[static_cast<size_t>(d * kk + j)] : -1;
+    }
+  }
   return py::make_tuple(out, bad);
 }
 
@@ -386,6 +396,42 @@ py::array_t<int32_t> pl_sample_small(const py::array& scores, const py::object& 
       case 16: sample_small_rows<16>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
       case 24: sample_small_rows<24>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
       default: sample_small_rows<32>(s, rows, ni, mk, global, size, ki, seed, noise, o); break;
+    }
+  });
+  return out;
+}
+
+// pl_sample_insertion: the GPU sampler's path for rows of any n (pl::gumbel_top, a sorted top-kk buffer filled
+// by insertion; also the draw of the Monte Carlo marginals), with the arguments and output of pl_sample (no row
+// check: rows with non-finite scores give unspecified orders).
+py::array_t<int32_t> pl_sample_insertion(const py::array& scores, const py::object& mask, int64_t size, int64_t k,
+                                         uint64_t seed, bool noise) {
+  require(scores, 2, "scores");
+  const int64_t rows = scores.shape(0), n = scores.shape(1);
+  if (size < 0 || k < 0 || k > INT32_MAX || n > INT32_MAX) {
+    throw std::invalid_argument("pl_sample_insertion: size, k or n");
+  }
+  bool global = false;
+  const uint8_t* mk = mask_ptr(mask, rows, n, &global);
+  py::array_t<int32_t> out({rows, size, k});
+  int32_t* o = out.mutable_data();
+  const void* ps = scores.data();
+  const int64_t kk = std::min(k, n);
+  prefcal::bind::dispatch_float(dtype_of(scores), "scores", [&](auto ts) {
+    using T = decltype(ts);
+    const T* s = static_cast<const T*>(ps);
+    py::gil_scoped_release nogil;
+    std::vector<double> keys(static_cast<size_t>(std::max<int64_t>(kk, 1)));
+    std::vector<int32_t> items(keys.size());
+    const prefcal::pl::Strided<double> key{keys.data(), 1};
+    const prefcal::pl::Strided<int32_t> item{items.data(), 1};
+    for (int64_t b = 0; b < rows; ++b) {
+      const uint8_t* m = mk == nullptr ? nullptr : (global ? mk : mk + b * n);
+      for (int64_t t = 0; t < size; ++t) {
+        const int64_t cnt = prefcal::pl::gumbel_top(s + b * n, m, n, kk, seed, noise, b, t, key, item);
+        int32_t* ot = o + (b * size + t) * k;
+        for (int64_t j = 0; j < k; ++j) ot[j] = j < cnt ? items[static_cast<size_t>(j)] : -1;
+      }
     }
   });
   return out;
@@ -985,6 +1031,8 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("mask").none(true), py::arg("fixed") = false);
   m.def("pl_sample_small", &pl_sample_small, py::arg("scores").noconvert(), py::arg("mask").none(true),
         py::arg("size"), py::arg("k"), py::arg("seed"), py::arg("noise"));
+  m.def("pl_sample_insertion", &pl_sample_insertion, py::arg("scores").noconvert(),
+        py::arg("mask").none(true), py::arg("size"), py::arg("k"), py::arg("seed"), py::arg("noise"));
   m.def("gumbel_f32", &gumbel_f32, py::arg("a").noconvert(), py::arg("b").noconvert());
   m.def("set_sample_f32", &prefcal::cpu::set_sample_f32, py::arg("on"));
   m.def("sample_f32_fallbacks", &prefcal::cpu::sample_f32_fallbacks);

@@ -562,6 +562,37 @@ PREFCAL_HD int draw_small(const T* s, const uint8_t* mask, int n, int kk, uint64
 }
 
 
+// One Gumbel top-k draw (b, t) of a row of any n (sr: its scores, mask: its availability or null): the GPU
+// sampler's path for rows of more than 32 items and the draw of the Monte Carlo marginals, run on the host by
+// a test hook. The available items with the kk largest keys s_i (+ the Gumbel noise of (seed, b, t, i) when
+// `noise`) go into key[0 .. cnt), item[0 .. cnt) by insertion, larger key first; on equal keys the lower item
+// stays first (the order of draw_small and of the CPU kernel). Returns cnt = min(kk, available items). Every
+// item written is in [0, n).
+template <class T>
+PREFCAL_HD int64_t gumbel_top(const T* sr, const uint8_t* mask, int64_t n, int64_t kk, uint64_t seed, bool noise,
+                              int64_t b, int64_t t, Strided<double> key, Strided<int32_t> item) {
+  int64_t cnt = 0;
+  if (kk <= 0) return cnt;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!available(mask, i)) continue;
+    double x = static_cast<double>(sr[i]);
+    if (noise) {
+      x += philox::gumbel(seed, static_cast<uint64_t>(b), static_cast<uint32_t>(t), static_cast<uint32_t>(i));
+    }
+    if (cnt == kk && !(x > key[kk - 1])) continue;
+    int64_t p = cnt < kk ? cnt : kk - 1;
+    while (p > 0 && x > key[p - 1]) {  // strict: an equal key keeps the lower item in front
+      key[p] = key[p - 1];
+      item[p] = item[p - 1];
+      --p;
+    }
+    key[p] = x;
+    item[p] = static_cast<int32_t>(i);
+    if (cnt < kk) ++cnt;
+  }
+  return cnt;
+}
+
 // The common row of row_loglik_fixed: no mask and a full ranking (m == n <= K) of n distinct items. Such a
 // ranking is valid exactly when its n entries lie in [0, n) and set n distinct bits, so the check is a compare
 // and two bit operations an entry (no padding, repeat or mask logic). True with item[j] = r[j] for j < n (0
