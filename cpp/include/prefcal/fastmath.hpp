@@ -66,13 +66,19 @@ inline float exp_neg(float x) {
 inline double log_pos(double x) {
   uint64_t bits;
   std::memcpy(&bits, &x, sizeof bits);
-  int32_t e = static_cast<int32_t>(bits >> 52) - 1023;
-  uint64_t mbits = (bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
-  double m;
+  // x = 2^e m with m in [sqrt(1/2), sqrt(2)), in integer arithmetic only, so that GCC vectorises the callers'
+  // loops for AVX2 too: a float compare feeding a multiply becomes a conditional multiply, which GCC does not
+  // if-convert without AVX-512's masks, and AVX2 has no conversion from 64-bit integers to double. m in
+  // [1, 2) first; where m > sqrt(2) (compared as bit patterns: both positive), m / 2 and e + 1.
+  const uint64_t m1 = (bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
+  const uint64_t big = static_cast<uint64_t>(static_cast<int64_t>(m1) > int64_t{0x3FF6A09E667F3BCD});  // sqrt(2)
+  const uint64_t mbits = m1 - (big << 52);
+  // The exponent as a double: the field (plus big) in the low mantissa bits of 2^52, then 2^52 + 1023 off.
+  const uint64_t ebits = ((bits >> 52) + big) | 0x4330000000000000ull;
+  double m, e;
   std::memcpy(&m, &mbits, sizeof m);
-  const bool big = m > 1.4142135623730951;
-  m = big ? m * 0.5 : m;
-  e += big ? 1 : 0;
+  std::memcpy(&e, &ebits, sizeof e);
+  e -= 4503599627371519.0;
   // log m = 2 atanh(t), t = f / (2 + f), f = m - 1 (exact), z = t^2 <= 0.0294; 2 atanh(t) = 2t + t R(z) with
   // R(z) = 2 z Q(z), Q a degree-6 near-minimax (Chebyshev) fit of (atanh(t) / t - 1) / z (absolute error
   // 1.6e-16). Summed as f - (f^2/2 - t (f^2/2 + R)), which equals 2t + t R and keeps the rounding of the
@@ -85,9 +91,9 @@ inline double log_pos(double x) {
   q = q * z + 0.28571428625975487;
   q = q * z + 0.39999999999899505;
   q = q * z + 0.666666666666667;
-  const double r = z * q, fe = static_cast<double>(e);
+  const double r = z * q;
   // e ln 2 with ln 2 split so that e * hi is exact (hi has 21 significant bits).
-  return fe * 0.6931467056274414 + (f - (hfsq - (t * (hfsq + r) + fe * 4.7493250390316726e-07)));
+  return e * 0.6931467056274414 + (f - (hfsq - (t * (hfsq + r) + e * 4.7493250390316726e-07)));
 }
 
 }  // namespace prefcal::fastmath
