@@ -271,7 +271,7 @@ def _both_ways(hook, call):
 def _loglik_both_ways(cpu, scores, rankings, want_grad=False):
     """The CPU kernel's (ll, grad, first bad row) with the explicit AVX-512 lanes and without them (the
     compiler-vectorised lanes)."""
-    return _both_ways(cpu.set_loglik_avx512, lambda: cpu.pl_loglik(scores, rankings, None, want_grad))
+    return _both_ways(cpu.set_loglik_explicit, lambda: cpu.pl_loglik(scores, rankings, None, want_grad))
 
 
 @pytest.mark.parametrize("want_grad", [False, True])

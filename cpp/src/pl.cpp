@@ -107,9 +107,9 @@ int64_t for_lane_groups(bool lanes_ok, int64_t n, Scratch& sc, int64_t lo, int64
 // compare the two paths.
 std::atomic<bool> g_sample_f32{true};
 std::atomic<int64_t> g_sample_f32_fallbacks{0};  // groups of sixteen draws redone with the float64 keys
-// The log-likelihood's explicit AVX-512 lanes (float32 scores, int32 / int64 rankings): on by default; a test hook turns
-// them off to compare with the compiler-vectorised lanes.
-std::atomic<bool> g_loglik_avx512{true};
+// The log-likelihood's explicit AVX-512 or AVX2 lanes (float32 scores, int32 / int64 rankings): on by default; a test
+// hook turns them off to compare with the compiler-vectorised lanes.
+std::atomic<bool> g_loglik_explicit{true};
 // The temperature pass's lanes (temperature_lanes): on by default; a test hook turns them off to compare with
 // the per-row code.
 std::atomic<bool> g_temperature_lanes{true};
@@ -644,19 +644,262 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
   return true;
 }
 
+// ------------------------------------------------------------------------------ the same with AVX2 and FMA
+//
+// loglik_lanes_f32_avx512's method for processors without AVX-512 (eight lanes per vector, each group of
+// sixteen rows as two halves): the rows are loaded with masked loads, checked (range and repeats together:
+// the positions' bits 1 << item, which are zero out of [0, 32), cover 0 .. n - 1 exactly when the row is a
+// permutation), permuted into position order by two vpermps and a blend, and transposed by 8 x 8 blocks; the
+// arithmetic is loglik_lanes_f32_avx512's, operation for operation (the same FMAs, the exponents of the
+// products moved by bit operations: the values of getexp / getmant), so both give the same numbers.
+
+bool cpu_avx2_fma() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 exp_neg8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_setzero_ps());
+  const __m256 k = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504f), _mm256_set1_ps(12582912.0f)),
+                                 _mm256_set1_ps(12582912.0f));
+  const __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.42860677e-06f),
+                                    _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693145752f), x));
+  __m256 p = _mm256_set1_ps(1.98412698e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.38888889e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.33333333e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16666667e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66666667e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+
+// rows[r0 + i][c0 + j] -> cols[c0 + j][r0 + i] for an 8 x 8 block (16-wide arrays).
+__attribute__((target("avx2"))) inline void transpose8(const float (*rows)[kLanes], float (*cols)[kLanes], int r0,
+                                                       int c0) {
+  __m256 a[8], b[8];
+  for (int i = 0; i < 8; ++i) a[i] = _mm256_load_ps(rows[r0 + i] + c0);
+  for (int i = 0; i < 8; i += 2) {
+    b[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
+    b[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    a[i] = _mm256_shuffle_ps(b[i], b[i + 2], 0x44);
+    a[i + 1] = _mm256_shuffle_ps(b[i], b[i + 2], 0xEE);
+    a[i + 2] = _mm256_shuffle_ps(b[i + 1], b[i + 3], 0x44);
+    a[i + 3] = _mm256_shuffle_ps(b[i + 1], b[i + 3], 0xEE);
+  }
+  // a[4 h + c]: rows 4 h .. 4 h + 3 of columns c and c + 4 (128-bit halves)
+  for (int c = 0; c < 4; ++c) {
+    _mm256_store_ps(cols[c0 + c] + r0, _mm256_permute2f128_ps(a[c], a[4 + c], 0x20));
+    _mm256_store_ps(cols[c0 + c + 4] + r0, _mm256_permute2f128_ps(a[c], a[4 + c], 0x31));
+  }
+}
+
+// cols[j][i] = rows[i][j] for i < ni, j < nj, by 8 x 8 blocks (rounded up: the arrays are 16 x 16).
+__attribute__((target("avx2"))) inline void transpose16_avx2(const float (*rows)[kLanes], int64_t ni, int64_t nj,
+                                                             float (*cols)[kLanes]) {
+  for (int r0 = 0; r0 < ni; r0 += 8) {
+    for (int c0 = 0; c0 < nj; c0 += 8) transpose8(rows, cols, r0, c0);
+  }
+}
+
+// The low 32 bits of the 64-bit lanes of a (lanes 0-3) and b (lanes 4-7).
+__attribute__((target("avx2"))) inline __m256i narrow8(__m256i a, __m256i b) {
+  const __m256i pick = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, pick), _mm256_permutevar8x32_epi32(b, pick), 0x20);
+}
+
+// The scores of items v (by position) from a row's scores s0 (items 0-7) and s1 (items 8-15): s0[v] where bit 3
+// of v is clear, s1[v - 8] where it is set.
+__attribute__((target("avx2"))) inline __m256 by_position8(__m256 s0, __m256 s1, __m256i v) {
+  return _mm256_blendv_ps(_mm256_permutevar8x32_ps(s0, v), _mm256_permutevar8x32_ps(s1, v),
+                          _mm256_castsi256_ps(_mm256_slli_epi32(v, 28)));
+}
+
+// The float64 values of the lower / upper four lanes.
+__attribute__((target("avx2"))) inline __m256d lo4(__m256 x) { return _mm256_cvtps_pd(_mm256_castps256_ps128(x)); }
+__attribute__((target("avx2"))) inline __m256d hi4(__m256 x) { return _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)); }
+
+// The int32 / int64 items at eight positions from p (lanes of `live`; the others read as 0), as int32, and `in`:
+// whether each is in [0, n) and live.
+template <class I>
+__attribute__((target("avx2"))) inline __m256i load_items8(const I* p, __m256i live, __m256i nv, __m256i& in) {
+  if constexpr (sizeof(I) == 4) {
+    const __m256i v = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), live);
+    in = _mm256_and_si256(live, _mm256_and_si256(_mm256_cmpgt_epi32(nv, v),
+                                                 _mm256_cmpgt_epi32(v, _mm256_set1_epi32(-1))));
+    return v;
+  } else {  // checked in 64 bits, then narrowed (an out-of-range value never passes as an item)
+    const __m256i live0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(live));
+    const __m256i live1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(live, 1));
+    const auto* q = reinterpret_cast<const long long*>(p);
+    const __m256i v0 = _mm256_maskload_epi64(q, live0), v1 = _mm256_maskload_epi64(q + 4, live1);
+    const __m256i n64 = _mm256_set1_epi64x(_mm256_extract_epi32(nv, 0)), m64 = _mm256_set1_epi64x(-1);
+    const __m256i in0 = _mm256_and_si256(_mm256_cmpgt_epi64(n64, v0), _mm256_cmpgt_epi64(v0, m64));
+    const __m256i in1 = _mm256_and_si256(_mm256_cmpgt_epi64(n64, v1), _mm256_cmpgt_epi64(v1, m64));
+    in = _mm256_and_si256(live, narrow8(in0, in1));
+    return narrow8(v0, v1);
+  }
+}
+
+// The OR of the eight 32-bit lanes.
+__attribute__((target("avx2"))) inline uint32_t or_lanes(__m256i x) {
+  x = _mm256_or_si256(x, _mm256_permute2x128_si256(x, x, 1));
+  x = _mm256_or_si256(x, _mm256_shuffle_epi32(x, 0x4E));
+  x = _mm256_or_si256(x, _mm256_shuffle_epi32(x, 0xB1));
+  return static_cast<uint32_t>(_mm256_cvtsi256_si32(x));
+}
+
+// exps += the unbiased binary exponents of four positive normal doubles; prod = their mantissas in [1, 2)
+// (getexp / getmant NORM_1_2 of AVX-512, by bit operations).
+__attribute__((target("avx2"))) inline void move_exponents4(__m256d& prod, __m256d& exps) {
+  const __m256i bits = _mm256_castpd_si256(prod);
+  const __m256i field = _mm256_or_si256(_mm256_srli_epi64(bits, 52), _mm256_set1_epi64x(0x4330000000000000ll));
+  exps = _mm256_add_pd(exps, _mm256_sub_pd(_mm256_castsi256_pd(field), _mm256_set1_pd(4503599627371519.0)));
+  prod = _mm256_castsi256_pd(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000FFFFFFFFFFFFFll)),
+                                             _mm256_set1_epi64x(0x3FF0000000000000ll)));
+}
+
+template <bool Grad, class I>
+__attribute__((target("avx2,fma"))) bool loglik_lanes_f32_avx2(const float* s, const I* r, int64_t n, float* ll,
+                                                                float* grad, uint32_t& rest) {
+  const __m256i pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i nv = _mm256_set1_epi32(static_cast<int>(n));
+  const __m256i live0 = _mm256_cmpgt_epi32(nv, pos);
+  const __m256i live1 = _mm256_cmpgt_epi32(nv, _mm256_add_epi32(pos, _mm256_set1_epi32(8)));
+  const __m256i exp_field = _mm256_set1_epi32(0x7F800000), one = _mm256_set1_epi32(1);
+  const uint32_t full = (uint32_t(1) << n) - 1u;
+  const int64_t hi = n > 8 ? 1 : 0;  // whether positions 8 .. 15 are used
+  alignas(32) float rows[kLanes][kLanes];
+  alignas(32) int32_t items[Grad ? kLanes : 1][kLanes];  // each row's items by position
+  uint32_t bad = 0;
+  for (int l = 0; l < kLanes; ++l) {
+    const float* sr = s + l * n;
+    const I* rr = r + l * n;
+    const __m256 s0 = _mm256_maskload_ps(sr, live0);
+    const __m256 s1 = hi ? _mm256_maskload_ps(sr + 8, live1) : _mm256_setzero_ps();
+    __m256i in0, in1 = _mm256_setzero_si256();
+    const __m256i r0 = load_items8(rr, live0, nv, in0);
+    const __m256i r1 = hi ? load_items8(rr + 8, live1, nv, in1) : _mm256_setzero_si256();
+    if (rr[n - 1] == I(-1)) return false;  // a top-(n-1) row: the compiler-vectorised lanes take the group
+    // each position's bit, zero where out of range (vpsllvd gives zero for counts beyond 31)
+    const __m256i b0 = _mm256_and_si256(in0, _mm256_sllv_epi32(one, r0));
+    const __m256i b1 = _mm256_and_si256(in1, _mm256_sllv_epi32(one, r1));
+    const __m256 nonfinite = _mm256_castsi256_ps(_mm256_or_si256(
+        _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(s0), exp_field), exp_field),
+        _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(s1), exp_field), exp_field)));
+    bad |= static_cast<uint32_t>(or_lanes(_mm256_or_si256(b0, b1)) != full || _mm256_movemask_ps(nonfinite) != 0)
+           << l;
+    _mm256_store_ps(rows[l], by_position8(s0, s1, r0));
+    if (hi) _mm256_store_ps(rows[l] + 8, by_position8(s0, s1, r1));
+    if constexpr (Grad) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(items[l]), r0);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(items[l] + 8), r1);
+    }
+  }
+  alignas(32) float P[kLanes][kLanes];  // [position][row]: the score of the item at each position
+  transpose16_avx2(rows, kLanes, n, P);
+  // Rows 0-7 (h = 0) and 8-15 (h = 1), each as loglik_lanes_f32_avx512 computes its sixteen lanes.
+  for (int h = 0; h < 2; ++h) {
+    const int o = 8 * h;
+    __m256 mx = _mm256_load_ps(P[0] + o), mn = mx;
+    for (int64_t j = 1; j < n; ++j) {
+      const __m256 x = _mm256_load_ps(P[j] + o);
+      mx = _mm256_max_ps(mx, x);
+      mn = _mm256_min_ps(mn, x);
+    }
+    const __m256d span = _mm256_set1_pd(pl::Span<float>::value);
+    const int wide0 = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd(lo4(mx), lo4(mn)), span, _CMP_GT_OQ));
+    const int wide1 = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd(hi4(mx), hi4(mn)), span, _CMP_GT_OQ));
+    bad |= static_cast<uint32_t>(wide0 | (wide1 << 4)) << o;
+    __m256 W[Grad ? kLanes : 1];       // the worths by position
+    __m256d inv[Grad ? kLanes : 1][2];  // 1 / D_j, lanes 0-3 and 4-7
+    __m256 acc = exp_neg8(_mm256_sub_ps(_mm256_load_ps(P[n - 1] + o), mx));
+    if constexpr (Grad) W[n - 1] = acc;
+    __m256d lsum0 = _mm256_setzero_pd(), lsum1 = lsum0, prod0 = _mm256_set1_pd(1.0), prod1 = prod0;
+    __m256d ex0 = _mm256_setzero_pd(), ex1 = ex0;
+    for (int64_t j = n - 2; j >= 0; --j) {
+      const __m256 d = _mm256_sub_ps(_mm256_load_ps(P[j] + o), mx);
+      const __m256 w = exp_neg8(d);
+      acc = _mm256_add_ps(acc, w);
+      if constexpr (Grad) {
+        W[j] = w;
+        inv[j][0] = _mm256_div_pd(_mm256_set1_pd(1.0), lo4(acc));
+        inv[j][1] = _mm256_div_pd(_mm256_set1_pd(1.0), hi4(acc));
+      }
+      lsum0 = _mm256_add_pd(lsum0, lo4(d));
+      lsum1 = _mm256_add_pd(lsum1, hi4(d));
+      prod0 = _mm256_mul_pd(prod0, lo4(acc));
+      prod1 = _mm256_mul_pd(prod1, hi4(acc));
+      if ((j & 1) == 0) {  // factors lie in [e^-80, 16]: every two, as move_exponents
+        move_exponents4(prod0, ex0);
+        move_exponents4(prod1, ex1);
+      }
+    }
+    alignas(32) double lsum[8], prod[8], ex[8];
+    _mm256_store_pd(lsum, lsum0);
+    _mm256_store_pd(lsum + 4, lsum1);
+    _mm256_store_pd(prod, prod0);
+    _mm256_store_pd(prod + 4, prod1);
+    _mm256_store_pd(ex, ex0);
+    _mm256_store_pd(ex + 4, ex1);
+    for (int l = 0; l < 8; ++l) {
+      ll[o + l] = static_cast<float>(lsum[l] - (ex[l] * 0.6931471805599453 + fastmath::log_pos(prod[l])));
+    }
+    if constexpr (Grad) {
+      __m256d c0 = _mm256_setzero_pd(), c1 = c0;
+      for (int64_t p = 0; p < n; ++p) {
+        const __m256d first = _mm256_set1_pd(p < n - 1 ? 1.0 : 0.0);
+        if (p < n - 1) {
+          c0 = _mm256_add_pd(c0, inv[p][0]);
+          c1 = _mm256_add_pd(c1, inv[p][1]);
+        }
+        const __m128 g0 = _mm256_cvtpd_ps(_mm256_sub_pd(first, _mm256_mul_pd(lo4(W[p]), c0)));
+        const __m128 g1 = _mm256_cvtpd_ps(_mm256_sub_pd(first, _mm256_mul_pd(hi4(W[p]), c1)));
+        _mm256_store_ps(P[p] + o, _mm256_set_m128(g1, g0));  // P[p] is read no more: the gradient by position
+      }
+    }
+  }
+  if constexpr (Grad) {
+    for (int64_t p = n; p < (n + 7) / 8 * 8; ++p) {  // the block's positions past n: read by the transpose
+      _mm256_store_ps(P[p], _mm256_setzero_ps());
+      _mm256_store_ps(P[p] + 8, _mm256_setzero_ps());
+    }
+    transpose16_avx2(P, n, kLanes, rows);  // rows[l][p]: row l's gradient by position
+    for (int l = 0; l < kLanes; ++l) {
+      if ((bad >> l) & 1u) continue;
+      float* g = grad + l * n;
+      for (int64_t p = 0; p < n; ++p) g[items[l][p]] = rows[l][p];
+    }
+  }
+  rest = bad;
+  return true;
+}
+
 #endif
 
-// float32 scores: the explicit AVX-512 lanes where they apply, else the compiler-vectorised ones. With
+// float32 scores: the explicit AVX-512 or AVX2 lanes where they apply, else the compiler-vectorised ones. With
 // grad != nullptr, also the gradients.
 template <class I>
 uint32_t f32_lanes(const float* s, const I* r, int64_t n, int64_t m, float* ll, float* grad,
                    uint32_t (*vectorised)(const float*, const I*, int64_t, int64_t, float*, float*)) {
 #if defined(PREFCAL_X86_AVX2)
   uint32_t rest = 0;
-  if (m == n && n <= 16 && g_loglik_avx512.load(std::memory_order_relaxed) && cpu_avx512_cd() &&
-      (grad == nullptr ? loglik_lanes_f32_avx512<false>(s, r, n, ll, grad, rest)
-                       : loglik_lanes_f32_avx512<true>(s, r, n, ll, grad, rest))) {
-    return rest;
+  if (m == n && n <= 16 && g_loglik_explicit.load(std::memory_order_relaxed)) {
+    if (cpu_avx512_cd()) {
+      if (grad == nullptr ? loglik_lanes_f32_avx512<false>(s, r, n, ll, grad, rest)
+                          : loglik_lanes_f32_avx512<true>(s, r, n, ll, grad, rest)) {
+        return rest;
+      }
+    } else if (cpu_avx2_fma()) {
+      if (grad == nullptr ? loglik_lanes_f32_avx2<false>(s, r, n, ll, grad, rest)
+                          : loglik_lanes_f32_avx2<true>(s, r, n, ll, grad, rest)) {
+        return rest;
+      }
+    }
   }
 #endif
   return vectorised(s, r, n, m, ll, grad);
@@ -1618,7 +1861,7 @@ float gumbel_f32_error() { return kGumbelF32Error; }
 
 int64_t sample_f32_fallbacks() { return g_sample_f32_fallbacks.load(); }
 
-bool set_loglik_avx512(bool on) { return g_loglik_avx512.exchange(on); }
+bool set_loglik_explicit(bool on) { return g_loglik_explicit.exchange(on); }
 bool set_temperature_lanes(bool on) { return g_temperature_lanes.exchange(on); }
 
 template int64_t pl_sample<float>(const float*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,

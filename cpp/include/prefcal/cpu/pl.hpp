@@ -37,9 +37,9 @@ int64_t pl_sample(const T* scores, int64_t rows, int64_t n, const uint8_t* mask,
 // written), within gumbel_f32_error() of the float64 noise; sample_f32_fallbacks counts the groups of sixteen
 // draws redone with float64 keys since the start.
 bool set_sample_f32(bool on);
-// Test hook: the log-likelihood's explicit AVX-512 lanes (float32 / int32, m == n <= 16) on / off (returns the
-// previous setting); off, the compiler-vectorised lanes take those rows, gradients included.
-bool set_loglik_avx512(bool on);
+// Test hook: the log-likelihood's explicit AVX-512 or AVX2 lanes (float32 scores, m == n <= 16) on / off (returns
+// the previous setting); off, the compiler-vectorised lanes take those rows, gradients included.
+bool set_loglik_explicit(bool on);
 // Test hook: the temperature pass's sixteen-row lanes on / off (returns the previous setting); off, the per-row
 // code takes every row.
 bool set_temperature_lanes(bool on);
