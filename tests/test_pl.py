@@ -425,10 +425,12 @@ def test_selection_buffers_on_every_backend(backend: Backend, rng, n):
 
 
 def _f32_keys_hooks():
-    """The C++ extension's hooks of the sampler's certified float32 keys; skip without them or AVX-512."""
+    """The C++ extension's hooks of the sampler's certified float32 keys (sixteen draws per group with
+    AVX-512, eight with AVX2); skip without them or either instruction set."""
     cpu = pytest.importorskip("prefcal._cpu")
     if cpu.gumbel_f32(np.zeros(1, np.uint32), np.zeros(1, np.uint32)) is None:
-        pytest.skip("the float32 keys need AVX-512")
+        pytest.skip("the float32 keys need AVX-512 or AVX2 with FMA")
+    assert cpu.sample_f32_group() in (8, 16)
     return cpu
 
 
@@ -465,7 +467,7 @@ def test_float32_gumbel_noise_is_within_its_bound(rng):
     for low in (np.zeros(len(edges)), np.full(len(edges), top), rng.integers(0, 2**32, len(edges))):
         _check_gumbel_f32(cpu, edges, low.astype(np.uint32))
     _check_gumbel_f32(cpu, rng.integers(0, 2**32, 2**18), rng.integers(0, 2**32, 2**18))
-    # the tail of a call that is not a multiple of sixteen lanes
+    # the tail of a call that is not a multiple of the lanes
     _check_gumbel_f32(cpu, rng.integers(0, 2**32, 37), rng.integers(0, 2**32, 37))
 
 
@@ -502,7 +504,8 @@ def test_float32_keys_give_the_float64_samples(rng, n, dtype):
         "normal": rng.normal(size=(rows, n)),
         "tied": np.round(rng.normal(size=(rows, n)), 1),
         "wide": rng.normal(size=(rows, n)) * 1e4,
-        "huge": rng.normal(size=(rows, n)) * 1e7,  # beyond 2^20: all with float64 keys
+        # |s| >= 2^21 everywhere: every group of draws takes the float64 keys
+        "huge": rng.choice([-1.0, 1.0], size=(rows, n)) * (np.abs(rng.normal(size=(rows, n))) * 1e7 + 2.0**21),
         "close": 1000.0 + 1e-9 * rng.integers(0, 5, size=(rows, n)),
     }
     for name, scores in cases.items():
@@ -511,7 +514,7 @@ def test_float32_keys_give_the_float64_samples(rng, n, dtype):
             for size in (1, 3):
                 fast, exact, fallbacks = _draw_both_ways(cpu, scores, size, k, 2**33 + 5)
                 np.testing.assert_array_equal(fast, exact, err_msg=f"{name} k={k} size={size}")
-                groups = rows * size // 16
+                groups = rows * size // cpu.sample_f32_group()
                 if name == "huge":
                     assert fallbacks == groups
                 elif name == "normal" and n <= 10:
@@ -527,7 +530,7 @@ def test_float32_keys_fall_back_where_keys_are_close(rng):
     scores = rng.normal(size=(4000, 32)).astype(np.float32)
     fast, exact, fallbacks = _draw_both_ways(cpu, scores, 1, 32, 11)
     np.testing.assert_array_equal(fast, exact)
-    assert 0 < fallbacks < 4000 // 16
+    assert 0 < fallbacks < 4000 // cpu.sample_f32_group()
     ref, _ = _reference.pl_sample(scores, None, 1, 32, 11, True)
     np.testing.assert_array_equal(fast, ref)
 
@@ -549,7 +552,7 @@ def test_float32_keys_on_engineered_near_ties(rng, gap, dtype):
     ref, _ = _reference.pl_sample(scores, None, 1, n, seed, True)
     np.testing.assert_array_equal(fast, ref)
     if gap <= 1e-5:
-        assert fallbacks == rows // 16
+        assert fallbacks == rows // cpu.sample_f32_group()
     elif gap >= 1e-3:
         assert fallbacks == 0
 

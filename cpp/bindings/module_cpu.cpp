@@ -1036,6 +1036,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("gumbel_f32", &gumbel_f32, py::arg("a").noconvert(), py::arg("b").noconvert());
   m.def("set_sample_f32", &prefcal::cpu::set_sample_f32, py::arg("on"));
   m.def("sample_f32_fallbacks", &prefcal::cpu::sample_f32_fallbacks);
+  m.def("sample_f32_group", &prefcal::cpu::sample_f32_group);
   m.def("set_loglik_explicit", &prefcal::cpu::set_loglik_explicit, py::arg("on"));
   m.def("set_temperature_lanes", &prefcal::cpu::set_temperature_lanes, py::arg("on"));
   m.attr("GUMBEL_F32_ERROR") = py::float_(prefcal::cpu::gumbel_f32_error());

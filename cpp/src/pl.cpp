@@ -1022,22 +1022,44 @@ void noise_bits_portable(uint64_t seed, const uint64_t* row_of, const uint32_t* 
 }
 
 #if defined(PREFCAL_X86_AVX2)
-// (hi, lo) 32-bit halves of a * b for eight unsigned 32-bit lanes.
-__attribute__((target("avx2"))) inline void mulhilo8(__m256i a, __m256i b, __m256i odd, __m256i& hi, __m256i& lo) {
-  const __m256i even = _mm256_mul_epu32(a, b);                                                // lanes 0, 2, ..
-  const __m256i oddp = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32));  // lanes 1, 3, ..
-  lo = _mm256_blendv_epi8(even, _mm256_slli_epi64(oddp, 32), odd);
-  hi = _mm256_blendv_epi8(_mm256_srli_epi64(even, 32), oddp, odd);
+// (hi, lo) 32-bit halves of m * b for eight unsigned 32-bit lanes b, m the same in every lane.
+__attribute__((target("avx2"))) inline void mulhilo8(__m256i m, __m256i b, __m256i& hi, __m256i& lo) {
+  // Shuffles rather than 64-bit shifts move the halves: AMD Zen 2 runs them on more ports (7 instead of 9
+  // cycles a round for two interleaved groups).
+  const __m256i even = _mm256_mul_epu32(m, b);                             // lanes 0, 2, .. as 64-bit products
+  const __m256i oddp = _mm256_mul_epu32(m, _mm256_shuffle_epi32(b, 0xF5));  // lanes 1, 3, ..
+  lo = _mm256_blend_epi32(even, _mm256_shuffle_epi32(oddp, 0xA0), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_shuffle_epi32(even, 0xF5), oddp, 0xAA);
 }
 
-// Philox4x32-10 of eight blocks per step with AVX2 (the compiler's own vectorisation of the portable loop
-// keeps 64-bit lanes and is several times slower). Same function as philox::block, bit for bit.
+// Philox4x32-10 of G groups of eight blocks, counters c[g][0 .. 3] in place; the groups' rounds interleaved, so
+// that their dependency chains overlap (the compiler's own vectorisation of the portable loop keeps 64-bit
+// lanes and is several times slower). Same function as philox::block, bit for bit.
+template <int G>
+__attribute__((target("avx2"))) inline void philox8(uint64_t seed, __m256i (*c)[4]) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0)), key1 = _mm256_set1_epi32(static_cast<int>(k1));
+    for (int g = 0; g < G; ++g) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(m0, c[g][0], hi0, lo0);
+      mulhilo8(m1, c[g][2], hi1, lo1);
+      c[g][0] = _mm256_xor_si256(_mm256_xor_si256(hi1, c[g][1]), key0);
+      c[g][1] = lo1;
+      c[g][2] = _mm256_xor_si256(_mm256_xor_si256(hi0, c[g][3]), key1);
+      c[g][3] = lo0;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+// noise_bits with AVX2: eight blocks per step.
 __attribute__((target("avx2"))) void noise_bits_avx2(uint64_t seed, const uint64_t* row_of,
                                                       const uint32_t* sample_of, const uint32_t* pair_of,
                                                       int64_t count, uint64_t* out) {
-  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  const __m256i odd = _mm256_set_epi32(-1, 0, -1, 0, -1, 0, -1, 0);
   int64_t p = 0;
   alignas(32) uint32_t w[4][8];
   for (; p + 8 <= count; p += 8) {
@@ -1046,27 +1068,12 @@ __attribute__((target("avx2"))) void noise_bits_avx2(uint64_t seed, const uint64
       rl[l] = static_cast<uint32_t>(row_of[p + l]);
       rh[l] = static_cast<uint32_t>(row_of[p + l] >> 32);
     }
-    __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair_of + p));
-    __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sample_of + p));
-    __m256i c2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(rl));
-    __m256i c3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(rh));
-    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-    for (int round = 0; round < 10; ++round) {
-      __m256i hi0, lo0, hi1, lo1;
-      mulhilo8(m0, c0, odd, hi0, lo0);
-      mulhilo8(m1, c2, odd, hi1, lo1);
-      const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0)), key1 = _mm256_set1_epi32(static_cast<int>(k1));
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), key0);
-      c1 = lo1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), key1);
-      c3 = lo0;
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-    _mm256_store_si256(reinterpret_cast<__m256i*>(w[0]), c0);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(w[1]), c1);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(w[2]), c2);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(w[3]), c3);
+    __m256i c[1][4] = {{_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pair_of + p)),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sample_of + p)),
+                        _mm256_load_si256(reinterpret_cast<const __m256i*>(rl)),
+                        _mm256_load_si256(reinterpret_cast<const __m256i*>(rh))}};
+    philox8<1>(seed, c);
+    for (int i = 0; i < 4; ++i) _mm256_store_si256(reinterpret_cast<__m256i*>(w[i]), c[0][i]);
     for (int l = 0; l < 8; ++l) {
       out[2 * (p + l)] = philox::bits52(w[0][l], w[1][l]);
       out[2 * (p + l) + 1] = philox::bits52(w[2][l], w[3][l]);
@@ -1542,6 +1549,276 @@ __attribute__((target("avx512f"))) bool draw_lanes_f32_avx512(uint64_t seed, con
   rank_block_copy(block, out + d0 * k);
   return true;
 }
+
+// ------------------------------------------------------------------------------ the same with AVX2 and FMA
+//
+// The certified float32 keys for processors without AVX-512, eight draws per step: draw_lanes_f32_avx512's
+// method and bound, with AVX2 stand-ins for the AVX-512 instructions (getmant / getexp by bit operations, an
+// unsigned conversion in two halves, the same values) and the reciprocal estimate of AVX2 (12 bits, not 14)
+// before the Newton step: t = f / (2 + f) to ~2.5e-7 relative instead of ~1.2e-7, which leaves the noise's
+// error dominated by its own float32 rounding (measured: tests/test_pl.py, a quarter of kGumbelF32Error).
+
+// The noise of N independent groups of eight lanes at once, each step over all groups, so that their long
+// dependency chains (~40 operations each) interleave in program order: one group at a time leaves the core
+// waiting on latency (64 cycles per eight values on AMD Zen 2; five groups: 35).
+
+// log1p_f32 with AVX2's reciprocal estimate, in place.
+template <int N>
+__attribute__((target("avx2,fma"), always_inline)) inline void log1p_f32x8(__m256* f) {
+  const __m256 two = _mm256_set1_ps(2.0f);
+  __m256 d[N], r[N], t[N], z[N], p[N];
+  for (int u = 0; u < N; ++u) d[u] = _mm256_add_ps(f[u], two);
+  for (int u = 0; u < N; ++u) r[u] = _mm256_rcp_ps(d[u]);
+  for (int u = 0; u < N; ++u) r[u] = _mm256_mul_ps(r[u], _mm256_fnmadd_ps(d[u], r[u], two));
+  for (int u = 0; u < N; ++u) t[u] = _mm256_mul_ps(f[u], r[u]);
+  for (int u = 0; u < N; ++u) z[u] = _mm256_mul_ps(t[u], t[u]);
+  for (int u = 0; u < N; ++u) p[u] = _mm256_fmadd_ps(z[u], _mm256_set1_ps(1.0f / 7), _mm256_set1_ps(1.0f / 5));
+  for (int u = 0; u < N; ++u) p[u] = _mm256_fmadd_ps(p[u], z[u], _mm256_set1_ps(1.0f / 3));
+  for (int u = 0; u < N; ++u) {
+    const __m256 t2 = _mm256_add_ps(t[u], t[u]);
+    f[u] = _mm256_fmadd_ps(_mm256_mul_ps(t2, z[u]), p[u], t2);
+  }
+}
+
+// split_f32 of positive normal x: the mantissa m in [1, 2), halved where m >= 3/2 (the exponent then up by one).
+template <int N>
+__attribute__((target("avx2"), always_inline)) inline void split_f32x8(const __m256* x, __m256* e, __m256* f) {
+  for (int u = 0; u < N; ++u) {
+    const __m256i bits = _mm256_castps_si256(x[u]);
+    const __m256i m1 = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                       _mm256_set1_epi32(0x3F800000));
+    const __m256i big = _mm256_cmpgt_epi32(m1, _mm256_set1_epi32(0x3FBFFFFF));  // m >= 3/2: all ones
+    const __m256i m = _mm256_sub_epi32(m1, _mm256_and_si256(big, _mm256_set1_epi32(0x00800000)));
+    e[u] = _mm256_cvtepi32_ps(
+        _mm256_sub_epi32(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)), big));
+    f[u] = _mm256_sub_ps(_mm256_castsi256_ps(m), _mm256_set1_ps(1.0f));
+  }
+}
+
+// neg_log_f32: f (in place) becomes -(e ln 2 + log1p f).
+template <int N>
+__attribute__((target("avx2,fma"), always_inline)) inline void neg_log_f32x8(const __m256* e, __m256* f) {
+  log1p_f32x8<N>(f);
+  for (int u = 0; u < N; ++u) {
+    f[u] = _mm256_fnmadd_ps(e[u], _mm256_set1_ps(0.693145751953125f),
+                            _mm256_fnmsub_ps(e[u], _mm256_set1_ps(1.428606765330187e-06f), f[u]));
+  }
+}
+
+// gumbel_f32 of Philox words (a[u], b[u]): uniform_f32 with the unsigned a converted as 2^16 hi + lo (one
+// rounding, as vcvtudq2ps), then the two logs.
+template <int N>
+__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_f32x8(const __m256i* a, const __m256i* b, __m256* out) {
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  __m256 v[N], high[N], e[N], f[N];
+  for (int u = 0; u < N; ++u) {
+    const __m256i hi = _mm256_cmpgt_epi32(_mm256_xor_si256(a[u], sign),  // a >= 3037000500 (unsigned)
+                                          _mm256_set1_epi32(static_cast<int>(3037000499u ^ 0x80000000u)));
+    high[u] = _mm256_castsi256_ps(hi);
+    const __m256i wa = _mm256_xor_si256(a[u], hi), wb = _mm256_xor_si256(b[u], hi);  // u, or t where high
+    const __m256 low = _mm256_mul_ps(
+        _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(wb, 12)), _mm256_set1_ps(0.5f)), _mm256_set1_ps(0x1.0p-52f));
+    const __m256 av = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(wa, 16)), _mm256_set1_ps(65536.0f),
+                                      _mm256_cvtepi32_ps(_mm256_and_si256(wa, _mm256_set1_epi32(0xFFFF))));
+    v[u] = _mm256_fmadd_ps(av, _mm256_set1_ps(0x1.0p-32f), low);
+  }
+  split_f32x8<N>(v, e, f);
+  for (int u = 0; u < N; ++u) {
+    e[u] = _mm256_andnot_ps(high[u], e[u]);
+    f[u] = _mm256_blendv_ps(f[u], _mm256_sub_ps(_mm256_setzero_ps(), v[u]), high[u]);
+  }
+  neg_log_f32x8<N>(e, f);  // E = -log u
+  split_f32x8<N>(f, e, out);
+  neg_log_f32x8<N>(e, out);
+}
+
+// gumbel_f32x8 of N groups of eight lanes ([group][lane] words).
+template <int N>
+__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups_n(const uint32_t (*a)[8], const uint32_t (*b)[8],
+                                                                float (*out)[8]) {
+  __m256i wa[N], wb[N];
+  __m256 r[N];
+  for (int u = 0; u < N; ++u) {
+    wa[u] = _mm256_load_si256(reinterpret_cast<const __m256i*>(a[u]));
+    wb[u] = _mm256_load_si256(reinterpret_cast<const __m256i*>(b[u]));
+  }
+  gumbel_f32x8<N>(wa, wb, r);
+  for (int u = 0; u < N; ++u) _mm256_store_ps(out[u], r[u]);
+}
+
+// The same for count groups, five at a time.
+__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups(const uint32_t (*a)[8], const uint32_t (*b)[8],
+                                                              int64_t count, float (*out)[8]) {
+  int64_t g = 0;
+  for (; g + 5 <= count; g += 5) gumbel_groups_n<5>(a + g, b + g, out + g);
+  switch (count - g) {
+    case 4: gumbel_groups_n<4>(a + g, b + g, out + g); break;
+    case 3: gumbel_groups_n<3>(a + g, b + g, out + g); break;
+    case 2: gumbel_groups_n<2>(a + g, b + g, out + g); break;
+    case 1: gumbel_groups_n<1>(a + g, b + g, out + g); break;
+    default: break;
+  }
+}
+
+// gumbel_f32x8 over arrays (test hook), the tail padded.
+__attribute__((target("avx2,fma"))) void gumbel_f32_lanes_avx2(const uint32_t* a, const uint32_t* b, int64_t count,
+                                                                float* out) {
+  for (int64_t p = 0; p < count; p += 8) {
+    const int64_t m = std::min<int64_t>(8, count - p);
+    alignas(32) uint32_t wa[1][8] = {}, wb[1][8] = {};
+    alignas(32) float g[1][8];
+    std::memcpy(wa[0], a + p, sizeof(uint32_t) * static_cast<size_t>(m));
+    std::memcpy(wb[0], b + p, sizeof(uint32_t) * static_cast<size_t>(m));
+    gumbel_groups(wa, wb, 1, g);
+    std::memcpy(out + p, g[0], sizeof(float) * static_cast<size_t>(m));
+  }
+}
+
+// max |p[i]| over count finite values, as float (rounded up for float64 input; beyond 2^20: 2^21).
+__attribute__((target("avx2"))) inline float max_abs_avx2(const float* p, int64_t count) {
+  __m256 big = _mm256_setzero_ps();
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) big = _mm256_max_ps(big, _mm256_and_ps(_mm256_loadu_ps(p + i), abs_mask));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, big);
+  float m = 0.0f;
+  for (int l = 0; l < 8; ++l) m = std::max(m, lanes[l]);
+  for (; i < count; ++i) m = std::max(m, std::fabs(p[i]));
+  return m;
+}
+__attribute__((target("avx2"))) inline float max_abs_avx2(const double* p, int64_t count) {
+  __m256d big = _mm256_setzero_pd();
+  const __m256d abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7FFFFFFFFFFFFFFFll));
+  int64_t i = 0;
+  for (; i + 4 <= count; i += 4) big = _mm256_max_pd(big, _mm256_and_pd(_mm256_loadu_pd(p + i), abs_mask));
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, big);
+  double m = 0.0;
+  for (int l = 0; l < 4; ++l) m = std::max(m, lanes[l]);
+  for (; i < count; ++i) m = std::max(m, std::fabs(p[i]));
+  return m <= 0x1.0p20 ? static_cast<float>(m) * (1.0f + 0x1.0p-23f) : 0x1.0p21f;
+}
+
+// The Philox counters of eight consecutive draws d0 .. d0 + 7 of the row-major (row, sample) order, as
+// lane_counters (one draw per row in vector arithmetic).
+struct LaneCounters8 {
+  __m256i row_lo, row_hi, sample;
+  alignas(32) int32_t off[8];  // each draw's score offset from the first draw's row
+  int64_t b0;
+};
+
+__attribute__((target("avx2"))) inline void lane_counters8(LaneCounters8& c, int64_t d0, int64_t size, int64_t n,
+                                                            int64_t row0, int64_t sample0) {
+  c.b0 = d0 / size;
+  if (size == 1) {
+    const __m256i first = _mm256_set1_epi64x(static_cast<long long>(c.b0 + row0));
+    const __m256i r0 = _mm256_add_epi64(first, _mm256_setr_epi64x(0, 1, 2, 3));
+    const __m256i r1 = _mm256_add_epi64(first, _mm256_setr_epi64x(4, 5, 6, 7));
+    c.row_lo = narrow8(r0, r1);
+    c.row_hi = narrow8(_mm256_srli_epi64(r0, 32), _mm256_srli_epi64(r1, 32));
+    c.sample = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(sample0)));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(c.off),
+                       _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                          _mm256_set1_epi32(static_cast<int>(n))));
+    return;
+  }
+  alignas(32) uint32_t rl[8], rh[8], ts[8];
+  int64_t b = c.b0, t = d0 - c.b0 * size;
+  for (int l = 0; l < 8; ++l) {
+    rl[l] = static_cast<uint32_t>(b + row0);
+    rh[l] = static_cast<uint32_t>(static_cast<uint64_t>(b + row0) >> 32);
+    ts[l] = static_cast<uint32_t>(t + sample0);
+    c.off[l] = static_cast<int32_t>((b - c.b0) * n);
+    if (++t == size) t = 0, ++b;
+  }
+  c.row_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(rl));
+  c.row_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(rh));
+  c.sample = _mm256_load_si256(reinterpret_cast<const __m256i*>(ts));
+}
+
+// The Philox words (a, b) of items 2 j' and 2 j' + 1, j' = j .. j + G - 1, of eight draws ([item][draw]).
+template <int G>
+__attribute__((target("avx2"))) inline void philox_items(uint64_t seed, const LaneCounters8& lanes, int64_t j,
+                                                          uint32_t (*wa)[8], uint32_t (*wb)[8]) {
+  __m256i c[G][4];
+  for (int g = 0; g < G; ++g) {
+    c[g][0] = _mm256_set1_epi32(static_cast<int>(j + g));
+    c[g][1] = lanes.sample;
+    c[g][2] = lanes.row_lo;
+    c[g][3] = lanes.row_hi;
+  }
+  philox8<G>(seed, c);
+  for (int g = 0; g < G; ++g) {
+    const int64_t i = 2 * (j + g);  // item i + 1 < 32 exists in the arrays: n <= 32
+    _mm256_store_si256(reinterpret_cast<__m256i*>(wa[i]), c[g][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(wb[i]), c[g][1]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(wa[i + 1]), c[g][2]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(wb[i + 1]), c[g][3]);
+  }
+}
+
+// Eight draws d0 .. d0 + 7 as draw_lanes_f32_avx512 (rows without a mask, n <= 32, noise on); false (nothing
+// written) when some draw is undecided or a row holds a score beyond kMaxScoreF32: the caller then draws
+// them with the float64 keys.
+template <class T>
+__attribute__((target("avx2,fma"))) bool draw_lanes_f32_avx2(uint64_t seed, const T* s, int64_t d0, int64_t size,
+                                                              int64_t n, int64_t k, int64_t row0, int64_t sample0,
+                                                              int32_t* out) {
+  LaneCounters8 lanes;
+  lane_counters8(lanes, d0, size, n, row0, sample0);
+  const T* base = s + lanes.b0 * n;
+  const float big = max_abs_avx2(base, ((d0 + 7) / size - lanes.b0 + 1) * n);
+  if (!(big <= kMaxScoreF32)) return false;
+  // The Philox words of items 2j, 2j + 1 (two blocks at a time: their chains overlap), then the noise.
+  alignas(32) float keys[32][8];  // [item][draw]
+  {
+    alignas(32) uint32_t wa[32][8], wb[32][8];  // [item][draw]
+    const int64_t pairs = (n + 1) / 2;
+    int64_t j = 0;
+    for (; j + 2 <= pairs; j += 2) philox_items<2>(seed, lanes, j, wa, wb);
+    if (j < pairs) philox_items<1>(seed, lanes, j, wa, wb);
+    gumbel_groups(wa, wb, n, keys);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    alignas(32) float sc[8];
+    for (int l = 0; l < 8; ++l) sc[l] = static_cast<float>(base[lanes.off[l] + i]);  // |s| <= 2^20: defined
+    _mm256_store_ps(keys[i], _mm256_add_ps(_mm256_load_ps(sc), _mm256_load_ps(keys[i])));
+  }
+  const __m256 D = _mm256_set1_ps(2.0f * kGumbelF32Error + 0x1.0p-21f * (big + 39.0f));
+  // The rank of q counts the j certainly before it (A_j > fl(A_q + D): K_j > K_q), over every j != q; a pair
+  // is counted at most once, and exactly once when decided, so the draw is decided when its ranks sum to
+  // n (n - 1) / 2. (A compare's all-ones mask subtracted adds one.)
+  alignas(32) int32_t rank[32][8];
+  __m256i total = _mm256_setzero_si256();
+  for (int64_t q = 0; q < n; ++q) {
+    const __m256 hi = _mm256_add_ps(_mm256_load_ps(keys[q]), D);
+    __m256i r = _mm256_setzero_si256();
+    for (int64_t j = 0; j < q; ++j) {
+      r = _mm256_sub_epi32(r, _mm256_castps_si256(_mm256_cmp_ps(_mm256_load_ps(keys[j]), hi, _CMP_GT_OQ)));
+    }
+    for (int64_t j = q + 1; j < n; ++j) {
+      r = _mm256_sub_epi32(r, _mm256_castps_si256(_mm256_cmp_ps(_mm256_load_ps(keys[j]), hi, _CMP_GT_OQ)));
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(rank[q]), r);
+    total = _mm256_add_epi32(total, r);
+  }
+  const __m256i pairs = _mm256_set1_epi32(static_cast<int>(n * (n - 1) / 2));
+  if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(total, pairs)) != -1) return false;
+  // Item q at rank r of each draw (ranks k and beyond to spill slots past the block), then one copy out.
+  alignas(32) int32_t items[32 * 8 + 8];
+  const __m256i pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), kk = _mm256_set1_epi32(static_cast<int>(k));
+  const __m256i at0 = _mm256_mullo_epi32(pos, kk), spill = _mm256_add_epi32(pos, _mm256_set1_epi32(static_cast<int>(8 * k)));
+  for (int64_t q = 0; q < n; ++q) {
+    const __m256i r = _mm256_load_si256(reinterpret_cast<const __m256i*>(rank[q]));
+    alignas(32) int32_t at[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(at),
+                       _mm256_blendv_epi8(spill, _mm256_add_epi32(at0, r), _mm256_cmpgt_epi32(kk, r)));
+    for (int l = 0; l < 8; ++l) items[at[l]] = static_cast<int32_t>(q);
+  }
+  std::memcpy(out + d0 * k, items, sizeof(int32_t) * static_cast<size_t>(8 * k));
+  return true;
+}
 #endif
 
 // The k largest (key, item) of keys[0 .. count) in decreasing key order, lower item first on ties: ranks by
@@ -1589,20 +1866,8 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
     std::vector<int32_t> items;
     std::vector<std::pair<double, int32_t>> scratch;
     // Draws [d0, d0 + count) of the row-major (row, sample) order; draw d writes out[d * k ..].
-    auto batch_of = [&](int64_t d0, int64_t count) {
-#if defined(PREFCAL_X86_AVX2)
-      if (mask == nullptr && n <= 32 && cpu_avx512()) {  // fused, sixteen draws per step
-        const int64_t whole = count / kLanes * kLanes;
-        for (int64_t q = 0; q < whole; q += kLanes) {
-          if (noise && g_sample_f32.load(std::memory_order_relaxed)) {
-            if (draw_lanes_f32_avx512(seed, s, d0 + q, size, n, k, row0, sample0, out)) continue;
-            g_sample_f32_fallbacks.fetch_add(1, std::memory_order_relaxed);
-          }
-          draw_lanes_avx512(seed, noise, s, d0 + q, size, n, k, row0, sample0, out);
-        }
-        d0 += whole, count -= whole;
-      }
-#endif
+    // Draws [d0, d0 + count) with float64 keys: the noise of all of them in vectorised loops, then the selection.
+    auto general = [&](int64_t d0, int64_t count) {
       if (count == 0) return;
       if (keys.size() != static_cast<size_t>(n)) {
         bits.resize(values);
@@ -1657,6 +1922,31 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
         }
         top_k(keys.data(), items.data(), avail, k, out + d * k, scratch);
       }
+    };
+    auto batch_of = [&](int64_t d0, int64_t count) {
+#if defined(PREFCAL_X86_AVX2)
+      if (mask == nullptr && n <= 32 && cpu_avx512()) {  // fused, sixteen draws per step
+        const int64_t whole = count / kLanes * kLanes;
+        for (int64_t q = 0; q < whole; q += kLanes) {
+          if (noise && g_sample_f32.load(std::memory_order_relaxed)) {
+            if (draw_lanes_f32_avx512(seed, s, d0 + q, size, n, k, row0, sample0, out)) continue;
+            g_sample_f32_fallbacks.fetch_add(1, std::memory_order_relaxed);
+          }
+          draw_lanes_avx512(seed, noise, s, d0 + q, size, n, k, row0, sample0, out);
+        }
+        d0 += whole, count -= whole;
+      } else if (mask == nullptr && n <= 32 && noise && g_sample_f32.load(std::memory_order_relaxed) &&
+                 cpu_avx2_fma()) {  // certified float32 keys, eight draws per step; float64 keys where undecided
+        const int64_t whole = count / 8 * 8;
+        for (int64_t q = 0; q < whole; q += 8) {
+          if (draw_lanes_f32_avx2(seed, s, d0 + q, size, n, k, row0, sample0, out)) continue;
+          g_sample_f32_fallbacks.fetch_add(1, std::memory_order_relaxed);
+          general(d0 + q, 8);
+        }
+        d0 += whole, count -= whole;
+      }
+#endif
+      general(d0, count);
     };
     // Every row is checked by the chunk that holds its first draw (or by the chunk a row continues into).
     const int64_t b_lo = lo / size, b_hi = (hi + size - 1) / size;
@@ -1848,8 +2138,13 @@ bool set_sample_f32(bool on) { return g_sample_f32.exchange(on); }
 
 bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out) {
 #if defined(PREFCAL_X86_AVX2)
-  if (!cpu_avx512()) return false;
-  gumbel_f32_lanes(a, b, count, out);
+  if (cpu_avx512()) {
+    gumbel_f32_lanes(a, b, count, out);
+  } else if (cpu_avx2_fma()) {
+    gumbel_f32_lanes_avx2(a, b, count, out);
+  } else {
+    return false;
+  }
   return true;
 #else
   (void)a, (void)b, (void)count, (void)out;
@@ -1860,6 +2155,14 @@ bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out)
 float gumbel_f32_error() { return kGumbelF32Error; }
 
 int64_t sample_f32_fallbacks() { return g_sample_f32_fallbacks.load(); }
+
+int sample_f32_group() {
+#if defined(PREFCAL_X86_AVX2)
+  return cpu_avx512() ? kLanes : cpu_avx2_fma() ? 8 : 0;
+#else
+  return 0;
+#endif
+}
 
 bool set_loglik_explicit(bool on) { return g_loglik_explicit.exchange(on); }
 bool set_temperature_lanes(bool on) { return g_temperature_lanes.exchange(on); }

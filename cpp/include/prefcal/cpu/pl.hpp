@@ -33,9 +33,10 @@ int64_t pl_sample(const T* scores, int64_t rows, int64_t n, const uint8_t* mask,
                   int64_t k, uint64_t seed, bool noise, int32_t* out, int64_t row0 = 0, int64_t sample0 = 0);
 
 // Test hooks of the sampler's certified float32 keys: set_sample_f32 turns them on / off (returns the previous
-// setting); gumbel_f32 is their float32 Gumbel noise of Philox words (a, b) (false: no AVX-512, nothing
-// written), within gumbel_f32_error() of the float64 noise; sample_f32_fallbacks counts the groups of sixteen
-// draws redone with float64 keys since the start.
+// setting); gumbel_f32 is their float32 Gumbel noise of Philox words (a, b) (false: neither AVX-512 nor AVX2
+// with FMA, nothing written), within gumbel_f32_error() of the float64 noise; sample_f32_fallbacks counts the
+// groups of draws redone with float64 keys since the start, sample_f32_group the draws per group on this
+// processor (16 with AVX-512, 8 with AVX2, 0 without the float32 keys).
 bool set_sample_f32(bool on);
 // Test hook: the log-likelihood's explicit AVX-512 or AVX2 lanes (float32 scores, m == n <= 16) on / off (returns
 // the previous setting); off, the compiler-vectorised lanes take those rows, gradients included.
@@ -44,6 +45,7 @@ bool set_loglik_explicit(bool on);
 // code takes every row.
 bool set_temperature_lanes(bool on);
 int64_t sample_f32_fallbacks();
+int sample_f32_group();
 bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out);
 float gumbel_f32_error();
 
