@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -1608,7 +1609,8 @@ __attribute__((target("avx2,fma"), always_inline)) inline void neg_log_f32x8(con
 // gumbel_f32 of Philox words (a[u], b[u]): uniform_f32 with the unsigned a converted as 2^16 hi + lo (one
 // rounding, as vcvtudq2ps), then the two logs.
 template <int N>
-__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_f32x8(const __m256i* a, const __m256i* b, __m256* out) {
+__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_f32x8(const __m256i* a, const __m256i* b,
+                                                                          __m256* out) {
   const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   __m256 v[N], high[N], e[N], f[N];
   for (int u = 0; u < N; ++u) {
@@ -1634,7 +1636,8 @@ __attribute__((target("avx2,fma"), always_inline)) inline void gumbel_f32x8(cons
 
 // gumbel_f32x8 of N groups of eight lanes ([group][lane] words).
 template <int N>
-__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups_n(const uint32_t (*a)[8], const uint32_t (*b)[8],
+__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups_n(const uint32_t (*a)[8],
+                                                                             const uint32_t (*b)[8],
                                                                 float (*out)[8]) {
   __m256i wa[N], wb[N];
   __m256 r[N];
@@ -1647,7 +1650,8 @@ __attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups_n(c
 }
 
 // The same for count groups, five at a time.
-__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups(const uint32_t (*a)[8], const uint32_t (*b)[8],
+__attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups(const uint32_t (*a)[8],
+                                                                           const uint32_t (*b)[8],
                                                               int64_t count, float (*out)[8]) {
   int64_t g = 0;
   for (; g + 5 <= count; g += 5) gumbel_groups_n<5>(a + g, b + g, out + g);
@@ -1786,29 +1790,35 @@ __attribute__((target("avx2,fma"))) bool draw_lanes_f32_avx2(uint64_t seed, cons
     _mm256_store_ps(keys[i], _mm256_add_ps(_mm256_load_ps(sc), _mm256_load_ps(keys[i])));
   }
   const __m256 D = _mm256_set1_ps(2.0f * kGumbelF32Error + 0x1.0p-21f * (big + 39.0f));
-  // The rank of q counts the j certainly before it (A_j > fl(A_q + D): K_j > K_q), over every j != q; a pair
-  // is counted at most once, and exactly once when decided, so the draw is decided when its ranks sum to
-  // n (n - 1) / 2. (A compare's all-ones mask subtracted adds one.)
+  // The rank of q counts the j certainly before it (A_j > fl(A_q + D): K_j > K_q); a pair is counted at most
+  // once, and exactly once when decided, so the draw is decided when its ranks sum to n (n - 1) / 2. j runs
+  // over whole groups of four, q itself (never counted: D > 0) and keys of -inf past n (never counted) included,
+  // so that the inner loop is straight-line code. (A compare's all-ones mask subtracted adds one.)
+  const int64_t n4 = (n + 3) / 4 * 4;
+  const __m256 below = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t i = n; i < n4; ++i) _mm256_store_ps(keys[i], below);
   alignas(32) int32_t rank[32][8];
   __m256i total = _mm256_setzero_si256();
   for (int64_t q = 0; q < n; ++q) {
     const __m256 hi = _mm256_add_ps(_mm256_load_ps(keys[q]), D);
-    __m256i r = _mm256_setzero_si256();
-    for (int64_t j = 0; j < q; ++j) {
-      r = _mm256_sub_epi32(r, _mm256_castps_si256(_mm256_cmp_ps(_mm256_load_ps(keys[j]), hi, _CMP_GT_OQ)));
+    __m256i r[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int64_t j = 0; j < n4; j += 4) {
+      for (int u = 0; u < 4; ++u) {
+        const __m256 before = _mm256_cmp_ps(_mm256_load_ps(keys[j + u]), hi, _CMP_GT_OQ);
+        r[u] = _mm256_sub_epi32(r[u], _mm256_castps_si256(before));
+      }
     }
-    for (int64_t j = q + 1; j < n; ++j) {
-      r = _mm256_sub_epi32(r, _mm256_castps_si256(_mm256_cmp_ps(_mm256_load_ps(keys[j]), hi, _CMP_GT_OQ)));
-    }
-    _mm256_store_si256(reinterpret_cast<__m256i*>(rank[q]), r);
-    total = _mm256_add_epi32(total, r);
+    const __m256i rq = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(rank[q]), rq);
+    total = _mm256_add_epi32(total, rq);
   }
   const __m256i pairs = _mm256_set1_epi32(static_cast<int>(n * (n - 1) / 2));
   if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(total, pairs)) != -1) return false;
   // Item q at rank r of each draw (ranks k and beyond to spill slots past the block), then one copy out.
   alignas(32) int32_t items[32 * 8 + 8];
   const __m256i pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), kk = _mm256_set1_epi32(static_cast<int>(k));
-  const __m256i at0 = _mm256_mullo_epi32(pos, kk), spill = _mm256_add_epi32(pos, _mm256_set1_epi32(static_cast<int>(8 * k)));
+  const __m256i at0 = _mm256_mullo_epi32(pos, kk);
+  const __m256i spill = _mm256_add_epi32(pos, _mm256_set1_epi32(static_cast<int>(8 * k)));
   for (int64_t q = 0; q < n; ++q) {
     const __m256i r = _mm256_load_si256(reinterpret_cast<const __m256i*>(rank[q]));
     alignas(32) int32_t at[8];
