@@ -1638,7 +1638,7 @@ __attribute__((target("avx2,fma"), always_inline)) inline void gumbel_f32x8(cons
 template <int N>
 __attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups_n(const uint32_t (*a)[8],
                                                                              const uint32_t (*b)[8],
-                                                                float (*out)[8]) {
+                                                                             float (*out)[8]) {
   __m256i wa[N], wb[N];
   __m256 r[N];
   for (int u = 0; u < N; ++u) {
@@ -1651,8 +1651,8 @@ __attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups_n(c
 
 // The same for count groups, five at a time.
 __attribute__((target("avx2,fma"), always_inline)) inline void gumbel_groups(const uint32_t (*a)[8],
-                                                                           const uint32_t (*b)[8],
-                                                              int64_t count, float (*out)[8]) {
+                                                                           const uint32_t (*b)[8], int64_t count,
+                                                                           float (*out)[8]) {
   int64_t g = 0;
   for (; g + 5 <= count; g += 5) gumbel_groups_n<5>(a + g, b + g, out + g);
   switch (count - g) {
