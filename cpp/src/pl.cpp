@@ -652,7 +652,8 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
 // the positions' bits 1 << item, which are zero out of [0, 32), cover 0 .. n - 1 exactly when the row is a
 // permutation), permuted into position order by two vpermps and a blend, and transposed by 8 x 8 blocks; the
 // arithmetic is loglik_lanes_f32_avx512's, operation for operation (the same FMAs, the exponents of the
-// products moved by bit operations: the values of getexp / getmant), so both give the same numbers.
+// products moved by bit operations: the values of getexp / getmant). Both should give the same numbers; that
+// has not been checked on one machine (the AVX2 path was written and tested on an AMD Zen 2 without AVX-512).
 
 bool cpu_avx2_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -727,7 +728,8 @@ __attribute__((target("avx2"))) inline __m256d hi4(__m256 x) { return _mm256_cvt
 // The int32 / int64 items at eight positions from p (lanes of `live`; the others read as 0), as int32, and `in`:
 // whether each is in [0, n) and live.
 template <class I>
-__attribute__((target("avx2"))) inline __m256i load_items8(const I* p, __m256i live, __m256i nv, __m256i& in) {
+__attribute__((target("avx2"))) inline __m256i load_items8(const I* p, __m256i live, int64_t n, __m256i& in) {
+  const __m256i nv = _mm256_set1_epi32(static_cast<int>(n));
   if constexpr (sizeof(I) == 4) {
     const __m256i v = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), live);
     in = _mm256_and_si256(live, _mm256_and_si256(_mm256_cmpgt_epi32(nv, v),
@@ -738,7 +740,7 @@ __attribute__((target("avx2"))) inline __m256i load_items8(const I* p, __m256i l
     const __m256i live1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(live, 1));
     const auto* q = reinterpret_cast<const long long*>(p);
     const __m256i v0 = _mm256_maskload_epi64(q, live0), v1 = _mm256_maskload_epi64(q + 4, live1);
-    const __m256i n64 = _mm256_set1_epi64x(_mm256_extract_epi32(nv, 0)), m64 = _mm256_set1_epi64x(-1);
+    const __m256i n64 = _mm256_set1_epi64x(n), m64 = _mm256_set1_epi64x(-1);
     const __m256i in0 = _mm256_and_si256(_mm256_cmpgt_epi64(n64, v0), _mm256_cmpgt_epi64(v0, m64));
     const __m256i in1 = _mm256_and_si256(_mm256_cmpgt_epi64(n64, v1), _mm256_cmpgt_epi64(v1, m64));
     in = _mm256_and_si256(live, narrow8(in0, in1));
@@ -783,8 +785,8 @@ __attribute__((target("avx2,fma"))) bool loglik_lanes_f32_avx2(const float* s, c
     const __m256 s0 = _mm256_maskload_ps(sr, live0);
     const __m256 s1 = hi ? _mm256_maskload_ps(sr + 8, live1) : _mm256_setzero_ps();
     __m256i in0, in1 = _mm256_setzero_si256();
-    const __m256i r0 = load_items8(rr, live0, nv, in0);
-    const __m256i r1 = hi ? load_items8(rr + 8, live1, nv, in1) : _mm256_setzero_si256();
+    const __m256i r0 = load_items8(rr, live0, n, in0);
+    const __m256i r1 = hi ? load_items8(rr + 8, live1, n, in1) : _mm256_setzero_si256();
     if (rr[n - 1] == I(-1)) return false;  // a top-(n-1) row: the compiler-vectorised lanes take the group
     // each position's bit, zero where out of range (vpsllvd gives zero for counts beyond 31)
     const __m256i b0 = _mm256_and_si256(in0, _mm256_sllv_epi32(one, r0));
