@@ -1037,6 +1037,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("set_sample_f32", &prefcal::cpu::set_sample_f32, py::arg("on"));
   m.def("sample_f32_fallbacks", &prefcal::cpu::sample_f32_fallbacks);
   m.def("sample_f32_group", &prefcal::cpu::sample_f32_group);
+  m.def("simd_level", &prefcal::cpu::simd_level);
+  m.def("set_simd_cap", &prefcal::cpu::set_simd_cap, py::arg("cap"));
   m.def("set_loglik_explicit", &prefcal::cpu::set_loglik_explicit, py::arg("on"));
   m.def("set_temperature_lanes", &prefcal::cpu::set_temperature_lanes, py::arg("on"));
   m.attr("GUMBEL_F32_ERROR") = py::float_(prefcal::cpu::gumbel_f32_error());

@@ -104,16 +104,19 @@ int64_t for_lane_groups(bool lanes_ok, int64_t n, Scratch& sc, int64_t lo, int64
   return for_rows(n, sc, start, hi, row);
 }
 
-// The sampler's certified float32 keys (draw_lanes_f32_avx512): on by default; a test hook turns them off to
-// compare the two paths.
+// The sampler's certified float32 keys (draw_lanes_f32_avx512, draw_lanes_f32_avx2): on by default; a test hook
+// turns them off to compare the two paths.
 std::atomic<bool> g_sample_f32{true};
-std::atomic<int64_t> g_sample_f32_fallbacks{0};  // groups of sixteen draws redone with the float64 keys
+std::atomic<int64_t> g_sample_f32_fallbacks{0};  // groups of draws (16 or 8) redone with the float64 keys
 // The log-likelihood's explicit AVX-512 or AVX2 lanes (float32 scores, int32 / int64 rankings): on by default; a test
 // hook turns them off to compare with the compiler-vectorised lanes.
 std::atomic<bool> g_loglik_explicit{true};
 // The temperature pass's lanes (temperature_lanes): on by default; a test hook turns them off to compare with
 // the per-row code.
 std::atomic<bool> g_temperature_lanes{true};
+// The explicit SIMD paths may use at most: 2 AVX-512, 1 AVX2 + FMA, 0 neither (a test hook lowers it, so that a
+// processor with AVX-512 tests the AVX2 paths too).
+std::atomic<int> g_simd_cap{2};
 
 // Moves the binary exponent of each lane's product into an integer (the product becomes its mantissa in
 // [1, 2)): branch-free, so a product of a few bounded factors between two calls never under- or overflows.
@@ -446,12 +449,12 @@ PREFCAL_CLONES uint32_t loglik_lanes_f64_i64(const double* s, const int64_t* r, 
 #if defined(PREFCAL_X86_AVX2)
 bool cpu_avx512() {
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
+  return avx512 && g_simd_cap.load(std::memory_order_relaxed) >= 2;
 }
 
 bool cpu_avx512_cd() {
-  static const bool ok = cpu_avx512() && __builtin_cpu_supports("avx512cd");
-  return ok;
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
+  return ok && g_simd_cap.load(std::memory_order_relaxed) >= 2;
 }
 
 // 0, 1, .., 15: each lane's index.
@@ -657,7 +660,7 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
 
 bool cpu_avx2_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+  return ok && g_simd_cap.load(std::memory_order_relaxed) >= 1;
 }
 
 __attribute__((target("avx2,fma"))) inline __m256 exp_neg8(__m256 x) {
@@ -1159,7 +1162,7 @@ void noise_bits(uint64_t seed, const uint64_t* row_of, const uint32_t* sample_of
     return;
   }
   static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2) {
+  if (avx2 && g_simd_cap.load(std::memory_order_relaxed) >= 1) {
     noise_bits_avx2(seed, row_of, sample_of, pair_of, count, out);
     return;
   }
@@ -2167,6 +2170,19 @@ bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out)
 float gumbel_f32_error() { return kGumbelF32Error; }
 
 int64_t sample_f32_fallbacks() { return g_sample_f32_fallbacks.load(); }
+
+int simd_level() {
+#if defined(PREFCAL_X86_AVX2)
+  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") ? 2
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")      ? 1
+                                                                                                   : 0;
+  return level;
+#else
+  return 0;
+#endif
+}
+
+int set_simd_cap(int cap) { return g_simd_cap.exchange(cap); }
 
 int sample_f32_group() {
 #if defined(PREFCAL_X86_AVX2)

@@ -41,6 +41,11 @@ bool set_sample_f32(bool on);
 // Test hook: the log-likelihood's explicit AVX-512 or AVX2 lanes (float32 scores, m == n <= 16) on / off (returns
 // the previous setting); off, the compiler-vectorised lanes take those rows, gradients included.
 bool set_loglik_explicit(bool on);
+// Test hooks of the explicit SIMD paths: simd_level is what this processor runs (2: AVX-512 (F and CD) and AVX2
+// with FMA, 1: AVX2 with FMA, 0: neither); set_simd_cap(c) lets them use at most level c (returns the previous
+// cap), so that a processor with AVX-512 also runs the AVX2 paths and the portable ones.
+int simd_level();
+int set_simd_cap(int cap);
 // Test hook: the temperature pass's sixteen-row lanes on / off (returns the previous setting); off, the per-row
 // code takes every row.
 bool set_temperature_lanes(bool on);
