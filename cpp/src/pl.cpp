@@ -447,15 +447,25 @@ PREFCAL_CLONES uint32_t loglik_lanes_f64_i64(const double* s, const int64_t* r, 
   return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
 }
 #if defined(PREFCAL_X86_AVX2)
-bool cpu_avx512() {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512 && g_simd_cap.load(std::memory_order_relaxed) >= 2;
+// What this processor has, read once; the explicit paths ask through the functions below, which also honour
+// the test hook's cap (g_simd_cap).
+struct CpuFeatures {
+  bool avx512f = __builtin_cpu_supports("avx512f"), avx512cd = __builtin_cpu_supports("avx512cd");
+  bool avx2 = __builtin_cpu_supports("avx2"), fma = __builtin_cpu_supports("fma");
+};
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f;
+  return f;
 }
 
-bool cpu_avx512_cd() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
-  return ok && g_simd_cap.load(std::memory_order_relaxed) >= 2;
-}
+bool simd_allowed(int level) { return g_simd_cap.load(std::memory_order_relaxed) >= level; }
+
+bool cpu_avx512() { return cpu_features().avx512f && simd_allowed(2); }
+
+bool cpu_avx512_cd() { return cpu_features().avx512f && cpu_features().avx512cd && simd_allowed(2); }
+
+bool cpu_avx2_fma() { return cpu_features().avx2 && cpu_features().fma && simd_allowed(1); }
 
 // 0, 1, .., 15: each lane's index.
 __attribute__((target("avx512f"))) inline __m512i lane_index() {
@@ -657,11 +667,6 @@ __attribute__((target("avx512f,avx512cd"))) bool loglik_lanes_f32_avx512(const f
 // arithmetic is loglik_lanes_f32_avx512's, operation for operation (the same FMAs, the exponents of the
 // products moved by bit operations: the values of getexp / getmant). Both should give the same numbers; that
 // has not been checked on one machine (the AVX2 path was written and tested on an AMD Zen 2 without AVX-512).
-
-bool cpu_avx2_fma() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok && g_simd_cap.load(std::memory_order_relaxed) >= 1;
-}
 
 __attribute__((target("avx2,fma"))) inline __m256 exp_neg8(__m256 x) {
   x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_setzero_ps());
@@ -1161,8 +1166,7 @@ void noise_bits(uint64_t seed, const uint64_t* row_of, const uint32_t* sample_of
     noise_bits_avx512(seed, row_of, sample_of, pair_of, count, out);
     return;
   }
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx2 && g_simd_cap.load(std::memory_order_relaxed) >= 1) {
+  if (cpu_features().avx2 && simd_allowed(1)) {
     noise_bits_avx2(seed, row_of, sample_of, pair_of, count, out);
     return;
   }
@@ -2173,10 +2177,8 @@ int64_t sample_f32_fallbacks() { return g_sample_f32_fallbacks.load(); }
 
 int simd_level() {
 #if defined(PREFCAL_X86_AVX2)
-  static const int level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") ? 2
-                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")      ? 1
-                                                                                                   : 0;
-  return level;
+  const CpuFeatures& f = cpu_features();
+  return f.avx512f && f.avx512cd ? 2 : f.avx2 && f.fma ? 1 : 0;
 #else
   return 0;
 #endif

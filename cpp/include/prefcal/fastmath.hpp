@@ -66,10 +66,10 @@ inline float exp_neg(float x) {
 inline double log_pos(double x) {
   uint64_t bits;
   std::memcpy(&bits, &x, sizeof bits);
-  // x = 2^e m with m in [sqrt(1/2), sqrt(2)), in integer arithmetic only, so that GCC vectorises the callers'
-  // loops for AVX2 too: a float compare feeding a multiply becomes a conditional multiply, which GCC does not
-  // if-convert without AVX-512's masks, and AVX2 has no conversion from 64-bit integers to double. m in
-  // [1, 2) first; where m > sqrt(2) (compared as bit patterns: both positive), m / 2 and e + 1.
+  // x = 2^e m with m in [sqrt(1/2), sqrt(2)), in integer arithmetic only, so that the callers' loops vectorise
+  // for AVX2 too: AVX2 has no conversion from 64-bit integers to double, and no select feeds a multiply (which
+  // GCC if-converts only without trapping math or with AVX-512's masks). m in [1, 2) first; where
+  // m > sqrt(2) (compared as bit patterns: both positive), m / 2 and e + 1.
   const uint64_t m1 = (bits & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
   const uint64_t big = static_cast<uint64_t>(static_cast<int64_t>(m1) > int64_t{0x3FF6A09E667F3BCD});  // sqrt(2)
   const uint64_t mbits = m1 - (big << 52);
