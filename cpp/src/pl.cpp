@@ -337,21 +337,22 @@ template <class I>
 __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_t n, const double* weights,
                                                               const double* w, const double* theta, double top,
                                                               bool want_ll, double* dl, double* ll_out) {
-  double W[32][kLanes], INV[32][kLanes];
-  int32_t R[32][kLanes];
-  double wt[kLanes];
+  // W and C are [position][lane] (vector operations over the lanes); the items are read from the rankings
+  // again where they are scattered (each lane in its own order), not kept.
+  double W[32][kLanes], C[32][kLanes];
+  auto item_at = [r, n](int l, int64_t j) {
+    const uint64_t v = static_cast<uint64_t>(static_cast<int64_t>(r[l * n + j]));
+    return v < static_cast<uint64_t>(n) ? static_cast<int64_t>(v) : int64_t(0);
+  };
+  double wf[kLanes];  // the lane's weight where it is a full ranking, else 0 (it adds nothing here)
   uint32_t full = 0;
   for (int l = 0; l < kLanes; ++l) {
-    wt[l] = weights == nullptr ? 1.0 : weights[l];
-    full |= (r[l * n + n - 1] != I(-1) ? 1u : 0u) << l;
+    const bool is_full = r[l * n + n - 1] != I(-1);
+    full |= (is_full ? 1u : 0u) << l;
+    wf[l] = is_full ? (weights == nullptr ? 1.0 : weights[l]) : 0.0;
   }
-  for (int64_t j = 0; j < n; ++j) {
-    for (int l = 0; l < kLanes; ++l) {
-      const int64_t v = static_cast<int64_t>(r[l * n + j]);
-      const int32_t item = v >= 0 && v < n ? static_cast<int32_t>(v) : 0;
-      R[j][l] = item;
-      W[j][l] = w[item];
-    }
+  for (int l = 0; l < kLanes; ++l) {
+    for (int64_t j = 0; j < n; ++j) W[j][l] = w[item_at(l, j)];
   }
   // sum_{j < n-1} (theta[R_j] - top) of a full ranking: all of theta but its last item's.
   double theta_sum = 0.0;
@@ -359,36 +360,42 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_
     for (int64_t i = 0; i < n; ++i) theta_sum += theta[i];
     theta_sum -= static_cast<double>(n - 1) * top;
   }
-  double acc[kLanes], c[kLanes], lsum[kLanes], prod[kLanes];
+  // Suffix sums into C (their reciprocals), then C becomes the weighted prefix sums of those reciprocals: the
+  // denominator that a ranking adds to the item at position p is wf * sum_{j <= min(p, n - 2)} 1 / S_j.
+  double acc[kLanes], c[kLanes], prod[kLanes];
   int32_t exps[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     acc[l] = W[n - 1][l];
     c[l] = 0.0;
-    lsum[l] = theta_sum - theta[R[n - 1][l]];
     prod[l] = 1.0;
     exps[l] = 0;
   }
   for (int64_t j = n - 2; j >= 0; --j) {
     for (int l = 0; l < kLanes; ++l) {
       acc[l] += W[j][l];
-      INV[j][l] = 1.0 / acc[l];
+      C[j][l] = 1.0 / acc[l];
     }
     if (want_ll) {
       for (int l = 0; l < kLanes; ++l) prod[l] *= acc[l];
       if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two
     }
   }
-  for (int64_t p = 0; p < n; ++p) {
+  for (int64_t p = 0; p < n - 1; ++p) {
     for (int l = 0; l < kLanes; ++l) {
-      if (p < n - 1) c[l] += INV[p][l];
-      dl[R[p][l] * kLanes + l] += ((full >> l) & 1u) != 0 ? wt[l] * c[l] : 0.0;
+      c[l] += C[p][l];
+      C[p][l] = wf[l] * c[l];
     }
+  }
+  for (int l = 0; l < kLanes; ++l) C[n - 1][l] = C[n - 2][l];
+  for (int l = 0; l < kLanes; ++l) {
+    for (int64_t p = 0; p < n; ++p) dl[item_at(l, p) * kLanes + l] += C[p][l];
   }
   double ll = 0.0;
   if (want_ll) {
     for (int l = 0; l < kLanes; ++l) {
-      const double v = lsum[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
-      ll += ((full >> l) & 1u) != 0 && wt[l] != 0.0 ? wt[l] * v : 0.0;
+      const double lsum = theta_sum - theta[item_at(l, n - 1)];
+      const double v = lsum - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
+      ll += ((full >> l) & 1u) != 0 && wf[l] != 0.0 ? wf[l] * v : 0.0;
     }
   }
   *ll_out = ll;
@@ -945,7 +952,8 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
   for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
-    double* acc = global_grad ? partial.data() + k * n : nullptr;
+    std::vector<double> own(global_grad ? static_cast<size_t>(n) : 0, 0.0);  // the chunk's sums (see pl_fit_setup)
+    double* acc = own.data();
     const bool global_scores = sh.global_scores;
     const pl::Strided<double> inv = sc.inv_view();
     auto row = [&](int64_t b, auto& bits) {
@@ -967,6 +975,7 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
     bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
       return lanes(s + b * n, r + b * m, n, m, ll + b, grad == nullptr ? nullptr : grad + b * n);
     });
+    if (global_grad) std::copy(own.begin(), own.end(), partial.begin() + k * n);
   });
   const int64_t first = min_of(bad);
   if (first == kNoError && global_grad) {
@@ -992,7 +1001,7 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
                         sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
-    pl::Moments& acc = part[static_cast<size_t>(k)];
+    pl::Moments acc;  // the chunk's sums, kept off the shared slabs (see pl_fit_setup)
     auto row = [&](int64_t b, auto& bits) {
       const T* sr = sh.global_scores ? s : s + b * n;
       const I* rr = r + b * m;
@@ -1011,6 +1020,7 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
     bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
       return temp_lanes(s + b * n, r + b * m, n, m, beta, acc);
     });
+    part[static_cast<size_t>(k)] = acc;
   });
   out[0] = out[1] = out[2] = 0.0;
   for (int64_t c = 0; c < n_chunks; ++c) {
@@ -2012,8 +2022,13 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
   std::vector<uint8_t> part_edges(static_cast<size_t>(n_chunks * n * n), 0);
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
-    double* w = part.data() + c * 2 * n;
-    uint8_t* e = part_edges.data() + c * n * n;
+    // The chunk's sums in the thread's own memory, copied to its slab at the end: the slabs of the chunks
+    // that run at once are neighbours, and adding into them row by row shared their cache lines between
+    // the cores (false sharing: a third of this pass's time on two cores).
+    std::vector<double> own(static_cast<size_t>(2 * n), 0.0);
+    std::vector<uint8_t> own_edges(static_cast<size_t>(n * n), 0);
+    double* w = own.data();
+    uint8_t* e = own_edges.data();
     const pl::AddTo add{w};
     auto edge = [e, n](int64_t a, int64_t b) { e[a * n + b] = 1; };
     // The first MM pass at equal worths: stage j of a row with |A| available items has |A| - j of them, so
@@ -2023,7 +2038,7 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
     std::vector<double> harmonic(static_cast<size_t>(n + 1)), log_sum(static_cast<size_t>(n + 1));
     int64_t tabulated = -1;
     double ll = 0.0;
-    bad[static_cast<size_t>(c)] = for_rows(n, sc, lo, hi, [&](int64_t b, auto& bits) {
+    auto general = [&](int64_t b, auto& bits) {
       const I* rr = r + b * m;
       const uint8_t* mk = mask_row(sh, b);
       const double wt = weights == nullptr ? 1.0 : weights[b];
@@ -2060,7 +2075,53 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
       }
       pl::clear_listed(rr, m, n, bits);
       return good;
-    });
+    };
+    // Full rankings of up to 64 items without a mask: checked by the bits of their items, then the same
+    // additions as `general` in the same order (wins and edges as pl::setup_row, then the denominators), with
+    // no per-row count of the available items. A row that fails either check goes to `general`, which
+    // reports it.
+    const bool fast = sh.mask == nullptr && m == n && n >= 2 && n <= 64;
+    if (!fast) {
+      bad[static_cast<size_t>(c)] = for_rows(n, sc, lo, hi, general);
+    } else {
+      for (int64_t j = 0; j < n; ++j) {  // as `general` tabulates them for n available items
+        harmonic[static_cast<size_t>(j)] = (j == 0 ? 0.0 : harmonic[static_cast<size_t>(j - 1)]) + 1.0 / static_cast<double>(n - j);
+        log_sum[static_cast<size_t>(j)] = (j == 0 ? 0.0 : log_sum[static_cast<size_t>(j - 1)]) + std::log(static_cast<double>(n - j));
+      }
+      tabulated = n;
+      const uint64_t all = n == 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1;
+      const double* H = harmonic.data();
+      Bits64 bits;
+      for (int64_t b = lo; b < hi; ++b) {
+        const I* rr = r + b * n;
+        const double wt = weights == nullptr ? 1.0 : weights[b];
+        uint64_t seen = 0;
+        bool in_range = true;
+        for (int64_t p = 0; p < n; ++p) {
+          const uint64_t v = static_cast<uint64_t>(static_cast<int64_t>(rr[p]));
+          in_range &= v < static_cast<uint64_t>(n);
+          seen |= uint64_t(1) << (v & 63u);
+        }
+        if (!(in_range && seen == all && wt >= 0.0 && wt <= 1.7976931348623157e308)) {
+          if (!general(b, bits)) {
+            bad[static_cast<size_t>(c)] = b;
+            break;
+          }
+          continue;
+        }
+        if (wt == 0.0) continue;
+        for (int64_t p = 0; p + 1 < n; ++p) {
+          const int64_t v = static_cast<int64_t>(rr[p]);
+          w[v] += wt;
+          e[v * n + static_cast<int64_t>(rr[p + 1])] = 1;
+        }
+        for (int64_t p = 0; p + 1 < n; ++p) d0[static_cast<int64_t>(rr[p])] += wt * H[p];
+        d0[static_cast<int64_t>(rr[n - 1])] += wt * H[n - 2];
+        ll -= wt * log_sum[static_cast<size_t>(n - 2)];
+      }
+    }
+    std::copy(own.begin(), own.end(), part.begin() + c * 2 * n);
+    std::copy(own_edges.begin(), own_edges.end(), part_edges.begin() + c * n * n);
     part_ll[static_cast<size_t>(c)] = ll;
   });
   std::fill(wins, wins + n, 0.0);
@@ -2094,7 +2155,8 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
   const bool lanes_ok = !want_q && sh.mask == nullptr && m == n && n >= 2 && n <= 32 && top - bottom <= 300.0;
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
-    double* base = part.data() + c * (n + qn);
+    std::vector<double> own(static_cast<size_t>(n + qn), 0.0);  // the chunk's sums (see pl_fit_setup)
+    double* base = own.data();
     const pl::AddTo add_d{base};
     const pl::AddTo add_q{want_q ? base + n : nullptr};
     double ll = 0.0;
@@ -2130,6 +2192,7 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
       }
     }
     for_rows(n, sc, start, hi, row);
+    std::copy(own.begin(), own.end(), part.begin() + c * (n + qn));
     part_ll[static_cast<size_t>(c)] = ll;
   });
   std::fill(denom, denom + n, 0.0);
