@@ -765,10 +765,22 @@ def test_newton_stall_is_not_reported_as_convergence(rng, monkeypatch):
     assert pl.fit(rankings, 5, method="newton", tol=1e-12).converged
 
 
-@pytest.mark.parametrize("case", ["partial-masked", "full", "full-and-partial"])
-def test_fit_passes_match_reference(rng, case):
+@pytest.mark.parametrize(
+    "case,n",
+    [
+        ("partial-masked", 7),
+        ("full", 20),
+        ("full-and-partial", 20),
+        # the widths around the fast paths' limits: the setup's one and two words of item bits (64, 128), the
+        # vector passes (up to 128 items)
+        ("full", 64),
+        ("full-and-partial", 65),
+        ("full", 128),
+        ("full-and-partial", 129),
+    ],
+)
+def test_fit_passes_match_reference(rng, case, n):
     """Per-row passes and the sixteen-rankings vector passes (full rankings, no mask) against the oracle."""
-    n = 7 if case == "partial-masked" else 20
     _, rankings, mask = pl_data(
         rng, 500, n, partial=case == "partial-masked", masked="row" if case == "partial-masked" else None
     )
@@ -982,6 +994,39 @@ def test_bad_rankings_are_rejected_with_the_row(backend: Backend, rankings, mask
         prefcal.recalibrate.temperature(backend.array(scores), backend.array(r), **kw)
     with pytest.raises(exc, match=match):
         pl.fit(backend.array(r), 4, **kw)
+
+
+@pytest.mark.parametrize("n", [5, 64, 65, 128])
+@pytest.mark.parametrize("kind", ["range", "negative", "repeat", "hole", "weight"])
+def test_fit_rejects_the_first_bad_full_ranking(rng, n, kind):
+    """Full rankings without a mask take the fit setup's fast check; a bad one among thousands of good ones
+    (in two chunks, the later one first in the data's order of chunks) is reported with its row."""
+    rankings = np.argsort(rng.random((6000, n)), axis=1)
+    weights = np.ones(6000)
+    for b in (4100, 2300):
+        if kind == "range":
+            rankings[b, 3] = n
+        elif kind == "negative":
+            rankings[b, 3] = -2
+        elif kind == "repeat":
+            rankings[b, 3] = rankings[b, 4]
+        elif kind == "hole":
+            rankings[b, 3] = -1
+        else:
+            weights[b] = -1.0
+    match = {
+        "range": rf"rankings\[2300, 3\] = {n} is out of range",
+        "negative": r"rankings\[2300, 3\] = -2 is out of range",
+        "repeat": r"rankings\[2300\] repeats item \d+ \(positions 3 and 4\)",
+        "hole": r"rankings\[2300, 4\] = \d+ follows padding \(-1\) at position 3",
+        "weight": r"weights\[2300\] = -1.0 is negative",
+    }[kind]
+    with pytest.raises(ValueError, match=match):
+        pl.fit(rankings, n, weights=weights)
+    rankings[2300] = np.arange(n)  # the row fixed: the later bad one is reported
+    weights[2300] = 1.0
+    with pytest.raises(ValueError, match=match.replace("2300", "4100")):
+        pl.fit(rankings, n, weights=weights)
 
 
 def test_bad_scores_and_weights_are_rejected(backend: Backend):

@@ -328,18 +328,22 @@ __attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, con
   return rest;
 }
 
-// One fit pass over sixteen full rankings (no mask, every item listed, n <= 32) per vector step: the worths are
-// gathered [position][ranking], the suffix sums, their reciprocals, the prefix sums and the float64 product of
-// the normalisers are vector operations over the rankings, and each ranking adds its denominators into its
-// own column of `dl` ([item][lane]), so lanes never collide. Same arithmetic as pl::fit_row. Returns the
-// lanes that are not full rankings (left to the per-row code).
+constexpr int64_t kFitLanesMax = 128;  // the most items of the fit lanes (their table: 16 KiB)
+
+// One fit pass over sixteen full rankings (no mask, every item listed, n <= kFitLanesMax) per vector step: the
+// worths are gathered [position][ranking], the suffix sums, their reciprocals, the prefix sums and the float64
+// product of the normalisers are vector operations over the rankings, and each ranking adds its denominators
+// into its own column of `dl` ([item][lane]), so lanes never collide. Same arithmetic as pl::fit_row. Returns
+// the lanes that are not full rankings (left to the per-row code).
 template <class I>
 __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_t n, const double* weights,
                                                               const double* w, const double* theta, double top,
                                                               bool want_ll, double* dl, double* ll_out) {
-  // W and C are [position][lane] (vector operations over the lanes); the items are read from the rankings
-  // again where they are scattered (each lane in its own order), not kept.
-  double W[32][kLanes], C[32][kLanes];
+  // W is [position][lane] (vector operations over the lanes): the worths, then in place the reciprocals of
+  // the suffix sums, then the weighted prefix sums of those (C); the items are read from the rankings again
+  // where they are scattered (each lane in its own order), not kept.
+  double W[kFitLanesMax][kLanes];
+  auto& C = W;
   auto item_at = [r, n](int l, int64_t j) {
     const uint64_t v = static_cast<uint64_t>(static_cast<int64_t>(r[l * n + j]));
     return v < static_cast<uint64_t>(n) ? static_cast<int64_t>(v) : int64_t(0);
@@ -377,7 +381,7 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_
     }
     if (want_ll) {
       for (int l = 0; l < kLanes; ++l) prod[l] *= acc[l];
-      if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two
+      if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 128]: every two
     }
   }
   for (int64_t p = 0; p < n - 1; ++p) {
@@ -2076,48 +2080,72 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
       pl::clear_listed(rr, m, n, bits);
       return good;
     };
-    // Full rankings of up to 64 items without a mask: checked by the bits of their items, then the same
+    // Full rankings of up to 128 items without a mask: checked by the bits of their items, then the same
     // additions as `general` in the same order (wins and edges as pl::setup_row, then the denominators), with
     // no per-row count of the available items. A row that fails either check goes to `general`, which
     // reports it.
-    const bool fast = sh.mask == nullptr && m == n && n >= 2 && n <= 64;
+    const bool fast = sh.mask == nullptr && m == n && n >= 2 && n <= 128;
     if (!fast) {
       bad[static_cast<size_t>(c)] = for_rows(n, sc, lo, hi, general);
     } else {
+      double h = 0.0, l = 0.0;
       for (int64_t j = 0; j < n; ++j) {  // as `general` tabulates them for n available items
-        harmonic[static_cast<size_t>(j)] = (j == 0 ? 0.0 : harmonic[static_cast<size_t>(j - 1)]) + 1.0 / static_cast<double>(n - j);
-        log_sum[static_cast<size_t>(j)] = (j == 0 ? 0.0 : log_sum[static_cast<size_t>(j - 1)]) + std::log(static_cast<double>(n - j));
+        h += 1.0 / static_cast<double>(n - j);
+        l += std::log(static_cast<double>(n - j));
+        harmonic[static_cast<size_t>(j)] = h;
+        log_sum[static_cast<size_t>(j)] = l;
       }
       tabulated = n;
-      const uint64_t all = n == 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1;
+      auto ones = [](int64_t c) { return c <= 0 ? uint64_t(0) : c >= 64 ? ~uint64_t(0) : (uint64_t(1) << c) - 1; };
+      const uint64_t all0 = ones(n), all1 = ones(n - 64);
       const double* H = harmonic.data();
-      Bits64 bits;
-      for (int64_t b = lo; b < hi; ++b) {
-        const I* rr = r + b * n;
-        const double wt = weights == nullptr ? 1.0 : weights[b];
-        uint64_t seen = 0;
-        bool in_range = true;
-        for (int64_t p = 0; p < n; ++p) {
-          const uint64_t v = static_cast<uint64_t>(static_cast<int64_t>(rr[p]));
-          in_range &= v < static_cast<uint64_t>(n);
-          seen |= uint64_t(1) << (v & 63u);
-        }
-        if (!(in_range && seen == all && wt >= 0.0 && wt <= 1.7976931348623157e308)) {
-          if (!general(b, bits)) {
-            bad[static_cast<size_t>(c)] = b;
-            break;
+      const double lsn = log_sum[static_cast<size_t>(n - 2)];
+      const int64_t nn = n;  // locals: the byte stores of the edges could alias what the lambda refers to
+      double* const dw = w;
+      double* const dd = d0;
+      uint8_t* const de = e;
+      // Two: items 64-127 too (a second word of bits)
+      auto rows = [&](auto two) {
+        constexpr bool Two = decltype(two)::value;
+        for (int64_t b = lo; b < hi; ++b) {
+          const I* rr = r + b * nn;
+          const double wt = weights == nullptr ? 1.0 : weights[b];
+          uint64_t seen0 = 0, seen1 = 0;  // items 0-63, 64-127
+          bool in_range = true;
+          for (int64_t p = 0; p < nn; ++p) {
+            const uint64_t v = static_cast<uint64_t>(static_cast<int64_t>(rr[p]));
+            in_range &= v < static_cast<uint64_t>(nn);
+            const uint64_t bit = uint64_t(1) << (v & 63u);
+            if constexpr (Two) {
+              const uint64_t high = uint64_t(0) - ((v >> 6) & 1u);  // all ones for items 64-127 (no branch)
+              seen0 |= bit & ~high;
+              seen1 |= bit & high;
+            } else {
+              seen0 |= bit;
+            }
           }
-          continue;
+          if (!(in_range && seen0 == all0 && seen1 == all1 && wt >= 0.0 && wt <= 1.7976931348623157e308)) {
+            if (for_rows(nn, sc, b, b + 1, general) != kNoError) {  // the bit set for n (see for_rows)
+              bad[static_cast<size_t>(c)] = b;
+              break;
+            }
+            continue;
+          }
+          if (wt == 0.0) continue;
+          for (int64_t p = 0; p + 1 < nn; ++p) {
+            const int64_t v = static_cast<int64_t>(rr[p]);
+            dw[v] += wt;
+            de[v * nn + static_cast<int64_t>(rr[p + 1])] = 1;
+          }
+          for (int64_t p = 0; p + 1 < nn; ++p) dd[static_cast<int64_t>(rr[p])] += wt * H[p];
+          dd[static_cast<int64_t>(rr[nn - 1])] += wt * H[nn - 2];
+          ll -= wt * lsn;
         }
-        if (wt == 0.0) continue;
-        for (int64_t p = 0; p + 1 < n; ++p) {
-          const int64_t v = static_cast<int64_t>(rr[p]);
-          w[v] += wt;
-          e[v * n + static_cast<int64_t>(rr[p + 1])] = 1;
-        }
-        for (int64_t p = 0; p + 1 < n; ++p) d0[static_cast<int64_t>(rr[p])] += wt * H[p];
-        d0[static_cast<int64_t>(rr[n - 1])] += wt * H[n - 2];
-        ll -= wt * log_sum[static_cast<size_t>(n - 2)];
+      };
+      if (n <= 64) {
+        rows(std::false_type{});
+      } else {
+        rows(std::true_type{});
       }
     }
     std::copy(own.begin(), own.end(), part.begin() + c * 2 * n);
@@ -2152,7 +2180,7 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
   std::vector<double> w(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) w[static_cast<size_t>(i)] = std::exp(theta[i] - top);
   const double bottom = n > 0 ? *std::min_element(theta, theta + n) : 0.0;
-  const bool lanes_ok = !want_q && sh.mask == nullptr && m == n && n >= 2 && n <= 32 && top - bottom <= 300.0;
+  const bool lanes_ok = !want_q && sh.mask == nullptr && m == n && n >= 2 && n <= kFitLanesMax && top - bottom <= 300.0;
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<double> own(static_cast<size_t>(n + qn), 0.0);  // the chunk's sums (see pl_fit_setup)
@@ -2174,14 +2202,14 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
     int64_t start = lo;
     if (lanes_ok) {
       std::vector<double> dl(static_cast<size_t>(n * kLanes), 0.0);
-      Bits64 bits;
       for (; start + kLanes <= hi; start += kLanes) {
         double block_ll = 0.0;
         uint32_t rest = fit_lanes(r + start * n, n, weights == nullptr ? nullptr : weights + start, w.data(), theta,
                                   top, want_ll, dl.data(), &block_ll);
         ll += block_ll;
-        while (rest != 0) {
-          row(start + __builtin_ctz(rest), bits);
+        while (rest != 0) {  // with the bit set for_rows picks (a register's 64 bits hold too few items past 64)
+          const int64_t b = start + __builtin_ctz(rest);
+          for_rows(n, sc, b, b + 1, row);
           rest &= rest - 1;
         }
       }
