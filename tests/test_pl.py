@@ -286,6 +286,23 @@ def _both_ways(hook, call):
     return fast, slow
 
 
+def spoil_ranking(rankings: np.ndarray, b: int, kind: str, at: int) -> bool:
+    """Makes row b of full rankings invalid at position ``at`` by ``kind``: an item out of range ("range"), a
+    negative one ("negative"), a repeat of the item before it ("repeat"), or padding just before it
+    ("early_pad", "hole"). False for any other kind (the row unchanged)."""
+    if kind == "range":
+        rankings[b, at] = rankings.shape[1]
+    elif kind == "negative":
+        rankings[b, at] = -2
+    elif kind == "repeat":
+        rankings[b, at] = rankings[b, at - 1]
+    elif kind in ("early_pad", "hole"):
+        rankings[b, at - 1] = -1
+    else:
+        return False
+    return True
+
+
 def _loglik_both_ways(cpu, scores, rankings, want_grad=False):
     """The CPU kernel's (ll, grad, first bad row) with the explicit AVX-512 or AVX2 lanes (as the `simd`
     fixture caps them) and without them (the compiler-vectorised lanes)."""
@@ -339,14 +356,8 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
     for kind in kinds:
         for b in (0, 15, 16, int(rng.integers(rows)), rows - 1):
             s, r = scores.copy(), rankings.copy()
-            if kind == "range":
-                r[b, n // 2] = n
-            elif kind == "negative":
-                r[b, 0] = -2
-            elif kind == "repeat":
-                r[b, 1] = r[b, 0]
-            elif kind == "early_pad":
-                r[b, 0] = -1
+            if spoil_ranking(r, b, kind, n // 2 if kind == "range" else 1):
+                pass  # a bad ranking
             elif kind == "beyond_int32":
                 r[b, 1] += 2**40  # narrowed to 32 bits it is the same item
             elif kind == "nan":
@@ -1004,15 +1015,7 @@ def test_fit_rejects_the_first_bad_full_ranking(rng, n, kind):
     rankings = np.argsort(rng.random((6000, n)), axis=1)
     weights = np.ones(6000)
     for b in (4100, 2300):
-        if kind == "range":
-            rankings[b, 3] = n
-        elif kind == "negative":
-            rankings[b, 3] = -2
-        elif kind == "repeat":
-            rankings[b, 3] = rankings[b, 4]
-        elif kind == "hole":
-            rankings[b, 3] = -1
-        else:
+        if not spoil_ranking(rankings, b, kind, 4 if kind in ("repeat", "hole") else 3):
             weights[b] = -1.0
     match = {
         "range": rf"rankings\[2300, 3\] = {n} is out of range",
