@@ -298,6 +298,21 @@ def test_brier_and_log_loss(backend: Backend, rng, dtype, weighted):
     assert prefcal.log_loss(backend.array(conf), backend.array(correct), **kw) == pytest.approx(want_ll, rel=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_loss_is_accurate_where_its_terms_are_tiny(backend: Backend, rng, dtype):
+    """Outcome 0 at confidences near 0 and outcome 1 near 1: terms of ~c and ~1 - c, summed to full relative
+    precision (log(1 - c) with 1 - c rounded would be off by ~1e-6 relative here in float64)."""
+    eps = np.finfo(dtype).eps
+    small = (eps * (1 + rng.random(5003) * 1e4)).astype(dtype)  # above the clip, below 1e-3 or 1e-12
+    conf = np.concatenate([small, (1 - small.astype(np.float64)).astype(dtype)])
+    correct = np.concatenate([np.zeros(small.size, bool), np.ones(small.size, bool)])
+    cl = np.clip(conf.astype(np.float64), eps, 1 - eps)
+    terms = [-math.log1p(-c) if not y else -math.log(c) for c, y in zip(cl.tolist(), correct.tolist(), strict=True)]
+    want = math.fsum(terms) / conf.size
+    got = prefcal.log_loss(backend.array(conf), backend.array(correct))
+    assert got == pytest.approx(want, rel=1e-13)
+
+
 # ----------------------------------------------------------------------------------------- Reliability
 
 

@@ -57,6 +57,8 @@ def test_bad_correct(backend: Backend, strategy, dtype, value, shown):
     correct[65536] = value
     with pytest.raises(ValueError, match=re.escape(f"correct[65536] = {shown} is not 0 or 1")):
         _binary(backend, conf, correct, strategy=strategy)
+    with pytest.raises(ValueError, match=re.escape(f"correct[65536] = {shown} is not 0 or 1")):
+        prefcal.brier(backend.array(conf), backend.array(correct))
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
@@ -87,6 +89,8 @@ def test_first_bad_row_wins_across_arguments(backend: Backend):
     weights[500] = -2.0
     with pytest.raises(ValueError, match=re.escape("correct[400] = 3 is not 0 or 1")):
         _binary(backend, conf, correct, weights)
+    with pytest.raises(ValueError, match=re.escape("correct[400] = 3 is not 0 or 1")):
+        prefcal.log_loss(backend.array(conf), backend.array(correct), weights=backend.array(weights))
 
 
 def test_zero_total_weight(backend: Backend):
