@@ -145,7 +145,7 @@ unsigned outcomes_ok(const TY* t, int m) {
   }
 }
 
-unsigned weights_ok(const double* w, int m) {
+PREFCAL_CLONES unsigned weights_ok(const double* w, int m) {  // the baseline (SSE2) clone stays scalar
   unsigned ok = 1;
   for (int j = 0; j < m; ++j) ok &= static_cast<unsigned>(valid_weight(w[j]));
   return ok;
@@ -196,14 +196,14 @@ int64_t uniform_chunk_weighted(const TC* conf, const TY* y, const double* w, int
         const double wj = v[j + u];
         cw[b] += wj;
         scw[b] += wj * static_cast<double>(c[j + u]);
-        syw[b] += outcome(t[j + u]) ? wj : 0.0;
+        syw[b] += wj * static_cast<double>(outcome(t[j + u]));  // not a select: GCC branched on the outcome
       }
     }
     for (; j < m; ++j) {
       const int32_t b = idx[j];
       cw[b] += v[j];
       scw[b] += v[j] * static_cast<double>(c[j]);
-      syw[b] += outcome(t[j]) ? v[j] : 0.0;
+      syw[b] += v[j] * static_cast<double>(outcome(t[j]));
     }
   }
   return kNoError;
@@ -377,7 +377,7 @@ int64_t bin_quantile(const TC* conf, const TY* y, const double* w, int64_t n, in
       const double wi = w == nullptr ? 1.0 : w[i];
       p[b] += wi;
       p[B + b] += wi * c;
-      p[2 * B + b] += outcome(y[i]) ? wi : 0.0;
+      p[2 * B + b] += wi * static_cast<double>(outcome(y[i]));  // not a select (a branch on the outcome)
     }
     std::copy(own.begin(), own.end(), partial.begin() + k * width);
   });
@@ -405,7 +405,7 @@ int64_t bin_quantile(const TC* conf, const TY* y, const double* w, int64_t n, in
       const double wi = w == nullptr ? 1.0 : w[it.i];
       out[b] += wi;
       out[B + b] += wi * it.c;
-      out[2 * B + b] += outcome(y[it.i]) ? wi : 0.0;
+      out[2 * B + b] += wi * static_cast<double>(outcome(y[it.i]));
       for (; b >= 1 && quantile_start(b, n, B) == r; --b) edges[b] = it.c;
     }
     pos += size_t(cnt);
