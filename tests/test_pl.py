@@ -694,10 +694,15 @@ def test_mode_with_mask_pads_with_minus_one():
 
 
 def test_pairwise(backend: Backend, rng):
-    scores = rng.normal(size=(6, 5)) * 30
+    scores = rng.normal(size=(6, 5)) * 30  # rows spanning less than 300: the vectorised exp
+    scores[4] *= 20  # wider: the exact path, probabilities down to e^-700 and below
+    scores[5] = [0.0, 710.0, -40.0, 745.5, 300.0]  # subnormal and zero probabilities
     p = backend.numpy(pl.pairwise(backend.array(scores)))
-    ref = 1.0 / (1.0 + np.exp(-(scores[:, :, None] - scores[:, None, :])))
+    with np.errstate(over="ignore"):  # exp(745) is inf: 1 / (1 + inf) = 0
+        ref = 1.0 / (1.0 + np.exp(-(scores[:, :, None] - scores[:, None, :])))
     np.testing.assert_allclose(p, ref, rtol=1e-12, atol=1e-300)
+    tiny = p[5][p[5] < np.finfo(np.float64).tiny]
+    assert (tiny == 0).sum() == 3 and (tiny > 0).sum() == 1  # e^-750 and below round to 0; e^-710 is subnormal
     assert (np.diagonal(p, axis1=1, axis2=2) == 0.5).all()
     np.testing.assert_allclose(p + p.transpose(0, 2, 1), 1.0, rtol=1e-15)
     assert backend.numpy(pl.pairwise(backend.array(scores[0]))).shape == (5, 5)

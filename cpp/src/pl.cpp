@@ -1993,6 +1993,24 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
   return min_of(bad);
 }
 
+// P(i before j) of one row whose scores span at most 300: sigmoid(d) = 1 / (1 + e) or e / (1 + e) with
+// e = exp(-|d|) by fastmath::exp_neg (within 2 ulp there), a vectorised loop; the same e for (i, j) and (j, i),
+// so the two add up to 1 within rounding, and exactly 0.5 on the diagonal.
+template <class T>
+__attribute__((always_inline)) inline void pairwise_row_impl(const T* sr, int64_t n, T* o) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double si = static_cast<double>(sr[i]);
+    T* oi = o + i * n;
+    for (int64_t j = 0; j < n; ++j) {
+      const double d = si - static_cast<double>(sr[j]);
+      const double e = fastmath::exp_neg(-std::fabs(d));
+      oi[j] = static_cast<T>((d >= 0.0 ? 1.0 : e) / (1.0 + e));
+    }
+  }
+}
+PREFCAL_CLONES void pairwise_row(const float* sr, int64_t n, float* o) { pairwise_row_impl(sr, n, o); }
+PREFCAL_CLONES void pairwise_row(const double* sr, int64_t n, double* o) { pairwise_row_impl(sr, n, o); }
+
 template <class T>
 int64_t pl_pairwise(const T* s, int64_t rows, int64_t n, T* out) {
   const int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(n * n, 1));
@@ -2006,7 +2024,12 @@ int64_t pl_pairwise(const T* s, int64_t rows, int64_t n, T* out) {
         return;
       }
       T* o = out + b * n * n;
-      for (int64_t i = 0; i < n; ++i) {
+      const auto [lo_s, hi_s] = std::minmax_element(sr, sr + n);
+      if (n > 0 && static_cast<double>(*hi_s) - static_cast<double>(*lo_s) <= 300.0) {
+        pairwise_row(sr, n, o);
+        continue;
+      }
+      for (int64_t i = 0; i < n; ++i) {  // wider rows: the exact sigmoid (probabilities down to subnormals)
         for (int64_t j = 0; j < n; ++j) o[i * n + j] = static_cast<T>(pl::sigmoid(static_cast<double>(sr[i]) - sr[j]));
       }
     }

@@ -376,7 +376,7 @@ int64_t binary_table(int64_t rows, int32_t n_bins, double* table, Events&& event
       double* t = acc + bin(p) * 3;
       t[0] += 1.0;
       t[1] += p;
-      t[2] += hit ? 1.0 : 0.0;
+      t[2] += static_cast<double>(hit);  // not a select: a branch on a random outcome
     };
     int64_t skip = 0;
     events(lo, hi, add, skip);
