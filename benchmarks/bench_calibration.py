@@ -5,6 +5,9 @@
 Peers measured in the same run: the NumPy reference (prefcal._reference), a tight NumPy formulation
 (integer index + three bincounts, no validation), torchmetrics (if installed) and a plain memory copy of the
 same number of bytes (the bandwidth floor). Inputs: float32 confidences + bool outcomes (5 bytes per row).
+Also, at 10^7 rows: the weighted ECE (float64 weights, 13 bytes per row) against the tight NumPy
+formulation with weights, and the Brier score and log loss against their NumPy one-liners and
+scikit-learn's brier_score_loss / log_loss.
 """
 
 from __future__ import annotations
@@ -78,3 +81,66 @@ def test_ece_quantile(benchmark, recorder, data, impl):
         fn = lambda: _reference.bin_quantile(conf, correct, None, B)  # noqa: E731
     benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
     recorder(benchmark, group, impl, conf.size, conf.nbytes + correct.nbytes)
+
+
+@pytest.fixture(scope="module")
+def big():
+    rng = np.random.default_rng(1)
+    conf = rng.random(SIZES["1e7"], dtype=np.float32)
+    return conf, rng.random(conf.size) < conf, rng.random(conf.size)
+
+
+@pytest.mark.parametrize("impl", ["prefcal (C++)", "tight NumPy"])
+def test_ece_weighted(benchmark, recorder, big, impl):
+    conf, correct, w = big
+    if impl == "prefcal (C++)":
+        fn = lambda: prefcal.ece(conf, correct, weights=w, n_bins=B)  # noqa: E731
+    else:
+
+        def fn():
+            idx = np.minimum((conf * B).astype(np.intp), B - 1)
+            count = np.bincount(idx, weights=w, minlength=B)
+            s_conf = np.bincount(idx, weights=w * conf, minlength=B)
+            s_cor = np.bincount(idx, weights=w * correct, minlength=B)
+            return float(np.sum(np.abs(s_cor - s_conf)) / count.sum())
+
+    benchmark.group = "ece-weighted-1e7"
+    benchmark.pedantic(fn, rounds=7, warmup_rounds=1)
+    recorder(benchmark, "ece-weighted-1e7", impl, conf.size, conf.nbytes + correct.nbytes + w.nbytes)
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [
+        "prefcal brier (C++)",
+        "prefcal log_loss (C++)",
+        "NumPy brier",
+        "NumPy log loss",
+        "sklearn brier_score_loss",
+        "sklearn log_loss",
+    ],
+)
+def test_scores(benchmark, recorder, big, impl):
+    conf, correct, _ = big
+    eps = float(np.finfo(np.float32).eps)
+    if impl == "prefcal brier (C++)":
+        fn = lambda: prefcal.brier(conf, correct)  # noqa: E731
+    elif impl == "prefcal log_loss (C++)":
+        fn = lambda: prefcal.log_loss(conf, correct)  # noqa: E731
+    elif impl == "NumPy brier":
+        fn = lambda: float(np.mean((conf.astype(np.float64) - correct) ** 2))  # noqa: E731
+    elif impl == "NumPy log loss":
+
+        def fn():
+            c = np.clip(conf.astype(np.float64), eps, 1 - eps)
+            return float(-np.mean(np.where(correct, np.log(c), np.log1p(-c))))
+
+    else:
+        metrics = pytest.importorskip("sklearn.metrics")
+        if impl == "sklearn brier_score_loss":
+            fn = lambda: metrics.brier_score_loss(correct, conf)  # noqa: E731
+        else:
+            fn = lambda: metrics.log_loss(correct, conf)  # noqa: E731
+    benchmark.group = "scores-1e7"
+    benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    recorder(benchmark, "scores-1e7", impl, conf.size, conf.nbytes + correct.nbytes)

@@ -12,6 +12,8 @@ Peers measured in the same run:
   tolerance, and choix.ilsr_rankings on 10^4 of the rankings (it is too slow for all of them; compare
   rows/s);
 * temperature 10^6 x 10: SciPy's bounded minimize_scalar of the NumPy formulation (float64);
+* pairwise probabilities of 10^5 rows of 10 float64 scores (10^7 sigmoids, 80 MB written): NumPy's
+  broadcast difference and overflow-free sigmoid;
 * the memory copy bandwidth.
 """
 
@@ -177,3 +179,20 @@ def test_temperature(benchmark, recorder, rows, impl):
 
     benchmark.pedantic(fn, rounds=3 if "C++" in impl else 1, warmup_rounds=0)
     recorder(benchmark, "pl-temperature-1e6x10", impl, N, scores.nbytes + rankings.nbytes)
+
+
+@pytest.mark.parametrize("impl", ["prefcal (C++)", "NumPy broadcast sigmoid"])
+def test_pairwise(benchmark, recorder, rows, impl):
+    scores = rows[0][: 10**5].astype(np.float64)
+    if impl == "prefcal (C++)":
+        fn = lambda: pl.pairwise(scores)  # noqa: E731
+    else:
+
+        def fn():
+            d = scores[:, :, None] - scores[:, None, :]
+            e = np.exp(-np.abs(d))
+            return np.where(d >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+    benchmark.group = "pl-pairwise-1e5x10"
+    benchmark.pedantic(fn, rounds=7, warmup_rounds=1)
+    recorder(benchmark, "pl-pairwise-1e5x10", impl, scores.shape[0], scores.nbytes + scores.size * NI * 8)
