@@ -359,13 +359,10 @@ int64_t bin_quantile(const TC* conf, const TY* y, const double* w, int64_t n, in
   const int64_t chunk = chunk_rows(width);
   const int64_t nc = (n + chunk - 1) / chunk;
   const int nt = threads_for(nc);
-  std::vector<double> partial(size_t(nc) * size_t(width), 0.0);
+  Slabs<double> partial(nc, width);
   std::vector<std::vector<SplitItem>> items(static_cast<size_t>(nc));
   for_chunks(n, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
-    // The chunk's sums in the thread's own memory, copied to its slab at the end (adding into the slabs row
-    // by row shared cache lines between the chunks that run at once).
-    std::vector<double> own(size_t(width), 0.0);
-    double* p = own.data();
+    double* p = partial.open(k);
     std::vector<SplitItem>& mine = items[size_t(k)];
     for (int64_t i = lo; i < hi; ++i) {
       const double c = static_cast<double>(conf[i]);
@@ -379,9 +376,8 @@ int64_t bin_quantile(const TC* conf, const TY* y, const double* w, int64_t n, in
       p[B + b] += wi * c;
       p[2 * B + b] += wi * static_cast<double>(outcome(y[i]));  // not a select (a branch on the outcome)
     }
-    std::copy(own.begin(), own.end(), partial.begin() + k * width);
   });
-  merge_partials(partial, nc, width, out);
+  partial.add_into(out);
 
   // Split rows: stable sort by value gives (value, row) order, and each split bucket is contiguous in it.
   std::vector<SplitItem> all;

@@ -515,14 +515,11 @@ int64_t marg_empirical(const I* r, int64_t rows, int64_t m, int64_t n, const uin
   const int64_t chunk = std::max<int64_t>(1, (rows + slabs - 1) / slabs);
   const int64_t n_chunks = rows == 0 ? 0 : (rows + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
-  std::vector<double> part(static_cast<size_t>(n_chunks * n * n), 0.0);
+  Slabs<double> part(n_chunks, n * n);
   for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     std::vector<uint32_t> words(static_cast<size_t>(n / 32 + 1), 0u);
     pl::BitsRef bits{{words.data(), 1}};
-    // The chunk's counts in the thread's own memory, copied to its slab at the end (adding into the slabs
-    // row by row shared cache lines between the chunks that run at once).
-    std::vector<double> own(static_cast<size_t>(n * n), 0.0);
-    double* acc = own.data();
+    double* acc = part.open(c);
     for (int64_t b = lo; b < hi; ++b) {
       const I* rr = r + b * m;
       const uint8_t* mk = mask_of(mask, global_mask, b, n);
@@ -546,13 +543,9 @@ int64_t marg_empirical(const I* r, int64_t rows, int64_t m, int64_t n, const uin
       }
       pl::clear_listed(rr, m, n, bits);
     }
-    std::copy(own.begin(), own.end(), part.begin() + c * n * n);
   });
   const int64_t first = min_of(bad);
-  std::fill(out, out + n * n, 0.0);
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    for (int64_t q = 0; q < n * n; ++q) out[q] += part[static_cast<size_t>(c * n * n + q)];
-  }
+  part.add_into(out);
   return first;
 }
 

@@ -950,14 +950,13 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
   const int64_t chunk = global_grad ? std::max<int64_t>(1, (N + slabs - 1) / slabs) : kRowChunk;
   const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
-  std::vector<double> partial(global_grad ? static_cast<size_t>(n_chunks * n) : 0, 0.0);
+  Slabs<double> partial(global_grad ? n_chunks : 0, n);
   const int nt = threads_for(n_chunks);
   const bool lanes_ok = !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
   for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
-    std::vector<double> own(global_grad ? static_cast<size_t>(n) : 0, 0.0);  // the chunk's sums (see pl_fit_setup)
-    double* acc = own.data();
+    double* acc = global_grad ? partial.open(k) : nullptr;
     const bool global_scores = sh.global_scores;
     const pl::Strided<double> inv = sc.inv_view();
     auto row = [&](int64_t b, auto& bits) {
@@ -979,13 +978,12 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
     bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
       return lanes(s + b * n, r + b * m, n, m, ll + b, grad == nullptr ? nullptr : grad + b * n);
     });
-    if (global_grad) std::copy(own.begin(), own.end(), partial.begin() + k * n);
   });
   const int64_t first = min_of(bad);
   if (first == kNoError && global_grad) {
     for (int64_t i = 0; i < n; ++i) {
       double t = 0.0;
-      for (int64_t c = 0; c < n_chunks; ++c) t += partial[static_cast<size_t>(c * n + i)];
+      for (int64_t c = 0; c < n_chunks; ++c) t += partial[c][i];
       grad[i] = static_cast<T>(t);
     }
     if (N == 0) std::fill(grad, grad + n, T(0));
@@ -1005,7 +1003,7 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
                         sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
-    pl::Moments acc;  // the chunk's sums, kept off the shared slabs (see pl_fit_setup)
+    pl::Moments acc;  // the chunk's sums, stored into its slot of `part` once (neighbouring slots share lines)
     auto row = [&](int64_t b, auto& bits) {
       const T* sr = sh.global_scores ? s : s + b * n;
       const I* rr = r + b * m;
@@ -2045,17 +2043,13 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
   const int64_t chunk = std::max<int64_t>(1, (N + slabs - 1) / slabs);
   const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
-  std::vector<double> part(static_cast<size_t>(n_chunks * 2 * n), 0.0), part_ll(static_cast<size_t>(n_chunks), 0.0);
-  std::vector<uint8_t> part_edges(static_cast<size_t>(n_chunks * n * n), 0);
+  Slabs<double> part(n_chunks, 2 * n);
+  Slabs<uint8_t> part_edges(n_chunks, n * n);
+  std::vector<double> part_ll(static_cast<size_t>(n_chunks), 0.0);
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
-    // The chunk's sums in the thread's own memory, copied to its slab at the end: the slabs of the chunks
-    // that run at once are neighbours, and adding into them row by row shared their cache lines between
-    // the cores (false sharing: a third of this pass's time on two cores).
-    std::vector<double> own(static_cast<size_t>(2 * n), 0.0);
-    std::vector<uint8_t> own_edges(static_cast<size_t>(n * n), 0);
-    double* w = own.data();
-    uint8_t* e = own_edges.data();
+    double* w = part.open(c);
+    uint8_t* e = part_edges.open(c);
     const pl::AddTo add{w};
     auto edge = [e, n](int64_t a, int64_t b) { e[a * n + b] = 1; };
     // The first MM pass at equal worths: stage j of a row with |A| available items has |A| - j of them, so
@@ -2064,6 +2058,17 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
     double* d0 = w + n;
     std::vector<double> harmonic(static_cast<size_t>(n + 1)), log_sum(static_cast<size_t>(n + 1));
     int64_t tabulated = -1;
+    auto tabulate = [&](int64_t n_avail) {
+      if (tabulated == n_avail) return;
+      double h = 0.0, l = 0.0;
+      for (int64_t j = 0; j < n_avail; ++j) {
+        h += 1.0 / static_cast<double>(n_avail - j);
+        l += std::log(static_cast<double>(n_avail - j));
+        harmonic[static_cast<size_t>(j)] = h;
+        log_sum[static_cast<size_t>(j)] = l;
+      }
+      tabulated = n_avail;
+    };
     double ll = 0.0;
     auto general = [&](int64_t b, auto& bits) {
       const I* rr = r + b * m;
@@ -2080,16 +2085,7 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
         }
         const int64_t lc = std::min(L, n_avail - 1);
         if (lc > 0 && wt != 0.0) {
-          if (tabulated != n_avail) {
-            double h = 0.0, l = 0.0;
-            for (int64_t j = 0; j < n_avail; ++j) {
-              h += 1.0 / static_cast<double>(n_avail - j);
-              l += std::log(static_cast<double>(n_avail - j));
-              harmonic[static_cast<size_t>(j)] = h;
-              log_sum[static_cast<size_t>(j)] = l;
-            }
-            tabulated = n_avail;
-          }
+          tabulate(n_avail);
           for (int64_t p = 0; p < L; ++p) d0[static_cast<int64_t>(rr[p])] += wt * harmonic[static_cast<size_t>(std::min(p, lc - 1))];
           if (L < n_avail) {
             const double last = wt * harmonic[static_cast<size_t>(lc - 1)];
@@ -2111,14 +2107,7 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
     if (!fast) {
       bad[static_cast<size_t>(c)] = for_rows(n, sc, lo, hi, general);
     } else {
-      double h = 0.0, l = 0.0;
-      for (int64_t j = 0; j < n; ++j) {  // as `general` tabulates them for n available items
-        h += 1.0 / static_cast<double>(n - j);
-        l += std::log(static_cast<double>(n - j));
-        harmonic[static_cast<size_t>(j)] = h;
-        log_sum[static_cast<size_t>(j)] = l;
-      }
-      tabulated = n;
+      tabulate(n);
       auto ones = [](int64_t c) { return c <= 0 ? uint64_t(0) : c >= 64 ? ~uint64_t(0) : (uint64_t(1) << c) - 1; };
       const uint64_t all0 = ones(n), all1 = ones(n - 64);
       const double* H = harmonic.data();
@@ -2171,8 +2160,6 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
         rows(std::true_type{});
       }
     }
-    std::copy(own.begin(), own.end(), part.begin() + c * 2 * n);
-    std::copy(own_edges.begin(), own_edges.end(), part_edges.begin() + c * n * n);
     part_ll[static_cast<size_t>(c)] = ll;
   });
   std::fill(wins, wins + n, 0.0);
@@ -2180,9 +2167,9 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
   std::fill(edges, edges + n * n, uint8_t(0));
   *ll0 = 0.0;
   for (int64_t c = 0; c < n_chunks; ++c) {
-    for (int64_t i = 0; i < n; ++i) wins[i] += part[static_cast<size_t>(c * 2 * n + i)];
-    for (int64_t i = 0; i < n; ++i) denom0[i] += part[static_cast<size_t>(c * 2 * n + n + i)];
-    for (int64_t i = 0; i < n * n; ++i) edges[i] |= part_edges[static_cast<size_t>(c * n * n + i)];
+    for (int64_t i = 0; i < n; ++i) wins[i] += part[c][i];
+    for (int64_t i = 0; i < n; ++i) denom0[i] += part[c][n + i];
+    for (int64_t i = 0; i < n * n; ++i) edges[i] |= part_edges[c][i];
     *ll0 += part_ll[static_cast<size_t>(c)];
   }
   return min_of(bad);
@@ -2197,7 +2184,7 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
   const int64_t chunk = std::max<int64_t>(1, (N + slabs - 1) / slabs);
   const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
   const int64_t qn = want_q ? n * n : 0;
-  std::vector<double> part(static_cast<size_t>(n_chunks * (n + qn)), 0.0);
+  Slabs<double> part(n_chunks, n + qn);
   std::vector<double> part_ll(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), 0.0);
   const double top = *std::max_element(theta, theta + n);
   std::vector<double> w(static_cast<size_t>(n));
@@ -2206,8 +2193,7 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
   const bool lanes_ok = !want_q && sh.mask == nullptr && m == n && n >= 2 && n <= kFitLanesMax && top - bottom <= 300.0;
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
-    std::vector<double> own(static_cast<size_t>(n + qn), 0.0);  // the chunk's sums (see pl_fit_setup)
-    double* base = own.data();
+    double* base = part.open(c);
     const pl::AddTo add_d{base};
     const pl::AddTo add_q{want_q ? base + n : nullptr};
     double ll = 0.0;
@@ -2243,14 +2229,13 @@ double pl_fit_pass(const I* r, const PLRows& sh, const double* weights, const do
       }
     }
     for_rows(n, sc, start, hi, row);
-    std::copy(own.begin(), own.end(), part.begin() + c * (n + qn));
     part_ll[static_cast<size_t>(c)] = ll;
   });
   std::fill(denom, denom + n, 0.0);
   if (want_q) std::fill(q, q + qn, 0.0);
   double ll = 0.0;
   for (int64_t c = 0; c < n_chunks; ++c) {
-    const double* base = part.data() + c * (n + qn);
+    const double* base = part[c];
     for (int64_t i = 0; i < n; ++i) denom[i] += base[i];
     for (int64_t i = 0; i < qn; ++i) q[i] += base[n + i];
     ll += part_ll[static_cast<size_t>(c)];

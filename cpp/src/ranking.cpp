@@ -364,13 +364,10 @@ int64_t binary_table(int64_t rows, int32_t n_bins, double* table, Events&& event
   const int64_t nb = n_bins;
   const int64_t chunk = std::max<int64_t>(256, (rows + 63) / 64);
   const int64_t n_chunks = (rows + chunk - 1) / chunk;
-  std::vector<double> part(static_cast<size_t>(n_chunks * nb * 3), 0.0);
+  Slabs<double> part(n_chunks, nb * 3);
   std::vector<int64_t> skipped(static_cast<size_t>(n_chunks), 0);
   for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t ci, int64_t lo, int64_t hi) {
-    // The chunk's sums in the thread's own memory, copied to its slab at the end (adding into the slabs
-    // event by event shared cache lines between the chunks that run at once).
-    std::vector<double> own(static_cast<size_t>(nb * 3), 0.0);
-    double* acc = own.data();
+    double* acc = part.open(ci);
     auto add = [acc, &bin](double p, bool hit) {
       p = clip01(p);
       double* t = acc + bin(p) * 3;
@@ -380,14 +377,13 @@ int64_t binary_table(int64_t rows, int32_t n_bins, double* table, Events&& event
     };
     int64_t skip = 0;
     events(lo, hi, add, skip);
-    std::copy(own.begin(), own.end(), part.begin() + ci * nb * 3);
     skipped[ci] = skip;
   });
   std::fill(table, table + 3 * nb, 0.0);
   int64_t total_skipped = 0;
   for (int64_t ci = 0; ci < n_chunks; ++ci) {
     for (int64_t b = 0; b < nb; ++b) {
-      for (int64_t q = 0; q < 3; ++q) table[q * nb + b] += part[(ci * nb + b) * 3 + q];
+      for (int64_t q = 0; q < 3; ++q) table[q * nb + b] += part[ci][b * 3 + q];
     }
     total_skipped += skipped[ci];
   }
