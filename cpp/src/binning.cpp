@@ -590,16 +590,13 @@ __attribute__((always_inline)) inline void score_block(const TC* c, const TY* y,
   acc[2] += tree(sl);
 }
 
-// Whether all m pairs (and weights) are valid: one flag over the block, no early exit (vector compares).
+// Whether all m pairs (and weights) are valid: flags over the block, no early exit (vector compares; the
+// outcomes and weights as the binned kernels check them).
 template <class TC, class TY>
-__attribute__((always_inline)) inline bool block_valid(const TC* c, const TY* y, const double* w, int64_t m) {
+__attribute__((always_inline)) inline bool block_valid(const TC* c, const TY* y, const double* w, int m) {
   uint32_t ok = 1;  // an integer flag: GCC does not vectorise a bool reduction
-  for (int64_t j = 0; j < m; ++j) ok &= static_cast<uint32_t>(valid_confidence(c[j]));
-  for (int64_t j = 0; j < m; ++j) ok &= static_cast<uint32_t>(valid_binary(y[j]));
-  if (w != nullptr) {
-    for (int64_t j = 0; j < m; ++j) ok &= static_cast<uint32_t>(valid_weight(w[j]));
-  }
-  return ok != 0;
+  for (int j = 0; j < m; ++j) ok &= static_cast<uint32_t>(valid_confidence(c[j]));
+  return (ok & outcomes_ok(y, m) & (w == nullptr ? 1u : weights_ok(w, m))) != 0;
 }
 
 // Sums of pairs [0, m) into out[3] (weights, Brier terms, log-loss terms) in blocks of 4096 pairs, each checked
@@ -609,7 +606,7 @@ __attribute__((always_inline)) inline int64_t score_chunk_impl(const TC* c, cons
                                                                int64_t m, double eps, double* out) {
   constexpr int64_t kSumBlock = 4096;
   for (int64_t j = 0; j < m; j += kSumBlock) {
-    const int64_t b = std::min(kSumBlock, m - j);
+    const int b = static_cast<int>(std::min(kSumBlock, m - j));
     if (!block_valid(c + j, y + j, w == nullptr ? nullptr : w + j, b)) {
       return j + first_invalid(c + j, y + j, w == nullptr ? nullptr : w + j, b);
     }

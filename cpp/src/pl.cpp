@@ -342,6 +342,7 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_
   // W is [position][lane] (vector operations over the lanes): the worths, then in place the reciprocals of
   // the suffix sums, then the weighted prefix sums of those (C); the items are read from the rankings again
   // where they are scattered (each lane in its own order), not kept.
+  if (n < 2 || n > kFitLanesMax) return 0xFFFFu;  // not here (the caller never asks): all to the per-row code
   double W[kFitLanesMax][kLanes];
   auto& C = W;
   auto item_at = [r, n](int l, int64_t j) {
@@ -2108,7 +2109,7 @@ int64_t pl_fit_setup(const I* r, const PLRows& sh, const double* weights, double
       bad[static_cast<size_t>(c)] = for_rows(n, sc, lo, hi, general);
     } else {
       tabulate(n);
-      auto ones = [](int64_t c) { return c <= 0 ? uint64_t(0) : c >= 64 ? ~uint64_t(0) : (uint64_t(1) << c) - 1; };
+      auto ones = [](int64_t k) { return k <= 0 ? uint64_t(0) : k >= 64 ? ~uint64_t(0) : (uint64_t(1) << k) - 1; };
       const uint64_t all0 = ones(n), all1 = ones(n - 64);
       const double* H = harmonic.data();
       const double lsn = log_sum[static_cast<size_t>(n - 2)];
