@@ -78,8 +78,16 @@ def test_loglik_small_wide_score_ranges(rng, spread, dtype, fixed):
     ll, ok = cpu.pl_loglik_small(scores, rankings, None, fixed=fixed)
     want, _ = reference_rows(scores, rankings, None)
     assert ok.all()
-    tol = 2e-6 if dtype == np.float32 else 1e-12
-    assert np.all(np.abs(ll - want) <= tol * (1 + np.abs(want)))
+    if dtype == np.float32:
+        # Rows spanning at most 80 take the float32 fast path, which rounds each s - max to the float32 grid of
+        # the row's span: every listed item's term carries an absolute error of about eps32 * span (a row of
+        # span 74 and 7 listed items was 5.5e-6 off, against 1.2 in all).
+        listed = (rankings >= 0).sum(axis=1)
+        span = scores.max(axis=1).astype(np.float64) - scores.min(axis=1)
+        bound = 2e-6 * (1 + np.abs(want)) + 2 * np.finfo(np.float32).eps * listed * (span + 4)
+    else:
+        bound = 1e-12 * (1 + np.abs(want))
+    assert np.all(np.abs(ll - want) <= bound)
 
 
 def bad_rows():

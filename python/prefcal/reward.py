@@ -98,12 +98,6 @@ def _finite(name: str, x: np.ndarray, *, allow_nan: bool = False) -> None:
         raise ValueError(f"{name} contains {kind} at {text}")
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """sigma(x) without overflow."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
 # ----------------------------------------------------------------------------------------- pairwise
 
 
@@ -217,7 +211,11 @@ def pairwise_metrics(
     tie = delta == 0
     accuracy = (np.count_nonzero(win) + 0.5 * np.count_nonzero(tie)) / n
 
-    confidence = _sigmoid(np.abs(x))
+    # One exp for the three quantities: e = exp(-|x|), the symmetric confidence sigma(|x|) = 1 / (1 + e),
+    # the loss log(1 + exp(-x)) = max(-x, 0) + log1p(e) (as np.logaddexp(0, -x) computes it) and
+    # sigma(-x) = (e if x >= 0 else 1) / (1 + e), none of them overflowing.
+    e = np.exp(-np.abs(x))
+    confidence = 1.0 / (1.0 + e)
     if tie.any():
         reps = 1 + tie.astype(np.intp)
         conf_ev = np.repeat(confidence, reps)
@@ -228,8 +226,9 @@ def pairwise_metrics(
         conf_ev, correct_ev, weights_ev = confidence, win, None
     rel = calibration.reliability(conf_ev, correct_ev, n_bins=bins, strategy=strategy, weights=weights_ev)
 
-    nll = float(np.mean(np.logaddexp(0.0, -x)))
-    brier = float(np.mean(_sigmoid(-x) ** 2))
+    nll = float(np.mean(np.maximum(-x, 0.0) + np.log1p(e)))
+    lose = np.where(x >= 0, e, 1.0) / (1.0 + e)
+    brier = float(np.mean(lose * lose))
     return PairwiseMetrics(
         accuracy=float(accuracy),
         ece=rel.ece("l1"),
