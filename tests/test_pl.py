@@ -143,6 +143,19 @@ def test_many_items_do_not_overflow(backend: Backend, rng):
     assert np.isfinite(f.log_likelihood)
 
 
+@pytest.mark.parametrize("n", [65, 300, 1024, 1025])  # the per-row path; its local worth buffer holds 1024
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_rows_match_reference(rng, n, dtype):
+    scores, rankings, _ = pl_data(rng, 30, n, partial=True, dtype=dtype)
+    rankings[::4, n - 1] = -1  # full rankings of all but one item too
+    ref, ref_grad, _ = _reference.pl_loglik(scores.astype(np.float64), rankings, None, True)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(pl.log_likelihood(scores, rankings), ref, rtol=tol, atol=tol)
+    ll, grad = pl.log_likelihood_grad(scores, rankings)
+    np.testing.assert_allclose(ll, ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad, ref_grad, rtol=tol, atol=tol)
+
+
 def test_float32_close_to_float64(rng):
     scores, rankings, _ = pl_data(rng, 5000, 10, partial=True, dtype=np.float64)
     ref, _, _ = _reference.pl_loglik(scores, rankings, None, False)

@@ -292,8 +292,9 @@ struct FastProduct<float> {
   using type = LogProductF;
 };
 
-// Rows of at most this many items keep their worths in a local buffer on the host.
-constexpr int64_t kLocalItems = 64;
+// Rows of at most this many items keep their worths in a local buffer on the host (8 KiB at most): one loop of
+// exps the compiler vectorises instead of one exp per stage (10^5 float32 rows of 100 items: 86 -> 45 ms).
+constexpr int64_t kLocalItems = 1024;
 
 // log P(r) of one valid row (bits hold the listed items). With grad != nullptr also the gradient, written
 // to grad[0 .. n) (which doubles as storage for the worths), using inv (m entries) as scratch.
