@@ -706,6 +706,17 @@ def test_mode_with_mask_pads_with_minus_one():
     assert isinstance(pl.mode_log_prob(s[0], k=2), float)
 
 
+@pytest.mark.parametrize("n", [33, 100, 128, 129])
+def test_mode_of_wide_rows_with_ties(rng, n):
+    """Many equal scores: the rank counting of rows of up to 128 items detects the ties and orders them by
+    the lower item first (beyond 128 a sort does), as the stable argsort."""
+    scores = rng.integers(0, 5, size=(60, n)).astype(np.float64)
+    scores[::3] += rng.normal(size=(20, n))  # and rows without ties
+    want = np.argsort(-scores, axis=1, kind="stable")
+    np.testing.assert_array_equal(pl.mode(scores), want)
+    np.testing.assert_array_equal(pl.mode(scores, k=7), want[:, :7])
+
+
 def test_pairwise(backend: Backend, rng):
     scores = rng.normal(size=(6, 5)) * 30  # rows spanning less than 300: the vectorised exp
     scores[4] *= 20  # wider: the exact path, probabilities down to e^-700 and below

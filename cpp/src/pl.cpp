@@ -1233,11 +1233,52 @@ PREFCAL_CLONES void gumbel_of_bits(int64_t count, const uint64_t* bits, double* 
 // Selection of few keys by counting ranks (branch-free, vectorised): the rank of q is the number of keys before
 // it in the order (larger key, or equal key and lower item; items are in increasing order here).
 PREFCAL_CLONES void rank_select(const double* keys, const int32_t* items, int64_t count, int64_t take, int32_t* out) {
-  for (int64_t q = 0; q < count; ++q) {
+  // count <= 128. First with one compare a pair: rank_q = #{j : K_j >= K_q} - 1, which is the rank when no two
+  // keys are equal; two equal keys get the same value, so the ranks form a permutation only without ties. Else
+  // the exact order: larger keys first, equal ones by the lower index.
+  int32_t rank[128];
+  int64_t q = 0;
+  for (; q + 4 <= count; q += 4) {  // four keys a pass over the others: each load serves four compares
+    const double k0 = keys[q], k1 = keys[q + 1], k2 = keys[q + 2], k3 = keys[q + 3];
+    int64_t g0 = 0, g1 = 0, g2 = 0, g3 = 0;
+    for (int64_t j = 0; j < count; ++j) {
+      const double v = keys[j];
+      g0 += static_cast<int64_t>(v >= k0);
+      g1 += static_cast<int64_t>(v >= k1);
+      g2 += static_cast<int64_t>(v >= k2);
+      g3 += static_cast<int64_t>(v >= k3);
+    }
+    rank[q] = static_cast<int32_t>(g0 - 1);
+    rank[q + 1] = static_cast<int32_t>(g1 - 1);
+    rank[q + 2] = static_cast<int32_t>(g2 - 1);
+    rank[q + 3] = static_cast<int32_t>(g3 - 1);
+  }
+  for (; q < count; ++q) {
     const double key = keys[q];
-    int64_t rank = 0;
-    for (int64_t j = 0; j < count; ++j) rank += (keys[j] > key) | ((keys[j] == key) & (j < q));
-    if (rank < take) out[rank] = items[q];
+    int64_t ge = 0;
+    for (int64_t j = 0; j < count; ++j) ge += static_cast<int64_t>(keys[j] >= key);
+    rank[q] = static_cast<int32_t>(ge - 1);
+  }
+  uint64_t seen0 = 0, seen1 = 0;
+  for (q = 0; q < count; ++q) {
+    const int32_t r = rank[q];
+    const uint64_t bit = uint64_t(1) << (r & 63);
+    seen0 |= r < 64 ? bit : 0;
+    seen1 |= r >= 64 ? bit : 0;
+  }
+  const uint64_t all0 = count >= 64 ? ~uint64_t(0) : (uint64_t(1) << count) - 1;
+  const uint64_t all1 = count >= 128 ? ~uint64_t(0) : count > 64 ? (uint64_t(1) << (count - 64)) - 1 : 0;
+  if (seen0 != all0 || seen1 != all1) {
+    for (q = 0; q < count; ++q) {
+      const double key = keys[q];
+      int64_t r = 0;
+      for (int64_t j = 0; j < q; ++j) r += static_cast<int64_t>(keys[j] >= key);
+      for (int64_t j = q + 1; j < count; ++j) r += static_cast<int64_t>(keys[j] > key);
+      rank[q] = static_cast<int32_t>(r);
+    }
+  }
+  for (q = 0; q < count; ++q) {
+    if (rank[q] < take) out[rank[q]] = items[q];
   }
 }
 
