@@ -209,15 +209,6 @@ int64_t uniform_chunk_weighted(const TC* conf, const TY* y, const double* w, int
   return kNoError;
 }
 
-// Adds the per-chunk bins in chunk order into out (3 * B).
-void merge_partials(const std::vector<double>& partial, int64_t n_chunks, int64_t width, double* out) {
-  std::fill(out, out + width, 0.0);
-  for (int64_t k = 0; k < n_chunks; ++k) {
-    const double* p = partial.data() + k * width;
-    for (int64_t j = 0; j < width; ++j) out[j] += p[j];
-  }
-}
-
 // Unpacks L interleaved unweighted copies into (count, sum_conf, sum_correct) rows of width B.
 void unpack_lanes(const uint64_t* cc, const double* sc, int L, int64_t B, double* p) {
   for (int64_t b = 0; b < B; ++b) {
@@ -270,7 +261,7 @@ int64_t bin_uniform(const TC* conf, const TY* y, const double* w, int64_t n, int
   const int nt = threads_for(nc);
   const size_t lane_bins = size_t(L) * size_t(B);
   const size_t stride = padded(3 * lane_bins);
-  std::vector<double> partial(size_t(nc) * size_t(width));
+  Slabs<double> partial(nc, width);
   std::vector<int64_t> bad(size_t(nc), kNoError);
   if (w == nullptr) {
     std::vector<uint64_t> cc(size_t(nt) * stride);
@@ -281,7 +272,7 @@ int64_t bin_uniform(const TC* conf, const TY* y, const double* w, int64_t n, int
       std::fill(c1, c1 + lane_bins, uint64_t(0));
       std::fill(s1, s1 + lane_bins, 0.0);
       bad[size_t(k)] = L == 4 ? uniform_chunk<4>(conf, y, lo, hi, B, c1, s1) : uniform_chunk<1>(conf, y, lo, hi, B, c1, s1);
-      unpack_lanes(c1, s1, L, B, partial.data() + size_t(k) * size_t(width));
+      unpack_lanes(c1, s1, L, B, partial[k]);
     });
   } else {
     std::vector<double> acc(size_t(nt) * stride);
@@ -291,7 +282,7 @@ int64_t bin_uniform(const TC* conf, const TY* y, const double* w, int64_t n, int
       double *cw = a, *scw = a + lane_bins, *syw = a + 2 * lane_bins;
       bad[size_t(k)] = L == 4 ? uniform_chunk_weighted<4>(conf, y, w, lo, hi, B, cw, scw, syw)
                               : uniform_chunk_weighted<1>(conf, y, w, lo, hi, B, cw, scw, syw);
-      double* p = partial.data() + size_t(k) * size_t(width);
+      double* p = partial[k];
       for (int64_t b = 0; b < B; ++b) {
         double s0 = 0.0, s1 = 0.0, s2 = 0.0;
         for (int u = 0; u < L; ++u) {
@@ -307,7 +298,7 @@ int64_t bin_uniform(const TC* conf, const TY* y, const double* w, int64_t n, int
   }
   const int64_t first = min_index(bad);
   if (first != kNoError) return first;
-  merge_partials(partial, nc, width, out);
+  partial.add_into(out);
   return kNoError;
 }
 
@@ -418,7 +409,7 @@ int64_t multiclass_uniform(const TP* probs, const TL* labels, int64_t n, int32_t
   const int64_t chunk = chunk_rows(width, C);
   const int64_t nc = (n + chunk - 1) / chunk;
   const int nt = threads_for(nc);
-  std::vector<double> partial(size_t(nc) * size_t(width));
+  Slabs<double> partial(nc, width);
   std::vector<int64_t> bad(size_t(nc), kNoError);
   const size_t stride = padded(size_t(gb));
   std::vector<uint64_t> cc(size_t(nt) * stride);
@@ -450,13 +441,13 @@ int64_t multiclass_uniform(const TP* probs, const TL* labels, int64_t n, int32_t
         s1[b] += static_cast<double>(best);
       }
     }
-    unpack_lanes(c1, s1, 1, gb, partial.data() + size_t(k) * size_t(width));
+    unpack_lanes(c1, s1, 1, gb, partial[k]);
   });
   const int64_t first = min_index(bad);
   if (first != kNoError) return first;
   // Partial rows are laid out (count[gb], sum_conf[gb], sum_correct[gb]); out is (groups, 3, B).
   std::vector<double> flat(static_cast<size_t>(width));
-  merge_partials(partial, nc, width, flat.data());
+  partial.add_into(flat.data());
   for (int64_t g = 0; g < groups; ++g) {
     for (int f = 0; f < 3; ++f) {
       std::copy(flat.begin() + f * gb + g * B, flat.begin() + f * gb + (g + 1) * B, out + (g * 3 + f) * B);
@@ -644,7 +635,7 @@ PREFCAL_SCORE_CHUNK_ALL(double)
 template <class TC, class TY>
 int64_t score_sums(const TC* conf, const TY* y, const double* w, int64_t n, double eps, double* out) {
   const int64_t nc = (n + kChunk - 1) / kChunk;
-  std::vector<double> partial(size_t(nc) * 3);
+  Slabs<double> partial(nc, 3);
   std::vector<int64_t> bad(size_t(nc), kNoError);
   for_chunks(n, kChunk, threads_for(nc), [&](int, int64_t k, int64_t lo, int64_t hi) {
     double sums[3];
@@ -653,11 +644,11 @@ int64_t score_sums(const TC* conf, const TY* y, const double* w, int64_t n, doub
       bad[size_t(k)] = lo + f;
       return;
     }
-    std::copy(sums, sums + 3, partial.begin() + 3 * k);
+    std::copy(sums, sums + 3, partial[k]);
   });
   const int64_t first = min_index(bad);
   if (first != kNoError) return first;
-  merge_partials(partial, nc, 3, out);
+  partial.add_into(out);
   return kNoError;
 }
 
