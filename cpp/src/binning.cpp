@@ -591,20 +591,18 @@ __attribute__((always_inline)) inline bool block_valid(const TC* c, const TY* y,
 }
 
 // Sums of pairs [0, m) into out[3] (weights, Brier terms, log-loss terms) in blocks of 4096 pairs, each checked
-// first; returns the first invalid pair (nothing summed) or kNoError.
+// and then summed while it is in the cache; returns the first invalid pair (the sums are then meaningless) or
+// kNoError.
 template <class TC, class TY>
 __attribute__((always_inline)) inline int64_t score_chunk_impl(const TC* c, const TY* y, const double* w,
                                                                int64_t m, double eps, double* out) {
   constexpr int64_t kSumBlock = 4096;
+  out[0] = out[1] = out[2] = 0.0;
   for (int64_t j = 0; j < m; j += kSumBlock) {
     const int b = static_cast<int>(std::min(kSumBlock, m - j));
     if (!block_valid(c + j, y + j, w == nullptr ? nullptr : w + j, b)) {
       return j + first_invalid(c + j, y + j, w == nullptr ? nullptr : w + j, b);
     }
-  }
-  out[0] = out[1] = out[2] = 0.0;
-  for (int64_t j = 0; j < m; j += kSumBlock) {
-    const int64_t b = std::min(kSumBlock, m - j);
     if (w == nullptr) {
       score_block<false>(c + j, y + j, nullptr, b, eps, out);
     } else {
