@@ -29,7 +29,7 @@ namespace prefcal::cpu {
 namespace {
 
 using pl::Bits64;
-using pl::BitsRef;
+using pl::BytesRef;
 using pl::Strided;
 
 constexpr int64_t kRowChunk = 2048;  // rows per chunk of the per-row kernels
@@ -38,14 +38,14 @@ constexpr int64_t kMaxSlabs = 64;     // reduction slabs: fixed for a given inpu
 // Per-thread scratch of the row kernels.
 struct Scratch {
   std::vector<double> inv;
-  std::vector<uint32_t> words;
+  std::vector<uint8_t> seen;
   std::vector<int64_t> order;
   Scratch(int64_t m, int64_t n)
       : inv(static_cast<size_t>(std::max<int64_t>(m, 1))),
-        words(static_cast<size_t>(n / 32 + 1), 0u),
+        seen(static_cast<size_t>(std::max<int64_t>(n, 1)), 0u),
         order(static_cast<size_t>(std::max<int64_t>(n, 1))) {}
   Strided<double> inv_view() { return {inv.data(), 1}; }
-  BitsRef bits() { return BitsRef{{words.data(), 1}}; }
+  BytesRef bits() { return BytesRef{seen.data()}; }
 };
 
 const uint8_t* mask_row(const PLRows& sh, int64_t b) {
@@ -64,7 +64,7 @@ int64_t for_rows(int64_t n, Scratch& sc, int64_t lo, int64_t hi, F&& row) {
     }
     return kNoError;
   }
-  BitsRef bits = sc.bits();
+  BytesRef bits = sc.bits();
   for (int64_t b = lo; b < hi; ++b) {
     if (!row(b, bits)) return b;
   }
@@ -940,6 +940,26 @@ uint32_t lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double* 
   return loglik_lanes_f64_i64(s, r, n, m, ll, grad);
 }
 
+// pl::row_loglik compiled for AVX-512, AVX2 and the baseline, everything it calls inlined into each clone
+// (its loops over the items: the range of the scores, the worths' exps), for each scores, rankings and
+// bit-set type of the per-row code. As in the lane kernels, the clones with FMA round the exps' polynomials
+// differently from the baseline (a few ulp of the log-likelihood; the same on every run of one processor).
+#define PREFCAL_ROW_LOGLIK(T, I, B)                                                                              \
+  PREFCAL_CLONES __attribute__((flatten)) double row_loglik_host(const T* s, const I* r, int64_t L, int64_t n,   \
+                                                                 const uint8_t* mask, const B& bits, T* grad,   \
+                                                                 Strided<double> inv) {                         \
+    return pl::row_loglik<T>(s, r, L, n, mask, bits, grad, inv);                                                 \
+  }
+PREFCAL_ROW_LOGLIK(float, int32_t, Bits64)
+PREFCAL_ROW_LOGLIK(float, int64_t, Bits64)
+PREFCAL_ROW_LOGLIK(double, int32_t, Bits64)
+PREFCAL_ROW_LOGLIK(double, int64_t, Bits64)
+PREFCAL_ROW_LOGLIK(float, int32_t, BytesRef)
+PREFCAL_ROW_LOGLIK(float, int64_t, BytesRef)
+PREFCAL_ROW_LOGLIK(double, int32_t, BytesRef)
+PREFCAL_ROW_LOGLIK(double, int64_t, BytesRef)
+#undef PREFCAL_ROW_LOGLIK
+
 }  // namespace
 
 template <class T, class I>
@@ -968,7 +988,7 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
       const bool good = L >= 0 && (global_scores || pl::finite_row(sr, n));
       if (good) {
         T* g = grad == nullptr ? nullptr : (global_grad ? row_grad.data() : grad + b * n);
-        ll[b] = static_cast<T>(pl::row_loglik<T>(sr, rr, L, n, mk, bits, g, inv));
+        ll[b] = static_cast<T>(row_loglik_host(sr, rr, L, n, mk, bits, g, inv));
         if (global_grad) {
           for (int64_t i = 0; i < n; ++i) acc[i] += static_cast<double>(row_grad[static_cast<size_t>(i)]);
         }

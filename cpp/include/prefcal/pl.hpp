@@ -60,6 +60,15 @@ struct BitsRef {
   PREFCAL_HD void clear_word(int64_t i) { w[i >> 5] = 0; }
 };
 
+// Set of listed items of any size in host memory, one byte an item: setting an item never reads what another
+// item's store wrote (with 32 items a word, each parse was a chain of read-modify-writes of a few words).
+struct BytesRef {
+  uint8_t* b;
+  PREFCAL_HD bool test(int64_t i) const { return b[i] != 0; }
+  PREFCAL_HD void set(int64_t i) { b[i] = 1; }
+  PREFCAL_HD void clear_word(int64_t i) { b[i] = 0; }
+};
+
 template <class C>
 struct Span;
 template <>
@@ -151,6 +160,19 @@ PREFCAL_HD void clear_listed(const I*, int64_t, int64_t, Bits64& bits) {
   bits.v = 0;
 }
 
+// Rows listing more than one item in 16 clear the whole byte set (vector stores) instead of item by item.
+template <class I>
+PREFCAL_HD void clear_listed(const I* r, int64_t m, int64_t n, BytesRef& bits) {
+  if (m * 16 > n) {
+    memset(bits.b, 0, static_cast<size_t>(n));
+    return;
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t v = static_cast<int64_t>(r[j]);
+    if (v >= 0 && v < n) bits.b[v] = 0;
+  }
+}
+
 // The exponent field of a float or double, as an unsigned integer of its width: ExpBits<T>::kAll (all ones)
 // exactly when x is NaN or +-inf. Integer operations: the loops over it vectorise.
 template <class T>
@@ -218,14 +240,18 @@ struct LogProduct {
   double prod = 1.0, logs = 0.0;
   int64_t exps = 0;
   PREFCAL_HD void renormalise() {
+    // In range (binary exponents 525 .. 1521) by a floating compare, and out of it a multiply by 2^(1023 - e)
+    // (exact: the product is normal, its factors bounded) into [1, 2): so the product stays in a floating
+    // register. On its bits, it went through an integer register every stage, in its chain of multiplies.
+    if (prod >= 0x1p-498 && prod < 0x1p499) return;
     uint64_t bits;
     memcpy(&bits, &prod, sizeof bits);
-    const uint64_t e = (bits >> 52) & 0x7FF;
-    if (e - 525u > 996u) {
-      exps += static_cast<int64_t>(e) - 1023;
-      bits = (bits & 0x800FFFFFFFFFFFFFull) | 0x3FF0000000000000ull;
-      memcpy(&prod, &bits, sizeof prod);
-    }
+    const int64_t e = static_cast<int64_t>((bits >> 52) & 0x7FF);
+    exps += e - 1023;
+    const uint64_t scale_bits = static_cast<uint64_t>(2046 - e) << 52;
+    double scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    prod *= scale;
   }
   PREFCAL_HD void mul(double d) {
     if (d < 1e-150 || d > 1e150) {
