@@ -399,9 +399,10 @@ def test_samples_are_the_same_on_every_backend(backend: Backend, rng, masked, k,
     np.testing.assert_array_equal(got, ref)
 
 
-@pytest.mark.parametrize("n,k", [(40, None), (40, 5), (300, None), (300, 7)])
+@pytest.mark.parametrize("n,k", [(40, None), (40, 5), (300, None), (300, 7), (300, 37), (300, 38)])
 def test_many_draws_of_one_model_match_reference_on_any_thread_count(simd, rng, n, k):
-    """One global model, many draws (parallel over draws); rank selection (n <= 128), nth_element beyond."""
+    """One global model, many draws (parallel over draws); rank selection (n <= 128); beyond, the radix order
+    of all keys (k >= n / 8) or nth_element (fewer)."""
     scores = rng.normal(size=n)
     scores[:4] = 1.0  # ties: the lower item first
     ref, _ = _reference.pl_sample(scores[None], None, 700, n if k is None else k, 99, True)
@@ -706,15 +707,21 @@ def test_mode_with_mask_pads_with_minus_one():
     assert isinstance(pl.mode_log_prob(s[0], k=2), float)
 
 
-@pytest.mark.parametrize("n", [33, 100, 128, 129])
-def test_mode_of_wide_rows_with_ties(rng, n):
+@pytest.mark.parametrize("n", [33, 100, 128, 129, 300, 2000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mode_of_wide_rows_with_ties(rng, n, dtype):
     """Many equal scores: the rank counting of rows of up to 128 items detects the ties and orders them by
-    the lower item first (beyond 128 a sort does), as the stable argsort."""
-    scores = rng.integers(0, 5, size=(60, n)).astype(np.float64)
-    scores[::3] += rng.normal(size=(20, n))  # and rows without ties
+    the lower item first (beyond 128 the radix order and the partial selection do), as the stable argsort;
+    -0 and +0 are equal; keys equal in their upper 32 bits but not in all 64 are told apart."""
+    scores = rng.integers(0, 5, size=(60, n)).astype(dtype)
+    scores[::3] += rng.normal(size=(20, n)).astype(dtype)  # and rows without ties
+    scores[1::3] *= np.where(rng.random((20, n)) < 0.5, -1, 1).astype(dtype)  # -0.0 beside 0.0
+    if dtype == np.float64:  # nearly equal: the same upper half, different lower halves
+        scores[2::3] = 1.0 + rng.integers(0, 3, size=(20, n)) * 2.0**-40
     want = np.argsort(-scores, axis=1, kind="stable")
     np.testing.assert_array_equal(pl.mode(scores), want)
-    np.testing.assert_array_equal(pl.mode(scores, k=7), want[:, :7])
+    for k in (7, n // 8, n // 4):
+        np.testing.assert_array_equal(pl.mode(scores, k=k), want[:, :k])
 
 
 def test_pairwise(backend: Backend, rng):

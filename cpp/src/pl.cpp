@@ -1914,22 +1914,83 @@ __attribute__((target("avx2,fma"))) bool draw_lanes_f32_avx2(uint64_t seed, cons
 }
 #endif
 
-// The k largest (key, item) of keys[0 .. count) in decreasing key order, lower item first on ties: ranks by
-// counting (O(count^2) vectorised compares) for up to 128 keys; beyond, a partial selection (nth_element) of
-// the top k, then a sort of those k.
-void top_k(const double* keys, const int32_t* items, int64_t count, int64_t k, int32_t* out,
-           std::vector<std::pair<double, int32_t>>& pairs) {
+// Buffers of the selection of more than 128 keys, kept by each thread.
+struct SortScratch {
+  std::vector<std::pair<double, int32_t>> pairs;
+  std::vector<uint64_t> a, b;
+};
+
+// The order of all `count` keys (larger key first, equal keys by the lower index) by a radix sort: each key's
+// order-reversing 64-bit image (so that ascending images are descending keys), its upper half beside the key's
+// index, sorted by the upper halves in at most four stable byte passes (indices stay in increasing order among
+// equal halves; a pass whose byte is the same everywhere is skipped), then runs of equal upper halves ordered by
+// the whole image and the index (rare: the upper half holds sign, exponent and 20 bits of mantissa). No
+// comparison branches: std::sort of the keys mispredicted about half its compares. Returns the sorted words,
+// the index in the lower half of each.
+const uint64_t* radix_order(const double* keys, int64_t count, SortScratch& sc) {
+  sc.a.resize(static_cast<size_t>(count));
+  sc.b.resize(static_cast<size_t>(count));
+  uint64_t* src = sc.a.data();
+  uint64_t* dst = sc.b.data();
+  const auto image = [](double key) {
+    key += 0.0;  // -0 -> +0: the two compare equal
+    uint64_t bits;
+    std::memcpy(&bits, &key, sizeof bits);
+    const uint64_t flip = (bits >> 63) != 0 ? ~uint64_t(0) : 0x8000000000000000ull;
+    return ~(bits ^ flip);  // ascending in -key
+  };
+  uint32_t hist[4][256] = {};
+  for (int64_t q = 0; q < count; ++q) {
+    const uint64_t hi = image(keys[q]) >> 32;
+    src[q] = (hi << 32) | static_cast<uint64_t>(q);
+    for (int d = 0; d < 4; ++d) hist[d][(hi >> (8 * d)) & 0xFF] += 1;
+  }
+  for (int d = 0; d < 4; ++d) {
+    const int shift = 32 + 8 * d;
+    if (hist[d][(src[0] >> shift) & 0xFF] == static_cast<uint32_t>(count)) continue;  // one value: in order
+    uint32_t offset[256];
+    uint32_t sum = 0;
+    for (int v = 0; v < 256; ++v) {
+      offset[v] = sum;
+      sum += hist[d][v];
+    }
+    for (int64_t q = 0; q < count; ++q) dst[offset[(src[q] >> shift) & 0xFF]++] = src[q];
+    std::swap(src, dst);
+  }
+  for (int64_t lo = 0; lo < count;) {  // runs of equal upper halves
+    int64_t hi = lo + 1;
+    while (hi < count && (src[hi] >> 32) == (src[lo] >> 32)) ++hi;
+    if (hi - lo > 1) {
+      std::sort(src + lo, src + hi, [&](uint64_t x, uint64_t y) {
+        const uint64_t ix = image(keys[static_cast<uint32_t>(x)]), iy = image(keys[static_cast<uint32_t>(y)]);
+        return ix < iy || (ix == iy && static_cast<uint32_t>(x) < static_cast<uint32_t>(y));
+      });
+    }
+    lo = hi;
+  }
+  return src;
+}
+
+// The k largest (key, item) of keys[0 .. count) in decreasing key order, lower item first on ties (items are in
+// increasing order), -1 past the count: ranks by counting (O(count^2) vectorised compares) for up to 128 keys;
+// beyond, the radix order of all of them, or for few of many (k < count / 8) a partial selection (nth_element)
+// of the top k, then a sort of those k.
+void top_k(const double* keys, const int32_t* items, int64_t count, int64_t k, int32_t* out, SortScratch& sc) {
   const int64_t take = std::min(k, count);
   if (count <= 128) {
     rank_select(keys, items, count, take, out);
-  } else {
+  } else if (take * 8 >= count) {
+    const uint64_t* order = radix_order(keys, count, sc);
+    for (int64_t j = 0; j < take; ++j) out[j] = items[static_cast<uint32_t>(order[j])];
+  } else {  // few of many: partial selection, then a sort of those
+    auto& pairs = sc.pairs;
     pairs.resize(static_cast<size_t>(count));
     for (int64_t q = 0; q < count; ++q) pairs[static_cast<size_t>(q)] = {keys[q], items[q]};
     const auto before = [](const std::pair<double, int32_t>& a, const std::pair<double, int32_t>& b) {
       return a.first > b.first || (a.first == b.first && a.second < b.second);
     };
     const auto mid = pairs.begin() + take;
-    if (take < count) std::nth_element(pairs.begin(), mid, pairs.end(), before);  // partial selection
+    std::nth_element(pairs.begin(), mid, pairs.end(), before);
     std::sort(pairs.begin(), mid, before);
     for (int64_t j = 0; j < take; ++j) out[j] = pairs[static_cast<size_t>(j)].second;
   }
@@ -1957,7 +2018,7 @@ int64_t pl_sample(const T* s, int64_t rows, int64_t n, const uint8_t* mask, bool
     std::vector<uint32_t> sample_of, pair_of;
     std::vector<double> g, keys;
     std::vector<int32_t> items;
-    std::vector<std::pair<double, int32_t>> scratch;
+    SortScratch scratch;
     // Draws [d0, d0 + count) of the row-major (row, sample) order; draw d writes out[d * k ..].
     // Draws [d0, d0 + count) with float64 keys: the noise of all of them in vectorised loops, then the selection.
     auto general = [&](int64_t d0, int64_t count) {
