@@ -927,8 +927,13 @@ def test_temperature_recovers_known_beta(backend: Backend, rng, beta):
     assert bad == NO_ERROR and abs(d1) < 1e-6 * len(scores)
 
 
-def test_temperature_pass_matches_reference(rng):
-    scores, rankings, mask = pl_data(rng, 700, 6, partial=True, masked="row")
+@pytest.mark.parametrize("n", [6, 65, 300, 1025])
+def test_temperature_pass_matches_reference(rng, n):
+    """Partial rankings with row masks; rows past 64 items (the memory set of listed items) and past 1024
+    (worths recomputed where needed, the GPU's way); some rows spanning more than 300 / beta (the online
+    log-sum-exp)."""
+    scores, rankings, mask = pl_data(rng, {6: 700, 65: 300, 300: 40}.get(n, 8), n, partial=True, masked="row")
+    scores[::5, 0] = scores[::5, 1] + 50.0  # beta * span > 300 at beta = 7
     cpu = prefcal._backend.cpu_module()
     if cpu is None:
         pytest.skip("no C++ module")

@@ -940,7 +940,7 @@ uint32_t lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double* 
   return loglik_lanes_f64_i64(s, r, n, m, ll, grad);
 }
 
-// pl::row_loglik compiled for AVX-512, AVX2 and the baseline, everything it calls inlined into each clone
+// pl::row_loglik and pl::row_temperature compiled for AVX-512, AVX2 and the baseline, everything it calls inlined into each clone
 // (its loops over the items: the range of the scores, the worths' exps), for each scores, rankings and
 // bit-set type of the per-row code. As in the lane kernels, the clones with FMA round the exps' polynomials
 // differently from the baseline (a few ulp of the log-likelihood; the same on every run of one processor).
@@ -949,6 +949,10 @@ uint32_t lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double* 
                                                                  const uint8_t* mask, const B& bits, T* grad,   \
                                                                  Strided<double> inv) {                         \
     return pl::row_loglik<T>(s, r, L, n, mask, bits, grad, inv);                                                 \
+  }                                                                                                              \
+  PREFCAL_CLONES __attribute__((flatten)) pl::Moments row_temperature_host(                                      \
+      const T* s, const I* r, int64_t L, int64_t n, const uint8_t* mask, const B& bits, double beta) {          \
+    return pl::row_temperature(s, r, L, n, mask, bits, beta);                                                    \
   }
 PREFCAL_ROW_LOGLIK(float, int32_t, Bits64)
 PREFCAL_ROW_LOGLIK(float, int64_t, Bits64)
@@ -1032,7 +1036,7 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
       const int64_t L = pl::parse_ranking(rr, m, n, mk, bits);
       const bool good = L >= 0 && (sh.global_scores || pl::finite_row(sr, n));
       if (good) {
-        const pl::Moments mo = pl::row_temperature(sr, rr, L, n, mk, bits, beta);
+        const pl::Moments mo = row_temperature_host(sr, rr, L, n, mk, bits, beta);
         acc.f += mo.f;
         acc.d1 += mo.d1;
         acc.d2 += mo.d2;

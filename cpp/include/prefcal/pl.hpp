@@ -762,6 +762,47 @@ PREFCAL_HD Moments row_temperature(const T* s, const I* r, int64_t L, int64_t n,
   const int64_t Lc = L < st.n_avail - 1 ? L : st.n_avail - 1;
   if (Lc <= 0) return out;
   const double ref = st.mx;  // moments of d = s - ref, shift-invariant variance
+  if (beta * (st.mx - st.mn) <= 300.0) {
+    // The worths e = exp(beta d) lie in [e^-300, 1]: suffix sums without rescaling, the logs of the
+    // normalisers as one product (the arithmetic of the CPU's lane kernel); the worths kept in a local buffer
+    // on the host for rows of up to kLocalItems (one loop of exps the compiler vectorises), else recomputed.
+#if defined(__CUDA_ARCH__)
+    double* e = nullptr;
+#else
+    double eloc[kLocalItems];
+    double* e = n <= kLocalItems ? eloc : nullptr;
+    if (e != nullptr) {
+      for (int64_t i = 0; i < n; ++i) e[i] = exp_c(beta * (static_cast<double>(s[i]) - ref));
+    }
+#endif
+    const auto worth = [&](int64_t i, double d) { return e != nullptr ? e[i] : exp_c(beta * d); };
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, z = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (!available(mask, i) || bits.test(i)) continue;
+      const double d = static_cast<double>(s[i]) - ref, w = worth(i, d);
+      a0 += w;
+      a1 += w * d;
+      a2 += w * d * d;
+    }
+    LogProduct logd;
+    for (int64_t j = L - 1; j >= 0; --j) {
+      const int64_t item = static_cast<int64_t>(r[j]);
+      const double d = static_cast<double>(s[item]) - ref, w = worth(item, d);
+      a0 += w;
+      a1 += w * d;
+      a2 += w * d * d;
+      if (j < Lc) {
+        const double mean = a1 / a0, var = a2 / a0 - mean * mean;
+        z += d;
+        out.d1 += d - mean;
+        out.d2 -= var > 0.0 ? var : 0.0;
+        logd.mul_bounded(a0);
+      }
+    }
+    out.f = beta * z - logd.value();
+    return out;
+  }
+  // Wide range: an online log-sum-exp in float64.
   double m = -INFINITY, a0 = 0.0, a1 = 0.0, a2 = 0.0;
   auto add = [&](double x) {
     const double d = x - ref, z = beta * d;
