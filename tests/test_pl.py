@@ -327,9 +327,10 @@ def _loglik_both_ways(cpu, scores, rankings, want_grad=False):
 @pytest.mark.parametrize("idtype", [np.int32, np.int64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_grad):
-    """The sixteen-row lanes (per-row scores, no mask, full rankings, n <= 32; the explicit AVX-512 or AVX2
-    ones for float32 and n <= 16), with and without the gradient: the values of the other lanes, of the
-    per-row code (a mask sends every row there) and of the reference; top-(n-1) rows (-1 last) in a group;
+    """The sixteen-row lanes (per-row scores, no mask, n <= 32; the explicit AVX-512 or AVX2 ones for float32,
+    full rankings and n <= 16), with and without the gradient: the values of the other lanes, of the per-row
+    code (a mask sends every row there) and of the reference; top-(n-1) rows (-1 last) in a group, top-k rows
+    of every k, narrow rankings (m < n - 1);
     wide score ranges (per-row code); the first bad row for each kind of bad row, wherever it falls in a
     group of sixteen."""
     cpu = pytest.importorskip("prefcal._cpu")
@@ -360,6 +361,10 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
     top = rankings.copy()
     top[5::37, n - 1] = -1
     check(scores, top)
+    listed = rng.integers(0, n + 1, size=rows)  # top-k rows of every k (0 included) in every group
+    top[np.arange(n)[None, :] >= listed[:, None]] = -1
+    check(scores, top)
+    check(scores, np.ascontiguousarray(rankings[:, : max(1, n // 2)]))  # narrow: top-(n/2) without padding
     wide = scores.copy()
     wide[3::29, 0] = wide[3::29, 1] + 200.0
     check(wide, rankings)

@@ -130,17 +130,17 @@ __attribute__((always_inline)) inline void move_exponents(double* prod, int32_t*
   }
 }
 
-// Sixteen rows of per-row scores and full rankings (m >= n - 1; position n - 1 may hold -1) laid out [item][lane]:
-// the scores S, the items by position R, each lane's largest and smallest score, the items it lists, the item
-// at the last position (the unlisted one where the row lists n - 1), and whether the row is bad (a non-finite
-// score, an item out of range or repeated, a listed item after the padding).
+// Sixteen rows of per-row scores and rankings (full or top-k: -1 after the listed items) laid out [item][lane]:
+// the scores S, the items by position R (0 at the padding), each lane's largest and smallest score, the items
+// it lists and how many (L), the item at the last position (the unlisted one where the row lists n - 1), and
+// whether the row is bad (a non-finite score, an item out of range or repeated, a listed item after the padding).
 template <class T>
 struct LaneRows {
   T S[32][kLanes];
   int32_t R[32][kLanes];
   T mx[kLanes], mn[kLanes];
   uint32_t seen[kLanes], bad[kLanes];
-  int32_t last[kLanes];
+  int32_t last[kLanes], L[kLanes];
 };
 
 template <class T, class I>
@@ -171,16 +171,27 @@ __attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, in
   // the checks in the rankings' width: sixteen 32-bit lanes are one vector
   using V = typename std::conditional<sizeof(I) <= 4, int32_t, int64_t>::type;
   using UV = typename std::make_unsigned<V>::type;
+  uint32_t ended[kLanes];  // 1 from the lane's first -1 on
+  for (int l = 0; l < kLanes; ++l) {
+    ended[l] = 0;
+    x.L[l] = 0;
+  }
   for (int64_t j = 0; j < listed; ++j) {
     for (int l = 0; l < kLanes; ++l) {
       const V v = static_cast<V>(r[l * m + j]);
-      const bool ok = static_cast<UV>(v) < static_cast<UV>(n);
+      const bool ok = static_cast<UV>(v) < static_cast<UV>(n), pad = v == -1;
       const uint32_t bit = ok ? uint32_t(1) << (v & 31) : 0u;
-      bad[l] |= static_cast<uint32_t>(!ok && !(j == n - 1 && v == -1));
+      bad[l] |= static_cast<uint32_t>(!ok && !pad);
+      bad[l] |= static_cast<uint32_t>(ended[l] != 0 && !pad);
       bad[l] |= static_cast<uint32_t>((seen[l] & bit) != 0);
       seen[l] |= bit;
+      ended[l] |= static_cast<uint32_t>(pad);
+      x.L[l] += static_cast<int32_t>(ended[l] == 0);
       R[j][l] = ok ? static_cast<int32_t>(v) : 0;
     }
+  }
+  for (int64_t j = listed; j < n; ++j) {
+    for (int l = 0; l < kLanes; ++l) R[j][l] = 0;
   }
   for (int64_t j = listed; j < m; ++j) {
     for (int l = 0; l < kLanes; ++l) bad[l] |= static_cast<uint32_t>(r[l * m + j] != I(-1));
@@ -199,12 +210,74 @@ inline uint32_t bad_lanes(const uint32_t* bad) {
   return out;
 }
 
+// loglik_lanes for a group with top-k rows (some lane lists at most n - 2 items), in pl::row_loglik's order:
+// the suffix sums start from the worths of the unlisted items in item order, the stages j < L add their item
+// and the stages j < min(L, n - 1) count (factor 1 and no term elsewhere: exact). The rows of n or n - 1 items
+// get the values of the full-ranking loop. The gradient as there, with 0 - w c at the unlisted items.
+template <bool Grad, class T>
+__attribute__((always_inline)) inline uint32_t loglik_lanes_top(const LaneRows<T>& x, const T (&W)[32][kLanes],
+                                                                int64_t n, T* ll, T* grad) {
+  using C = T;
+  const auto& S = x.S;
+  const auto& R = x.R;
+  C acc[kLanes];
+  double lsum[kLanes], prod[kLanes];
+  int32_t exps[kLanes], Lc[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    acc[l] = C(0);
+    lsum[l] = 0.0;
+    prod[l] = 1.0;
+    exps[l] = 0;
+    Lc[l] = x.L[l] < n - 1 ? x.L[l] : static_cast<int32_t>(n - 1);
+  }
+  // Worths times 0 or 1 (exact), not a select of the load: GCC 12 turns `listed ? 0 : W[i][l]` into AVX2 masked
+  // loads here, with the two halves' masks swapped (a miscompile caught by the tests).
+  for (int64_t i = 0; i < n; ++i) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += W[i][l] * static_cast<C>((~x.seen[l] >> i) & 1u);
+  }
+  double inv[Grad ? 32 : 1][kLanes];  // 1 / D_j at the counted stages, else 0
+  for (int64_t j = n - 1; j >= 0; --j) {
+    for (int l = 0; l < kLanes; ++l) {
+      const int32_t item = R[j][l];
+      const bool add = j < x.L[l], count = j < Lc[l];
+      acc[l] += W[item][l] * static_cast<C>(add);
+      lsum[l] += static_cast<double>(S[item][l] - x.mx[l]) * static_cast<double>(count);
+      prod[l] *= count ? static_cast<double>(acc[l]) : 1.0;
+      if constexpr (Grad) inv[j][l] = count ? 1.0 / static_cast<double>(acc[l]) : 0.0;
+    }
+    if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two, branch-free
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    const double value = lsum[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
+    ll[l] = static_cast<T>(value);
+  }
+  const uint32_t rest = bad_lanes(x.bad);
+  if constexpr (Grad) {
+    double c[kLanes];
+    C G[32][kLanes];  // by position
+    for (int l = 0; l < kLanes; ++l) c[l] = 0.0;
+    for (int64_t p = 0; p < n; ++p) {
+      for (int l = 0; l < kLanes; ++l) {
+        c[l] += inv[p][l];
+        G[p][l] = static_cast<C>((p < Lc[l] ? 1.0 : 0.0) - static_cast<double>(W[R[p][l]][l]) * c[l]);
+      }
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      if ((rest >> l) & 1u) continue;
+      T* g = grad + l * n;
+      for (int64_t i = 0; i < n; ++i) g[i] = static_cast<C>(0.0 - static_cast<double>(W[i][l]) * c[l]);
+      for (int64_t p = 0; p < x.L[l]; ++p) g[R[p][l]] = G[p][l];
+    }
+  }
+  return rest;
+}
+
 // The log-likelihood's common case: per-row scores, no mask, full rankings (every item listed, or all but one)
-// of n <= 32 items. Sixteen rows are laid out lane by lane ([item][lane]) so that every step (max, exp, the
-// ranking checks, the backward suffix sums, the product of the normalisers, the final log) is one vector
-// operation over the rows. The arithmetic is that of pl::row_loglik's fast path (same exp, same suffix order,
-// same float64 product); a lane that is not this case (padding before n - 1, a bad item, a wide score range)
-// is left to the general per-row code, which also words its error.
+// of n <= 32 items; a group with top-k rows goes on in loglik_lanes_top. Sixteen rows are laid out lane by lane
+// ([item][lane]) so that every step (max, exp, the ranking checks, the backward suffix sums, the product of the
+// normalisers, the final log) is one vector operation over the rows. The arithmetic is that of
+// pl::row_loglik's fast path (same exp, same suffix order, same float64 product); a lane that is not this case
+// (a bad item, a wide score range) is left to the general per-row code, which also words its error.
 // With Grad, also each good row's gradient (n per row in grad; a bad row's is left alone), by the arithmetic of
 // pl::row_loglik: g = [p < n - 1] - w c_p at the item of position p (the last: the last item, listed or not),
 // c_p = sum_{j <= p, j < n - 1} 1 / D_j in float64.
@@ -225,6 +298,9 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) W[i][l] = fastmath::exp_neg(S[i][l] - mx[l]);
   }
+  bool full = true;  // every good lane lists n or n - 1 items
+  for (int l = 0; l < kLanes; ++l) full &= x.L[l] >= n - 1 || bad[l] != 0;
+  if (!full) return loglik_lanes_top<Grad>(x, W, n, ll, grad);
   // The last stage is not counted: it starts the suffix sums with the worth of the last item, listed or not.
   C acc[kLanes];
   double lsum[kLanes], prod[kLanes];
@@ -284,6 +360,7 @@ __attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, con
   double D[32][kLanes], E[32][kLanes];
   for (int l = 0; l < kLanes; ++l) {
     x.bad[l] |= static_cast<uint32_t>(!(beta * (static_cast<double>(x.mx[l]) - x.mn[l]) <= 300.0));
+    x.bad[l] |= static_cast<uint32_t>(x.L[l] < n - 1);  // top-k rows: the per-row code
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) {
@@ -977,7 +1054,7 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   Slabs<double> partial(global_grad ? n_chunks : 0, n);
   const int nt = threads_for(n_chunks);
-  const bool lanes_ok = !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
+  const bool lanes_ok = !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= 1;
   for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
