@@ -327,26 +327,36 @@ def _loglik_both_ways(cpu, scores, rankings, want_grad=False):
 @pytest.mark.parametrize("idtype", [np.int32, np.int64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_grad):
-    """The sixteen-row lanes (per-row scores, no mask, n <= 32; the explicit AVX-512 or AVX2 ones for float32,
-    full rankings and n <= 16), with and without the gradient: the values of the other lanes, of the per-row
-    code (a mask sends every row there) and of the reference; top-(n-1) rows (-1 last) in a group, top-k rows
-    of every k, narrow rankings (m < n - 1);
-    wide score ranges (per-row code); the first bad row for each kind of bad row, wherever it falls in a
-    group of sixteen."""
+    """The sixteen-row lanes (per-row scores, n <= 32; the explicit AVX-512 or AVX2 ones for float32, full
+    rankings, no mask and n <= 16), with and without the gradient: the values of the other lanes, of the
+    per-row code (the lanes switched off) and of the reference; top-(n-1) rows (-1 last) in a group, top-k
+    rows of every k, narrow rankings (m < n - 1), row masks and one mask of all rows (rows with no or one
+    available item among them); wide score ranges (per-row code); the first bad row for each kind of bad
+    row, wherever it falls in a group of sixteen."""
     cpu = pytest.importorskip("prefcal._cpu")
     rows = 16 * 40 + 5
     scores, rankings, _ = pl_data(rng, rows, n, dtype=dtype)
     rankings = rankings.astype(idtype)
-    every = np.ones((rows, n), dtype=bool)
     # float32: the lanes' exps are FMA-contracted and the per-row code's are not (a few ulp apart)
     close = 1e-6 if dtype == np.float32 else 1e-12
     tol = 1e-5 if dtype == np.float32 else 1e-12
 
-    def check(s, r):
-        fast, slow = _loglik_both_ways(cpu, s, r, want_grad)
-        per_row = cpu.pl_loglik(s, r, every, want_grad)
+    def per_row_code(s, r, mask=None):
+        previous = cpu.set_loglik_lanes(False)
+        try:
+            return cpu.pl_loglik(s, r, mask, want_grad)
+        finally:
+            cpu.set_loglik_lanes(previous)
+
+    def check(s, r, mask=None):
+        fast, slow = _both_ways(cpu.set_loglik_explicit, lambda: cpu.pl_loglik(s, r, mask, want_grad))
+        per_row = per_row_code(s, r, mask)
         assert fast[2] == slow[2] == per_row[2] == NO_ERROR
-        ref, ref_grad, _ = _reference.pl_loglik(s.astype(np.float64), r, None, want_grad)
+        if mask is not None:  # every group takes the top-k loop: the per-row code's values bit for bit
+            np.testing.assert_array_equal(fast[0], per_row[0])
+            if want_grad:
+                np.testing.assert_array_equal(fast[1], per_row[1])
+        ref, ref_grad, _ = _reference.pl_loglik(s.astype(np.float64), r, mask, want_grad)
         np.testing.assert_allclose(fast[0], ref, rtol=tol, atol=tol)
         np.testing.assert_allclose(fast[0], slow[0], rtol=1e-7, atol=1e-7)  # bit for bit with GCC 12
         np.testing.assert_allclose(fast[0], per_row[0], rtol=close, atol=close)
@@ -355,7 +365,7 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
             np.testing.assert_allclose(fast[1], per_row[1], rtol=close, atol=close)
             np.testing.assert_allclose(fast[1], ref_grad, rtol=tol, atol=tol)
             # the same log-likelihood as without the gradient
-            np.testing.assert_array_equal(fast[0], _loglik_both_ways(cpu, s, r)[0][0])
+            np.testing.assert_array_equal(fast[0], cpu.pl_loglik(s, r, mask, False)[0])
 
     check(scores, rankings)
     top = rankings.copy()
@@ -365,6 +375,15 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
     top[np.arange(n)[None, :] >= listed[:, None]] = -1
     check(scores, top)
     check(scores, np.ascontiguousarray(rankings[:, : max(1, n // 2)]))  # narrow: top-(n/2) without padding
+    for mask in (rng.random((rows, n)) < 0.7, rng.random(n) < 0.7):
+        mask[..., :1] = True
+        if mask.ndim == 2:
+            mask[7::41] = False  # nothing available
+            mask[8::41, 1:] = False  # one item
+        r = pl.sample(scores, seed=int(rng.integers(2**31)), mask=mask)[:, 0].astype(idtype)
+        check(scores, r, mask)
+        r[np.arange(n)[None, :] >= rng.integers(0, n + 1, size=rows)[:, None]] = -1
+        check(scores, r, mask)
     wide = scores.copy()
     wide[3::29, 0] = wide[3::29, 1] + 200.0
     check(wide, rankings)
@@ -383,7 +402,12 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
             else:
                 s[b, 0] = -np.inf
             fast, slow = _loglik_both_ways(cpu, s, r, want_grad)
-            assert fast[2] == slow[2] == cpu.pl_loglik(s, r, every, want_grad)[2] == b, (kind, b)
+            assert fast[2] == slow[2] == per_row_code(s, r)[2] == b, (kind, b)
+    for b in (0, 15, 16, int(rng.integers(rows)), rows - 1):  # a listed item that is not available
+        mask = np.ones((rows, n), dtype=bool)
+        mask[b, rankings[b, n // 2]] = False
+        fast, slow = _both_ways(cpu.set_loglik_explicit, lambda: cpu.pl_loglik(scores, rankings, mask, want_grad))
+        assert fast[2] == slow[2] == per_row_code(scores, rankings, mask)[2] == b
 
 
 # ----------------------------------------------------------------------------------------- sampling

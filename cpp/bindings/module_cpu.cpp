@@ -1041,6 +1041,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("set_simd_cap", &prefcal::cpu::set_simd_cap, py::arg("cap"));
   m.def("set_loglik_explicit", &prefcal::cpu::set_loglik_explicit, py::arg("on"));
   m.def("set_temperature_lanes", &prefcal::cpu::set_temperature_lanes, py::arg("on"));
+  m.def("set_loglik_lanes", &prefcal::cpu::set_loglik_lanes, py::arg("on"));
   m.attr("GUMBEL_F32_ERROR") = py::float_(prefcal::cpu::gumbel_f32_error());
   m.def("set_num_threads", &prefcal::cpu::set_num_threads, py::arg("n"));
   m.def("num_threads", &prefcal::cpu::num_threads);

@@ -114,6 +114,9 @@ std::atomic<bool> g_loglik_explicit{true};
 // The temperature pass's lanes (temperature_lanes): on by default; a test hook turns them off to compare with
 // the per-row code.
 std::atomic<bool> g_temperature_lanes{true};
+// The log-likelihood's lanes (loglik_lanes): on by default; a test hook turns them off to compare with the per-row
+// code.
+std::atomic<bool> g_loglik_lanes{true};
 // The explicit SIMD paths may use at most: 2 AVX-512, 1 AVX2 + FMA, 0 neither (a test hook lowers it, so that a
 // processor with AVX-512 tests the AVX2 paths too).
 std::atomic<int> g_simd_cap{2};
@@ -130,21 +133,45 @@ __attribute__((always_inline)) inline void move_exponents(double* prod, int32_t*
   }
 }
 
+// pl::LogProduct::renormalise in each lane, branch-free: the product and exponent of the per-row code after
+// every stage, so that the rows of loglik_lanes_top get its values bit for bit.
+__attribute__((always_inline)) inline void renormalise_lanes(double* prod, int32_t* exps) {
+  for (int l = 0; l < kLanes; ++l) {
+    uint64_t bits;
+    memcpy(&bits, &prod[l], sizeof bits);
+    const int32_t e = static_cast<int32_t>((bits >> 52) & 0x7FF);
+    const uint64_t scale_bits = static_cast<uint64_t>(2046 - e) << 52;
+    double scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    const bool out = !(prod[l] >= 0x1p-498 && prod[l] < 0x1p499);
+    exps[l] += out ? e - 1023 : 0;
+    prod[l] = out ? prod[l] * scale : prod[l];
+  }
+}
+
 // Sixteen rows of per-row scores and rankings (full or top-k: -1 after the listed items) laid out [item][lane]:
-// the scores S, the items by position R (0 at the padding), each lane's largest and smallest score, the items
-// it lists and how many (L), the item at the last position (the unlisted one where the row lists n - 1), and
-// whether the row is bad (a non-finite score, an item out of range or repeated, a listed item after the padding).
+// the scores S, the items by position R (0 at the padding), the available items (all without a mask) and
+// their largest and smallest score (0 where none is), the items each row lists and how many (L), the item at
+// the last position (the unlisted one where the row lists n - 1), and whether the row is bad (a non-finite
+// score, an item out of range, repeated or not available, a listed item after the padding).
 template <class T>
 struct LaneRows {
   T S[32][kLanes];
   int32_t R[32][kLanes];
   T mx[kLanes], mn[kLanes];
-  uint32_t seen[kLanes], bad[kLanes];
+  uint32_t avail[kLanes], seen[kLanes], bad[kLanes];
   int32_t last[kLanes], L[kLanes];
 };
 
+// The rows' availability: a mask row each (mask + l * stride; stride 0 for one mask of all rows), or none.
+struct LaneMask {
+  const uint8_t* p;
+  int64_t stride;
+};
+
 template <class T, class I>
-__attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, int64_t n, int64_t m, LaneRows<T>& x) {
+__attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, LaneMask mask, int64_t n, int64_t m,
+                                                      LaneRows<T>& x) {
   using C = T;
   auto& S = x.S;
   auto& R = x.R;
@@ -152,20 +179,34 @@ __attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, in
   auto& mn = x.mn;
   auto& seen = x.seen;
   auto& bad = x.bad;
+  const uint32_t all = n == 32 ? 0xFFFFFFFFu : (uint32_t(1) << n) - 1;
   for (int l = 0; l < kLanes; ++l) {
-    mx[l] = s[l * n];
-    mn[l] = s[l * n];
+    x.avail[l] = all;
+    mx[l] = -std::numeric_limits<C>::infinity();
+    mn[l] = std::numeric_limits<C>::infinity();
     seen[l] = 0;
     bad[l] = 0;
+  }
+  if (mask.p != nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      for (int l = 0; l < kLanes; ++l) {
+        x.avail[l] &= ~(static_cast<uint32_t>(mask.p[l * mask.stride + i] == 0) << i);
+      }
+    }
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) {
       const C v = s[l * n + i];
+      const bool a = ((x.avail[l] >> i) & 1u) != 0;
       S[i][l] = v;
-      mx[l] = v > mx[l] ? v : mx[l];
-      mn[l] = v < mn[l] ? v : mn[l];
+      mx[l] = a && v > mx[l] ? v : mx[l];
+      mn[l] = a && v < mn[l] ? v : mn[l];
       bad[l] |= static_cast<uint32_t>(!(v - v == C(0)));  // NaN or inf
     }
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    mx[l] = x.avail[l] != 0 ? mx[l] : C(0);
+    mn[l] = x.avail[l] != 0 ? mn[l] : C(0);
   }
   const int64_t listed = m < n ? m : n;  // positions that must hold items (the last of n may be -1)
   // the checks in the rankings' width: sixteen 32-bit lanes are one vector
@@ -184,6 +225,7 @@ __attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, in
       bad[l] |= static_cast<uint32_t>(!ok && !pad);
       bad[l] |= static_cast<uint32_t>(ended[l] != 0 && !pad);
       bad[l] |= static_cast<uint32_t>((seen[l] & bit) != 0);
+      bad[l] |= static_cast<uint32_t>((bit & ~x.avail[l]) != 0);
       seen[l] |= bit;
       ended[l] |= static_cast<uint32_t>(pad);
       x.L[l] += static_cast<int32_t>(ended[l] == 0);
@@ -196,7 +238,6 @@ __attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, in
   for (int64_t j = listed; j < m; ++j) {
     for (int l = 0; l < kLanes; ++l) bad[l] |= static_cast<uint32_t>(r[l * m + j] != I(-1));
   }
-  const uint32_t all = n == 32 ? 0xFFFFFFFFu : (uint32_t(1) << n) - 1;
   for (int l = 0; l < kLanes; ++l) {
     const uint32_t missing = all & ~seen[l];
     x.last[l] = (missing != 0 ? __builtin_ctz(missing | 0x80000000u) : R[n - 1][l]) & 31;
@@ -210,10 +251,12 @@ inline uint32_t bad_lanes(const uint32_t* bad) {
   return out;
 }
 
-// loglik_lanes for a group with top-k rows (some lane lists at most n - 2 items), in pl::row_loglik's order:
-// the suffix sums start from the worths of the unlisted items in item order, the stages j < L add their item
-// and the stages j < min(L, n - 1) count (factor 1 and no term elsewhere: exact). The rows of n or n - 1 items
-// get the values of the full-ranking loop. The gradient as there, with 0 - w c at the unlisted items.
+// loglik_lanes for a group with top-k rows (some lane lists at most n - 2 items) or a mask, in pl::row_loglik's
+// order: the suffix sums start from the worths of the unlisted items in item order (0 for those not available),
+// the stages j < L add their item and the stages j < min(L, available - 1) count (factor 1 and no term
+// elsewhere: exact), the product renormalised where the per-row code does: the per-row code's values (the
+// full-ranking loop renormalises every two stages, a few ulp apart). The gradient as there, with 0 - w c at
+// the unlisted items (0 at those not available).
 template <bool Grad, class T>
 __attribute__((always_inline)) inline uint32_t loglik_lanes_top(const LaneRows<T>& x, const T (&W)[32][kLanes],
                                                                 int64_t n, T* ll, T* grad) {
@@ -228,7 +271,8 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes_top(const LaneRows<T
     lsum[l] = 0.0;
     prod[l] = 1.0;
     exps[l] = 0;
-    Lc[l] = x.L[l] < n - 1 ? x.L[l] : static_cast<int32_t>(n - 1);
+    const int32_t last_counted = __builtin_popcount(x.avail[l]) - 1;  // choices among the available items
+    Lc[l] = x.L[l] < last_counted ? x.L[l] : last_counted;
   }
   // Worths times 0 or 1 (exact), not a select of the load: GCC 12 turns `listed ? 0 : W[i][l]` into AVX2 masked
   // loads here, with the two halves' masks swapped (a miscompile caught by the tests).
@@ -245,7 +289,7 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes_top(const LaneRows<T
       prod[l] *= count ? static_cast<double>(acc[l]) : 1.0;
       if constexpr (Grad) inv[j][l] = count ? 1.0 / static_cast<double>(acc[l]) : 0.0;
     }
-    if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two, branch-free
+    renormalise_lanes(prod, exps);
   }
   for (int l = 0; l < kLanes; ++l) {
     const double value = lsum[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
@@ -282,11 +326,11 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes_top(const LaneRows<T
 // pl::row_loglik: g = [p < n - 1] - w c_p at the item of position p (the last: the last item, listed or not),
 // c_p = sum_{j <= p, j < n - 1} 1 / D_j in float64.
 template <bool Grad, class T, class I>
-__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, int64_t n, int64_t m, T* ll,
-                                                            T* grad) {
+__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, LaneMask mask, int64_t n,
+                                                            int64_t m, T* ll, T* grad) {
   using C = T;
   LaneRows<T> x;
-  load_lanes(s, r, n, m, x);
+  load_lanes(s, r, mask, n, m, x);
   auto& S = x.S;
   auto& R = x.R;
   auto& mx = x.mx;
@@ -297,6 +341,12 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) W[i][l] = fastmath::exp_neg(S[i][l] - mx[l]);
+  }
+  if (mask.p != nullptr) {  // worth 0 where not available (times 0: see loglik_lanes_top)
+    for (int64_t i = 0; i < n; ++i) {
+      for (int l = 0; l < kLanes; ++l) W[i][l] *= static_cast<C>((x.avail[l] >> i) & 1u);
+    }
+    return loglik_lanes_top<Grad>(x, W, n, ll, grad);
   }
   bool full = true;  // every good lane lists n or n - 1 items
   for (int l = 0; l < kLanes; ++l) full &= x.L[l] >= n - 1 || bad[l] != 0;
@@ -356,7 +406,7 @@ template <class T, class I>
 __attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, const I* r, int64_t n, int64_t m,
                                                                  double beta, pl::Moments& out) {
   LaneRows<T> x;
-  load_lanes(s, r, n, m, x);
+  load_lanes(s, r, LaneMask{nullptr, 0}, n, m, x);
   double D[32][kLanes], E[32][kLanes];
   for (int l = 0; l < kLanes; ++l) {
     x.bad[l] |= static_cast<uint32_t>(!(beta * (static_cast<double>(x.mx[l]) - x.mn[l]) <= 300.0));
@@ -519,22 +569,17 @@ PREFCAL_CLONES uint32_t temp_lanes(const double* s, const int64_t* r, int64_t n,
   return temperature_lanes(s, r, n, m, beta, out);
 }
 
-PREFCAL_CLONES uint32_t loglik_lanes_f32_i32(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll,
-                                          float* grad) {
-  return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
-}
-PREFCAL_CLONES uint32_t loglik_lanes_f32_i64(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll,
-                                          float* grad) {
-  return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
-}
-PREFCAL_CLONES uint32_t loglik_lanes_f64_i32(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll,
-                                          double* grad) {
-  return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
-}
-PREFCAL_CLONES uint32_t loglik_lanes_f64_i64(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll,
-                                          double* grad) {
-  return grad == nullptr ? loglik_lanes<false>(s, r, n, m, ll, grad) : loglik_lanes<true>(s, r, n, m, ll, grad);
-}
+// The log-likelihood lanes for each scores / rankings type, compiled for AVX-512, AVX2 and the baseline.
+#define PREFCAL_LOGLIK_LANES(NAME, T, I)                                                                       \
+  PREFCAL_CLONES uint32_t NAME(const T* s, const I* r, LaneMask mask, int64_t n, int64_t m, T* ll, T* grad) { \
+    return grad == nullptr ? loglik_lanes<false>(s, r, mask, n, m, ll, grad)                                  \
+                           : loglik_lanes<true>(s, r, mask, n, m, ll, grad);                                  \
+  }
+PREFCAL_LOGLIK_LANES(loglik_lanes_f32_i32, float, int32_t)
+PREFCAL_LOGLIK_LANES(loglik_lanes_f32_i64, float, int64_t)
+PREFCAL_LOGLIK_LANES(loglik_lanes_f64_i32, double, int32_t)
+PREFCAL_LOGLIK_LANES(loglik_lanes_f64_i64, double, int64_t)
+#undef PREFCAL_LOGLIK_LANES
 #if defined(PREFCAL_X86_AVX2)
 // What this processor has, read once; the explicit paths ask through the functions below, which also honour
 // the test hook's cap (g_simd_cap).
@@ -984,11 +1029,11 @@ __attribute__((target("avx2,fma"))) bool loglik_lanes_f32_avx2(const float* s, c
 // float32 scores: the explicit AVX-512 or AVX2 lanes where they apply, else the compiler-vectorised ones. With
 // grad != nullptr, also the gradients.
 template <class I>
-uint32_t f32_lanes(const float* s, const I* r, int64_t n, int64_t m, float* ll, float* grad,
-                   uint32_t (*vectorised)(const float*, const I*, int64_t, int64_t, float*, float*)) {
+uint32_t f32_lanes(const float* s, const I* r, LaneMask mask, int64_t n, int64_t m, float* ll, float* grad,
+                   uint32_t (*vectorised)(const float*, const I*, LaneMask, int64_t, int64_t, float*, float*)) {
 #if defined(PREFCAL_X86_AVX2)
   uint32_t rest = 0;
-  if (m == n && n <= 16 && g_loglik_explicit.load(std::memory_order_relaxed)) {
+  if (mask.p == nullptr && m == n && n <= 16 && g_loglik_explicit.load(std::memory_order_relaxed)) {
     if (cpu_avx512_cd()) {
       if (grad == nullptr ? loglik_lanes_f32_avx512<false>(s, r, n, ll, grad, rest)
                           : loglik_lanes_f32_avx512<true>(s, r, n, ll, grad, rest)) {
@@ -1002,19 +1047,19 @@ uint32_t f32_lanes(const float* s, const I* r, int64_t n, int64_t m, float* ll, 
     }
   }
 #endif
-  return vectorised(s, r, n, m, ll, grad);
+  return vectorised(s, r, mask, n, m, ll, grad);
 }
-uint32_t lanes(const float* s, const int32_t* r, int64_t n, int64_t m, float* ll, float* grad) {
-  return f32_lanes(s, r, n, m, ll, grad, loglik_lanes_f32_i32);
+uint32_t lanes(const float* s, const int32_t* r, LaneMask mask, int64_t n, int64_t m, float* ll, float* grad) {
+  return f32_lanes(s, r, mask, n, m, ll, grad, loglik_lanes_f32_i32);
 }
-uint32_t lanes(const float* s, const int64_t* r, int64_t n, int64_t m, float* ll, float* grad) {
-  return f32_lanes(s, r, n, m, ll, grad, loglik_lanes_f32_i64);
+uint32_t lanes(const float* s, const int64_t* r, LaneMask mask, int64_t n, int64_t m, float* ll, float* grad) {
+  return f32_lanes(s, r, mask, n, m, ll, grad, loglik_lanes_f32_i64);
 }
-uint32_t lanes(const double* s, const int32_t* r, int64_t n, int64_t m, double* ll, double* grad) {
-  return loglik_lanes_f64_i32(s, r, n, m, ll, grad);
+uint32_t lanes(const double* s, const int32_t* r, LaneMask mask, int64_t n, int64_t m, double* ll, double* grad) {
+  return loglik_lanes_f64_i32(s, r, mask, n, m, ll, grad);
 }
-uint32_t lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double* ll, double* grad) {
-  return loglik_lanes_f64_i64(s, r, n, m, ll, grad);
+uint32_t lanes(const double* s, const int64_t* r, LaneMask mask, int64_t n, int64_t m, double* ll, double* grad) {
+  return loglik_lanes_f64_i64(s, r, mask, n, m, ll, grad);
 }
 
 // pl::row_loglik and pl::row_temperature compiled for AVX-512, AVX2 and the baseline, everything it calls inlined into each clone
@@ -1054,7 +1099,8 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   Slabs<double> partial(global_grad ? n_chunks : 0, n);
   const int nt = threads_for(n_chunks);
-  const bool lanes_ok = !sh.global_scores && sh.mask == nullptr && n >= 2 && n <= 32 && m >= 1;
+  const bool lanes_ok =
+      g_loglik_lanes.load(std::memory_order_relaxed) && !sh.global_scores && n >= 2 && n <= 32 && m >= 1;
   for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
@@ -1078,7 +1124,8 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
       return good;
     };
     bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
-      return lanes(s + b * n, r + b * m, n, m, ll + b, grad == nullptr ? nullptr : grad + b * n);
+      const LaneMask mk{mask_row(sh, b), sh.global_mask ? 0 : n};
+      return lanes(s + b * n, r + b * m, mk, n, m, ll + b, grad == nullptr ? nullptr : grad + b * n);
     });
   });
   const int64_t first = min_of(bad);
@@ -2499,6 +2546,7 @@ int sample_f32_group() {
 
 bool set_loglik_explicit(bool on) { return g_loglik_explicit.exchange(on); }
 bool set_temperature_lanes(bool on) { return g_temperature_lanes.exchange(on); }
+bool set_loglik_lanes(bool on) { return g_loglik_lanes.exchange(on); }
 
 template int64_t pl_sample<float>(const float*, int64_t, int64_t, const uint8_t*, bool, int64_t, int64_t, uint64_t,
                                   bool, int32_t*, int64_t, int64_t);

@@ -49,6 +49,9 @@ int set_simd_cap(int cap);
 // Test hook: the temperature pass's sixteen-row lanes on / off (returns the previous setting); off, the per-row
 // code takes every row.
 bool set_temperature_lanes(bool on);
+// Test hook: the log-likelihood's sixteen-row lanes on / off (returns the previous setting); off, the per-row code
+// takes every row.
+bool set_loglik_lanes(bool on);
 int64_t sample_f32_fallbacks();
 int sample_f32_group();
 bool gumbel_f32(const uint32_t* a, const uint32_t* b, int64_t count, float* out);
