@@ -14,6 +14,9 @@ Peers measured in the same run:
 * temperature 10^6 x 10: SciPy's bounded minimize_scalar of the NumPy formulation (float64);
 * pairwise probabilities of 10^5 rows of 10 float64 scores (10^7 sigmoids, 80 MB written): NumPy's
   broadcast difference and overflow-free sigmoid;
+* rankings of other shapes (test_loglik_shapes, 10^7 scores each): top-5 of 10 against a NumPy
+  total-minus-cumsum formulation, row masks, full rows of 100 items against the NumPy formulation (also the
+  temperature), sampling rows of 500 items against NumPy's Gumbel-argsort;
 * the memory copy bandwidth.
 """
 
@@ -196,3 +199,88 @@ def test_pairwise(benchmark, recorder, rows, impl):
     benchmark.group = "pl-pairwise-1e5x10"
     benchmark.pedantic(fn, rounds=7, warmup_rounds=1)
     recorder(benchmark, "pl-pairwise-1e5x10", impl, scores.shape[0], scores.nbytes + scores.size * NI * 8)
+
+
+def numpy_topk_loglik(scores, top):
+    """The NumPy formulation for top-k rankings `top` (N, k), no padding: each stage's normaliser as the total
+    worth less the worths listed before it."""
+    s = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(s)
+    x = np.take_along_axis(s, top, axis=1)
+    ex = np.take_along_axis(e, top, axis=1)
+    denominators = e.sum(axis=1, keepdims=True) - np.cumsum(ex, axis=1) + ex
+    return (x - np.log(denominators)).sum(axis=1)
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """The rankings beside full rows of 10: top-5 of 10 (-1 padded and narrow), 80% of the items available
+    (row masks), full rows of 100 items, and rows of 500 items to sample (10^7 scores each)."""
+    rng = np.random.default_rng(4)
+    s10 = rng.normal(size=(N, NI)).astype(np.float32)
+    r10 = pl.sample(s10, seed=5)[:, 0]
+    padded = r10.copy()
+    padded[:, 5:] = -1
+    mask = rng.random((N, NI)) < 0.8
+    mask[:, 0] = True
+    masked = pl.sample(s10, seed=6, mask=mask)[:, 0]
+    s100 = rng.normal(size=(10**5, 100)).astype(np.float32)
+    r100 = pl.sample(s100, seed=7)[:, 0]
+    s500 = rng.normal(size=(2 * 10**4, 500)).astype(np.float32)
+    return dict(s10=s10, padded=padded, narrow=np.ascontiguousarray(r10[:, :5]), mask=mask, masked=masked,
+                s100=s100, r100=r100, s500=s500)
+
+
+SHAPES = [
+    ("top-5 of 10 (-1 padded)", "prefcal (C++)"),
+    ("top-5 of 10 (-1 padded)", "prefcal with gradient (C++)"),
+    ("top-5 of 10 (narrow)", "prefcal (C++)"),
+    ("top-5 of 10 (narrow)", "NumPy total-minus-cumsum"),
+    ("masked 10 (80% available)", "prefcal (C++)"),
+    ("masked 10 (80% available)", "prefcal with gradient (C++)"),
+    ("full 100 (1e5 rows)", "prefcal (C++)"),
+    ("full 100 (1e5 rows)", "prefcal with gradient (C++)"),
+    ("full 100 (1e5 rows)", "NumPy gather+cumLSE"),
+    ("full 100 (1e5 rows)", "prefcal temperature (C++)"),
+    ("sample 500 (2e4 rows)", "prefcal (C++)"),
+    ("sample 500 (2e4 rows)", "NumPy Gumbel-argsort"),
+]
+
+
+@pytest.mark.parametrize("case,impl", SHAPES)
+def test_loglik_shapes(benchmark, recorder, shapes, case, impl):
+    """10^7 scores in each case; compare with the full rows of 10 (group pl-loglik-1e6x10)."""
+    d = shapes
+    grad = "gradient" in impl
+    call = pl.log_likelihood_grad if grad else pl.log_likelihood
+    if case.startswith("top-5"):
+        top = d["padded"] if "padded" in case else d["narrow"]
+        scores, nbytes = d["s10"], d["s10"].nbytes + top.nbytes
+        if impl.startswith("NumPy"):
+            fn = lambda: numpy_topk_loglik(scores, top)  # noqa: E731
+        else:
+            fn = lambda: call(scores, top)  # noqa: E731
+    elif case.startswith("masked"):
+        scores, mask, rk = d["s10"], d["mask"], d["masked"]
+        nbytes = scores.nbytes + mask.nbytes + rk.nbytes
+        fn = lambda: call(scores, rk, mask=mask)  # noqa: E731
+    elif case.startswith("full 100"):
+        scores, rk = d["s100"], d["r100"]
+        nbytes = scores.nbytes + rk.nbytes
+        if impl.startswith("NumPy"):
+            fn = lambda: numpy_loglik(scores, rk)  # noqa: E731
+        elif "temperature" in impl:
+            fn = lambda: prefcal.recalibrate.temperature(scores, rk)  # noqa: E731
+        else:
+            fn = lambda: call(scores, rk)  # noqa: E731
+    else:
+        scores = d["s500"]
+        nbytes = scores.nbytes * 2
+        if impl.startswith("NumPy"):
+            rng = np.random.default_rng(8)
+            fn = lambda: np.argsort(-(scores + rng.gumbel(size=scores.shape)), axis=1)  # noqa: E731
+        else:
+            fn = lambda: pl.sample(scores, seed=9)  # noqa: E731
+    benchmark.group = f"pl-shapes: {case}"
+    benchmark.pedantic(fn, rounds=7 if "NumPy" not in impl else 3, warmup_rounds=1)
+    recorder(benchmark, f"pl-shapes: {case}", impl, scores.shape[0], nbytes)
