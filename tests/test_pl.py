@@ -327,11 +327,11 @@ def _loglik_both_ways(cpu, scores, rankings, want_grad=False):
 @pytest.mark.parametrize("idtype", [np.int32, np.int64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_grad):
-    """The sixteen-row lanes (per-row scores, n <= 32; the explicit AVX-512 or AVX2 ones for float32, full
+    """The sixteen-row lanes (n <= 32; the explicit AVX-512 or AVX2 ones for float32 per-row scores, full
     rankings, no mask and n <= 16), with and without the gradient: the values of the other lanes, of the
     per-row code (the lanes switched off) and of the reference; top-(n-1) rows (-1 last) in a group, top-k
-    rows of every k, narrow rankings (m < n - 1), row masks and one mask of all rows (rows with no or one
-    available item among them); wide score ranges (per-row code); the first bad row for each kind of bad
+    rows of every k, narrow rankings (m < n - 1), one global model, row masks and one mask of all rows (rows
+    with no or one available item among them); wide score ranges (per-row code); the first bad row for each kind of bad
     row, wherever it falls in a group of sixteen."""
     cpu = pytest.importorskip("prefcal._cpu")
     rows = 16 * 40 + 5
@@ -361,9 +361,10 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
         np.testing.assert_allclose(fast[0], slow[0], rtol=1e-7, atol=1e-7)  # bit for bit with GCC 12
         np.testing.assert_allclose(fast[0], per_row[0], rtol=close, atol=close)
         if want_grad:
-            np.testing.assert_allclose(fast[1], slow[1], rtol=close, atol=close)
-            np.testing.assert_allclose(fast[1], per_row[1], rtol=close, atol=close)
-            np.testing.assert_allclose(fast[1], ref_grad, rtol=tol, atol=tol)
+            many = len(r) if s.ndim == 1 else 1  # a global model's gradient: a sum of the rows' (cancelling)
+            np.testing.assert_allclose(fast[1], slow[1], rtol=close, atol=close * many)
+            np.testing.assert_allclose(fast[1], per_row[1], rtol=close, atol=close * many)
+            np.testing.assert_allclose(fast[1], ref_grad, rtol=tol, atol=tol * many)
             # the same log-likelihood as without the gradient
             np.testing.assert_array_equal(fast[0], cpu.pl_loglik(s, r, mask, False)[0])
 
@@ -375,6 +376,8 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
     top[np.arange(n)[None, :] >= listed[:, None]] = -1
     check(scores, top)
     check(scores, np.ascontiguousarray(rankings[:, : max(1, n // 2)]))  # narrow: top-(n/2) without padding
+    check(scores[0].copy(), rankings)  # one global model (its gradient summed over the rows)
+    check(scores[0].copy(), top)
     for mask in (rng.random((rows, n)) < 0.7, rng.random(n) < 0.7):
         mask[..., :1] = True
         if mask.ndim == 2:

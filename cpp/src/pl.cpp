@@ -163,14 +163,16 @@ struct LaneRows {
   int32_t last[kLanes], L[kLanes];
 };
 
-// The rows' availability: a mask row each (mask + l * stride; stride 0 for one mask of all rows), or none.
-struct LaneMask {
-  const uint8_t* p;
-  int64_t stride;
+// Where the sixteen rows' scores and availability are: row l's scores at s + l * score_stride (0: one global
+// model), its mask row at mask + l * mask_stride (0: one mask of all rows), or no mask.
+struct LaneLayout {
+  int64_t score_stride;
+  const uint8_t* mask;
+  int64_t mask_stride;
 };
 
 template <class T, class I>
-__attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, LaneMask mask, int64_t n, int64_t m,
+__attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, LaneLayout lay, int64_t n, int64_t m,
                                                       LaneRows<T>& x) {
   using C = T;
   auto& S = x.S;
@@ -187,16 +189,16 @@ __attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, La
     seen[l] = 0;
     bad[l] = 0;
   }
-  if (mask.p != nullptr) {
+  if (lay.mask != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
       for (int l = 0; l < kLanes; ++l) {
-        x.avail[l] &= ~(static_cast<uint32_t>(mask.p[l * mask.stride + i] == 0) << i);
+        x.avail[l] &= ~(static_cast<uint32_t>(lay.mask[l * lay.mask_stride + i] == 0) << i);
       }
     }
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) {
-      const C v = s[l * n + i];
+      const C v = s[l * lay.score_stride + i];
       const bool a = ((x.avail[l] >> i) & 1u) != 0;
       S[i][l] = v;
       mx[l] = a && v > mx[l] ? v : mx[l];
@@ -326,11 +328,11 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes_top(const LaneRows<T
 // pl::row_loglik: g = [p < n - 1] - w c_p at the item of position p (the last: the last item, listed or not),
 // c_p = sum_{j <= p, j < n - 1} 1 / D_j in float64.
 template <bool Grad, class T, class I>
-__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, LaneMask mask, int64_t n,
+__attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I* r, LaneLayout lay, int64_t n,
                                                             int64_t m, T* ll, T* grad) {
   using C = T;
   LaneRows<T> x;
-  load_lanes(s, r, mask, n, m, x);
+  load_lanes(s, r, lay, n, m, x);
   auto& S = x.S;
   auto& R = x.R;
   auto& mx = x.mx;
@@ -342,7 +344,7 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) W[i][l] = fastmath::exp_neg(S[i][l] - mx[l]);
   }
-  if (mask.p != nullptr) {  // worth 0 where not available (times 0: see loglik_lanes_top)
+  if (lay.mask != nullptr) {  // worth 0 where not available (times 0: see loglik_lanes_top)
     for (int64_t i = 0; i < n; ++i) {
       for (int l = 0; l < kLanes; ++l) W[i][l] *= static_cast<C>((x.avail[l] >> i) & 1u);
     }
@@ -406,7 +408,7 @@ template <class T, class I>
 __attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, const I* r, int64_t n, int64_t m,
                                                                  double beta, pl::Moments& out) {
   LaneRows<T> x;
-  load_lanes(s, r, LaneMask{nullptr, 0}, n, m, x);
+  load_lanes(s, r, LaneLayout{n, nullptr, 0}, n, m, x);
   double D[32][kLanes], E[32][kLanes];
   for (int l = 0; l < kLanes; ++l) {
     x.bad[l] |= static_cast<uint32_t>(!(beta * (static_cast<double>(x.mx[l]) - x.mn[l]) <= 300.0));
@@ -571,9 +573,9 @@ PREFCAL_CLONES uint32_t temp_lanes(const double* s, const int64_t* r, int64_t n,
 
 // The log-likelihood lanes for each scores / rankings type, compiled for AVX-512, AVX2 and the baseline.
 #define PREFCAL_LOGLIK_LANES(NAME, T, I)                                                                       \
-  PREFCAL_CLONES uint32_t NAME(const T* s, const I* r, LaneMask mask, int64_t n, int64_t m, T* ll, T* grad) { \
-    return grad == nullptr ? loglik_lanes<false>(s, r, mask, n, m, ll, grad)                                  \
-                           : loglik_lanes<true>(s, r, mask, n, m, ll, grad);                                  \
+  PREFCAL_CLONES uint32_t NAME(const T* s, const I* r, LaneLayout lay, int64_t n, int64_t m, T* ll, T* grad) { \
+    return grad == nullptr ? loglik_lanes<false>(s, r, lay, n, m, ll, grad)                                    \
+                           : loglik_lanes<true>(s, r, lay, n, m, ll, grad);                                    \
   }
 PREFCAL_LOGLIK_LANES(loglik_lanes_f32_i32, float, int32_t)
 PREFCAL_LOGLIK_LANES(loglik_lanes_f32_i64, float, int64_t)
@@ -1029,11 +1031,12 @@ __attribute__((target("avx2,fma"))) bool loglik_lanes_f32_avx2(const float* s, c
 // float32 scores: the explicit AVX-512 or AVX2 lanes where they apply, else the compiler-vectorised ones. With
 // grad != nullptr, also the gradients.
 template <class I>
-uint32_t f32_lanes(const float* s, const I* r, LaneMask mask, int64_t n, int64_t m, float* ll, float* grad,
-                   uint32_t (*vectorised)(const float*, const I*, LaneMask, int64_t, int64_t, float*, float*)) {
+uint32_t f32_lanes(const float* s, const I* r, LaneLayout lay, int64_t n, int64_t m, float* ll, float* grad,
+                   uint32_t (*vectorised)(const float*, const I*, LaneLayout, int64_t, int64_t, float*, float*)) {
 #if defined(PREFCAL_X86_AVX2)
   uint32_t rest = 0;
-  if (mask.p == nullptr && m == n && n <= 16 && g_loglik_explicit.load(std::memory_order_relaxed)) {
+  if (lay.mask == nullptr && lay.score_stride == n && m == n && n <= 16 &&
+      g_loglik_explicit.load(std::memory_order_relaxed)) {
     if (cpu_avx512_cd()) {
       if (grad == nullptr ? loglik_lanes_f32_avx512<false>(s, r, n, ll, grad, rest)
                           : loglik_lanes_f32_avx512<true>(s, r, n, ll, grad, rest)) {
@@ -1047,19 +1050,19 @@ uint32_t f32_lanes(const float* s, const I* r, LaneMask mask, int64_t n, int64_t
     }
   }
 #endif
-  return vectorised(s, r, mask, n, m, ll, grad);
+  return vectorised(s, r, lay, n, m, ll, grad);
 }
-uint32_t lanes(const float* s, const int32_t* r, LaneMask mask, int64_t n, int64_t m, float* ll, float* grad) {
-  return f32_lanes(s, r, mask, n, m, ll, grad, loglik_lanes_f32_i32);
+uint32_t lanes(const float* s, const int32_t* r, LaneLayout lay, int64_t n, int64_t m, float* ll, float* grad) {
+  return f32_lanes(s, r, lay, n, m, ll, grad, loglik_lanes_f32_i32);
 }
-uint32_t lanes(const float* s, const int64_t* r, LaneMask mask, int64_t n, int64_t m, float* ll, float* grad) {
-  return f32_lanes(s, r, mask, n, m, ll, grad, loglik_lanes_f32_i64);
+uint32_t lanes(const float* s, const int64_t* r, LaneLayout lay, int64_t n, int64_t m, float* ll, float* grad) {
+  return f32_lanes(s, r, lay, n, m, ll, grad, loglik_lanes_f32_i64);
 }
-uint32_t lanes(const double* s, const int32_t* r, LaneMask mask, int64_t n, int64_t m, double* ll, double* grad) {
-  return loglik_lanes_f64_i32(s, r, mask, n, m, ll, grad);
+uint32_t lanes(const double* s, const int32_t* r, LaneLayout lay, int64_t n, int64_t m, double* ll, double* grad) {
+  return loglik_lanes_f64_i32(s, r, lay, n, m, ll, grad);
 }
-uint32_t lanes(const double* s, const int64_t* r, LaneMask mask, int64_t n, int64_t m, double* ll, double* grad) {
-  return loglik_lanes_f64_i64(s, r, mask, n, m, ll, grad);
+uint32_t lanes(const double* s, const int64_t* r, LaneLayout lay, int64_t n, int64_t m, double* ll, double* grad) {
+  return loglik_lanes_f64_i64(s, r, lay, n, m, ll, grad);
 }
 
 // pl::row_loglik and pl::row_temperature compiled for AVX-512, AVX2 and the baseline, everything it calls inlined into each clone
@@ -1099,11 +1102,11 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   Slabs<double> partial(global_grad ? n_chunks : 0, n);
   const int nt = threads_for(n_chunks);
-  const bool lanes_ok =
-      g_loglik_lanes.load(std::memory_order_relaxed) && !sh.global_scores && n >= 2 && n <= 32 && m >= 1;
+  const bool lanes_ok = g_loglik_lanes.load(std::memory_order_relaxed) && n >= 2 && n <= 32 && m >= 1;
   for_chunks(N, chunk, nt, [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     std::vector<T> row_grad(global_grad ? static_cast<size_t>(n) : 0);
+    std::vector<T> lane_grad(global_grad && lanes_ok ? static_cast<size_t>(kLanes * n) : 0);
     double* acc = global_grad ? partial.open(k) : nullptr;
     const bool global_scores = sh.global_scores;
     const pl::Strided<double> inv = sc.inv_view();
@@ -1124,8 +1127,18 @@ int64_t pl_loglik(const T* s, const I* r, const PLRows& sh, T* ll, T* grad) {
       return good;
     };
     bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
-      const LaneMask mk{mask_row(sh, b), sh.global_mask ? 0 : n};
-      return lanes(s + b * n, r + b * m, mk, n, m, ll + b, grad == nullptr ? nullptr : grad + b * n);
+      const LaneLayout lay{global_scores ? 0 : n, mask_row(sh, b), sh.global_mask ? 0 : n};
+      const T* sb = global_scores ? s : s + b * n;
+      if (!global_grad) return lanes(sb, r + b * m, lay, n, m, ll + b, grad == nullptr ? nullptr : grad + b * n);
+      // one model's gradient: the group's rows into a buffer, then added in row order (the per-row code then
+      // adds the rows the lanes leave)
+      const uint32_t rest = lanes(sb, r + b * m, lay, n, m, ll + b, lane_grad.data());
+      for (int l = 0; l < kLanes; ++l) {
+        if ((rest >> l) & 1u) continue;
+        const T* gl = lane_grad.data() + l * n;
+        for (int64_t i = 0; i < n; ++i) acc[i] += static_cast<double>(gl[i]);
+      }
+      return rest;
     });
   });
   const int64_t first = min_of(bad);
