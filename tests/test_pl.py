@@ -994,9 +994,10 @@ def _temperature_both_ways(cpu, scores, rankings, beta):
 @pytest.mark.parametrize("n", [2, 3, 10, 16, 32, 33])
 @pytest.mark.parametrize("dtype,idtype", [(np.float32, np.int32), (np.float64, np.int64)])
 def test_temperature_lanes_match_the_per_row_code(rng, n, dtype, idtype):
-    """The temperature pass's lanes (per-row scores, full rankings, n <= 32): the moments of the per-row code
-    and of the reference, top-(n-1) rows among full ones, wide rows (beta * span > 300: per-row code), f
-    against the log-likelihood of beta * scores, and the first bad row of each kind wherever it falls."""
+    """The temperature pass's lanes (n <= 32): the moments of the per-row code and of the reference, top-(n-1)
+    rows among full ones, wide rows (beta * span > 300: per-row code), f against the log-likelihood of
+    beta * scores, top-k rows, masks and a global model, and the first bad row of each kind wherever it
+    falls."""
     cpu = pytest.importorskip("prefcal._cpu")
     rows = 16 * 30 + 7
     scores, rankings, _ = pl_data(rng, rows, n, dtype=dtype, idtype=idtype)
@@ -1010,6 +1011,20 @@ def test_temperature_lanes_match_the_per_row_code(rng, n, dtype, idtype):
         np.testing.assert_allclose(fast[0], ref, rtol=1e-10)
         f = pl.log_likelihood((beta * scores.astype(np.float64)), rankings, reduction="sum")
         assert fast[0][0] == pytest.approx(f, rel=1e-12)
+    # top-k rows of every k, row masks, one mask of all rows, one global model: the top-k loop, whose rows get
+    # the per-row code's moments bit for bit (and so the same sums: no row left to the per-row code here)
+    for mask in (None, rng.random((rows, n)) < 0.7, rng.random(n) < 0.7):
+        if mask is not None:
+            mask[..., :1] = True
+        r = pl.sample(scores, seed=int(rng.integers(2**31)), mask=mask)[:, 0].astype(idtype)
+        r[np.arange(n)[None, :] >= rng.integers(0, n + 1, size=rows)[:, None]] = -1
+        for s in (scores, scores[0].copy()):
+            for beta in (0.05, 1.0):
+                fast, slow = _both_ways(cpu.set_temperature_lanes, lambda: cpu.pl_temperature(s, r, mask, beta))
+                assert fast[1] == slow[1] == NO_ERROR
+                np.testing.assert_array_equal(fast[0], slow[0])
+                ref, _ = _reference.pl_temperature(s, r, mask, beta)
+                np.testing.assert_allclose(fast[0], ref, rtol=1e-10)
     for kind in ("range", "repeat", "early_pad", "nan", "inf"):
         for b in (0, 15, 16, int(rng.integers(rows)), rows - 1):
             s, r = scores.copy(), rankings.copy()

@@ -400,19 +400,80 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes(const T* s, const I*
   return rest;
 }
 
+// Adds the moments of the good lanes (in lane order) to `out`; returns the bad lanes.
+__attribute__((always_inline)) inline uint32_t add_lane_moments(const uint32_t* bad, double beta, const double* z,
+                                                                const double* d1, const double* d2,
+                                                                const double* prod, const int32_t* exps,
+                                                                pl::Moments& out) {
+  const uint32_t rest = bad_lanes(bad);
+  for (int l = 0; l < kLanes; ++l) {
+    if ((rest >> l) & 1u) continue;
+    out.f += beta * z[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
+    out.d1 += d1[l];
+    out.d2 += d2[l];
+  }
+  return rest;
+}
+
+// temperature_lanes for a group with top-k rows or a mask (or one global model): pl::row_temperature's fast path
+// in each lane, in its order (unlisted available worths in item order, then the stages j < L, the moments of
+// the stages j < min(L, available - 1)), the product renormalised where it does: its values bit for bit. A
+// lane's worth times 0 or 1 (see loglik_lanes_top); the stages' terms selected (a lane without a counted stage
+// divides 0 by 0).
+template <class T>
+__attribute__((always_inline)) inline uint32_t temperature_lanes_top(const LaneRows<T>& x, const double (&D)[32][kLanes],
+                                                                     const double (&E)[32][kLanes], int64_t n,
+                                                                     double beta, pl::Moments& out) {
+  double a0[kLanes], a1[kLanes], a2[kLanes], z[kLanes], d1[kLanes], d2[kLanes], prod[kLanes];
+  int32_t exps[kLanes], Lc[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    a0[l] = a1[l] = a2[l] = z[l] = d1[l] = d2[l] = 0.0;
+    prod[l] = 1.0;
+    exps[l] = 0;
+    const int32_t last_counted = __builtin_popcount(x.avail[l]) - 1;
+    Lc[l] = x.L[l] < last_counted ? x.L[l] : last_counted;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int l = 0; l < kLanes; ++l) {
+      const double w = E[i][l] * static_cast<double>(((x.avail[l] & ~x.seen[l]) >> i) & 1u), d = D[i][l];
+      a0[l] += w;
+      a1[l] += w * d;
+      a2[l] += w * d * d;
+    }
+  }
+  for (int64_t j = n - 1; j >= 0; --j) {
+    for (int l = 0; l < kLanes; ++l) {
+      const int32_t item = x.R[j][l];
+      const bool count = j < Lc[l];
+      const double w = E[item][l] * static_cast<double>(j < x.L[l]), d = D[item][l];
+      a0[l] += w;
+      a1[l] += w * d;
+      a2[l] += w * d * d;
+      const double mean = a1[l] / a0[l], var = a2[l] / a0[l] - mean * mean;
+      z[l] += count ? d : 0.0;
+      d1[l] += count ? d - mean : 0.0;
+      d2[l] -= count && var > 0.0 ? var : 0.0;
+      prod[l] *= count ? a0[l] : 1.0;
+    }
+    renormalise_lanes(prod, exps);
+  }
+  return add_lane_moments(x.bad, beta, z, d1, d2, prod, exps, out);
+}
+
 // pl::row_temperature for sixteen rows of load_lanes' case: the moments of d = s - max s under the worths
 // e = exp(beta d), accumulated from the last position back (the per-row code rescales by the running largest
 // beta d instead; the same values up to rounding). A row where beta (max - min) > 300 (the worths would leave
 // exp_neg's domain) is left to the per-row code. Adds the good rows' moments to `out`; returns the others.
 template <class T, class I>
-__attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, const I* r, int64_t n, int64_t m,
-                                                                 double beta, pl::Moments& out) {
+__attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, const I* r, LaneLayout lay, int64_t n,
+                                                                 int64_t m, double beta, pl::Moments& out) {
   LaneRows<T> x;
-  load_lanes(s, r, LaneLayout{n, nullptr, 0}, n, m, x);
+  load_lanes(s, r, lay, n, m, x);
   double D[32][kLanes], E[32][kLanes];
+  bool full = lay.mask == nullptr && lay.score_stride == n;  // the loop below: per-row scores, no mask
   for (int l = 0; l < kLanes; ++l) {
     x.bad[l] |= static_cast<uint32_t>(!(beta * (static_cast<double>(x.mx[l]) - x.mn[l]) <= 300.0));
-    x.bad[l] |= static_cast<uint32_t>(x.L[l] < n - 1);  // top-k rows: the per-row code
+    full &= x.L[l] >= n - 1 || x.bad[l] != 0;
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int l = 0; l < kLanes; ++l) {
@@ -421,6 +482,7 @@ __attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, con
       E[i][l] = fastmath::exp_neg(beta * d);
     }
   }
+  if (!full) return temperature_lanes_top(x, D, E, n, beta, out);
   double a0[kLanes], a1[kLanes], a2[kLanes], z[kLanes], d1[kLanes], d2[kLanes], prod[kLanes];
   int32_t exps[kLanes];
   for (int l = 0; l < kLanes; ++l) {
@@ -447,14 +509,7 @@ __attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, con
     }
     if ((j & 1) == 0) move_exponents(prod, exps);  // factors lie in [e^-300, 32]: every two, branch-free
   }
-  const uint32_t rest = bad_lanes(x.bad);
-  for (int l = 0; l < kLanes; ++l) {
-    if ((rest >> l) & 1u) continue;
-    out.f += beta * z[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
-    out.d1 += d1[l];
-    out.d2 += d2[l];
-  }
-  return rest;
+  return add_lane_moments(x.bad, beta, z, d1, d2, prod, exps, out);
 }
 
 constexpr int64_t kFitLanesMax = 128;  // the most items of the fit lanes (their table: 16 KiB)
@@ -554,22 +609,16 @@ uint32_t fit_lanes(const int64_t* r, int64_t n, const double* weights, const dou
 }
 
 // The temperature lanes for each scores / rankings type, compiled for AVX-512, AVX2 and the baseline.
-PREFCAL_CLONES uint32_t temp_lanes(const float* s, const int32_t* r, int64_t n, int64_t m, double beta,
-                                   pl::Moments& out) {
-  return temperature_lanes(s, r, n, m, beta, out);
-}
-PREFCAL_CLONES uint32_t temp_lanes(const float* s, const int64_t* r, int64_t n, int64_t m, double beta,
-                                   pl::Moments& out) {
-  return temperature_lanes(s, r, n, m, beta, out);
-}
-PREFCAL_CLONES uint32_t temp_lanes(const double* s, const int32_t* r, int64_t n, int64_t m, double beta,
-                                   pl::Moments& out) {
-  return temperature_lanes(s, r, n, m, beta, out);
-}
-PREFCAL_CLONES uint32_t temp_lanes(const double* s, const int64_t* r, int64_t n, int64_t m, double beta,
-                                   pl::Moments& out) {
-  return temperature_lanes(s, r, n, m, beta, out);
-}
+#define PREFCAL_TEMP_LANES(T, I)                                                                         \
+  PREFCAL_CLONES uint32_t temp_lanes(const T* s, const I* r, LaneLayout lay, int64_t n, int64_t m, double beta, \
+                                     pl::Moments& out) {                                                        \
+    return temperature_lanes(s, r, lay, n, m, beta, out);                                                       \
+  }
+PREFCAL_TEMP_LANES(float, int32_t)
+PREFCAL_TEMP_LANES(float, int64_t)
+PREFCAL_TEMP_LANES(double, int32_t)
+PREFCAL_TEMP_LANES(double, int64_t)
+#undef PREFCAL_TEMP_LANES
 
 // The log-likelihood lanes for each scores / rankings type, compiled for AVX-512, AVX2 and the baseline.
 #define PREFCAL_LOGLIK_LANES(NAME, T, I)                                                                       \
@@ -1161,8 +1210,7 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
   const int64_t n_chunks = N == 0 ? 0 : (N + chunk - 1) / chunk;
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   std::vector<pl::Moments> part(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)));
-  const bool lanes_ok = g_temperature_lanes.load(std::memory_order_relaxed) && !sh.global_scores &&
-                        sh.mask == nullptr && n >= 2 && n <= 32 && m >= n - 1;
+  const bool lanes_ok = g_temperature_lanes.load(std::memory_order_relaxed) && n >= 2 && n <= 32 && m >= 1;
   for_chunks(N, chunk, threads_for(n_chunks), [&](int, int64_t k, int64_t lo, int64_t hi) {
     Scratch sc(m, n);
     pl::Moments acc;  // the chunk's sums, stored into its slot of `part` once (neighbouring slots share lines)
@@ -1182,7 +1230,8 @@ int64_t pl_temperature(const T* s, const I* r, const PLRows& sh, double beta, do
       return good;
     };
     bad[static_cast<size_t>(k)] = for_lane_groups(lanes_ok, n, sc, lo, hi, row, [&](int64_t b) {
-      return temp_lanes(s + b * n, r + b * m, n, m, beta, acc);
+      const LaneLayout lay{sh.global_scores ? 0 : n, mask_row(sh, b), sh.global_mask ? 0 : n};
+      return temp_lanes(sh.global_scores ? s : s + b * n, r + b * m, lay, n, m, beta, acc);
     });
     part[static_cast<size_t>(k)] = acc;
   });
