@@ -452,16 +452,26 @@ def test_many_draws_of_one_model_match_reference_on_any_thread_count(simd, rng, 
 @pytest.mark.parametrize("n", [1, 2, 3, 9, 16, 17, 31, 32, 33])
 @pytest.mark.parametrize("size", [1, 5])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_vector_sampling_paths_match_reference(simd, rng, n, size, dtype):
+@pytest.mark.parametrize("masked", [None, "row", "global"])
+def test_vector_sampling_paths_match_reference(simd, rng, n, size, dtype, masked):
     """Row counts that are not multiples of the 16 vector lanes, every n of the vector paths (n <= 32) and
-    beyond, ties, several draws per row: the same samples and modes as the NumPy reference."""
+    beyond, ties, several draws per row; row masks (rows with no available item among them, unavailable
+    items scored above the others) and one mask of all rows: the same samples and modes as the NumPy
+    reference."""
     scores = rng.normal(size=(53, n)).astype(dtype)
     scores[::7, : min(n, 3)] = 0.5  # ties
+    mask = None
+    if masked == "row":
+        mask = rng.random((53, n)) < 0.6
+        mask[::11] = False
+        scores[~mask] = 100.0
+    elif masked == "global":
+        mask = rng.random(n) < 0.6
     for k in sorted({n, min(2, n)}):
-        ref, _ = _reference.pl_sample(scores, None, size, k, 2**40 + 7, True)
-        np.testing.assert_array_equal(pl.sample(scores, size, k=k, seed=2**40 + 7), ref)
-        mode, _ = _reference.pl_sample(scores, None, 1, k, 0, False)
-        np.testing.assert_array_equal(pl.mode(scores, k=k), mode[:, 0])
+        ref, _ = _reference.pl_sample(scores, mask, size, k, 2**40 + 7, True)
+        np.testing.assert_array_equal(pl.sample(scores, size, k=k, seed=2**40 + 7, mask=mask), ref)
+        mode, _ = _reference.pl_sample(scores, mask, 1, k, 0, False)
+        np.testing.assert_array_equal(pl.mode(scores, k=k, mask=mask), mode[:, 0])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
