@@ -866,6 +866,8 @@ def test_newton_stall_is_not_reported_as_convergence(rng, monkeypatch):
         ("full-and-partial", 65),
         ("full", 128),
         ("full-and-partial", 129),
+        ("top-k", 20),  # groups of sixteen with no full ranking (left whole to the per-row code) and some with
+        ("top-k", 65),
     ],
 )
 def test_fit_passes_match_reference(rng, case, n):
@@ -875,6 +877,10 @@ def test_fit_passes_match_reference(rng, case, n):
     )
     if case == "full-and-partial":
         rankings[::5, 12:] = -1
+    elif case == "top-k":
+        full = rankings[::37].copy()
+        rankings[:, 5:] = -1
+        rankings[::37] = full
     theta = rng.normal(size=n)
     weights = rng.random(500)
     weights[::7] = 0.0

@@ -526,6 +526,7 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_
   // W is [position][lane] (vector operations over the lanes): the worths, then in place the reciprocals of
   // the suffix sums, then the weighted prefix sums of those (C); the items are read from the rankings again
   // where they are scattered (each lane in its own order), not kept.
+  *ll_out = 0.0;
   if (n < 2 || n > kFitLanesMax) return 0xFFFFu;  // not here (the caller never asks): all to the per-row code
   double W[kFitLanesMax][kLanes];
   auto& C = W;
@@ -540,6 +541,7 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_impl(const I* r, int64_
     full |= (is_full ? 1u : 0u) << l;
     wf[l] = is_full ? (weights == nullptr ? 1.0 : weights[l]) : 0.0;
   }
+  if (full == 0) return 0xFFFFu;  // top-k rankings only (common in such data): nothing to do here
   for (int l = 0; l < kLanes; ++l) {
     for (int64_t j = 0; j < n; ++j) W[j][l] = w[item_at(l, j)];
   }
