@@ -487,8 +487,8 @@ int64_t marg_from_samples(const I* smp, int64_t rows, int64_t size, int64_t m, i
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   const double scale = size > 0 ? 1.0 / static_cast<double>(size) : 0.0;
   for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
-    std::vector<uint32_t> words(static_cast<size_t>(n / 32 + 1), 0u);
-    pl::BitsRef bits{{words.data(), 1}};
+    std::vector<uint8_t> seen(static_cast<size_t>(std::max<int64_t>(n, 1)), 0u);
+    pl::BytesRef bits{seen.data()};
     for (int64_t b = lo; b < hi; ++b) {
       double* row = out + b * n * n;
       std::fill(row, row + n * n, 0.0);
@@ -517,8 +517,8 @@ int64_t marg_empirical(const I* r, int64_t rows, int64_t m, int64_t n, const uin
   std::vector<int64_t> bad(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)), kNoError);
   Slabs<double> part(n_chunks, n * n);
   for_chunks(rows, chunk, threads_for(n_chunks), [&](int, int64_t c, int64_t lo, int64_t hi) {
-    std::vector<uint32_t> words(static_cast<size_t>(n / 32 + 1), 0u);
-    pl::BitsRef bits{{words.data(), 1}};
+    std::vector<uint8_t> seen(static_cast<size_t>(std::max<int64_t>(n, 1)), 0u);
+    pl::BytesRef bits{seen.data()};
     double* acc = part.open(c);
     for (int64_t b = lo; b < hi; ++b) {
       const I* rr = r + b * m;

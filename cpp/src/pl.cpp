@@ -210,7 +210,7 @@ __attribute__((always_inline)) inline void load_lanes(const T* s, const I* r, La
     mx[l] = x.avail[l] != 0 ? mx[l] : C(0);
     mn[l] = x.avail[l] != 0 ? mn[l] : C(0);
   }
-  const int64_t listed = m < n ? m : n;  // positions that must hold items (the last of n may be -1)
+  const int64_t listed = m < n ? m : n;  // positions that may hold items (-1 from the padding on)
   // the checks in the rankings' width: sixteen 32-bit lanes are one vector
   using V = typename std::conditional<sizeof(I) <= 4, int32_t, int64_t>::type;
   using UV = typename std::make_unsigned<V>::type;
@@ -318,12 +318,13 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes_top(const LaneRows<T
   return rest;
 }
 
-// The log-likelihood's common case: per-row scores, no mask, full rankings (every item listed, or all but one)
-// of n <= 32 items; a group with top-k rows goes on in loglik_lanes_top. Sixteen rows are laid out lane by lane
-// ([item][lane]) so that every step (max, exp, the ranking checks, the backward suffix sums, the product of the
-// normalisers, the final log) is one vector operation over the rows. The arithmetic is that of
-// pl::row_loglik's fast path (same exp, same suffix order, same float64 product); a lane that is not this case
-// (a bad item, a wide score range) is left to the general per-row code, which also words its error.
+// The log-likelihood's common case: no mask, full rankings (every item listed, or all but one) of n <= 32 items,
+// per-row scores or one global model's; a group with top-k rows or a mask goes on in loglik_lanes_top. Sixteen
+// rows are laid out lane by lane ([item][lane]) so that every step (max, exp, the ranking checks, the backward
+// suffix sums, the product of the normalisers, the final log) is one vector operation over the rows. The
+// arithmetic is that of pl::row_loglik's fast path (same exp, same suffix order, same float64 product); a lane
+// that is not this case (a bad item, a wide score range) is left to the general per-row code, which also words
+// its error.
 // With Grad, also each good row's gradient (n per row in grad; a bad row's is left alone), by the arithmetic of
 // pl::row_loglik: g = [p < n - 1] - w c_p at the item of position p (the last: the last item, listed or not),
 // c_p = sum_{j <= p, j < n - 1} 1 / D_j in float64.
@@ -421,7 +422,8 @@ __attribute__((always_inline)) inline uint32_t add_lane_moments(const uint32_t* 
 // lane's worth times 0 or 1 (see loglik_lanes_top); the stages' terms selected (a lane without a counted stage
 // divides 0 by 0).
 template <class T>
-__attribute__((always_inline)) inline uint32_t temperature_lanes_top(const LaneRows<T>& x, const double (&D)[32][kLanes],
+__attribute__((always_inline)) inline uint32_t temperature_lanes_top(const LaneRows<T>& x,
+                                                                     const double (&D)[32][kLanes],
                                                                      const double (&E)[32][kLanes], int64_t n,
                                                                      double beta, pl::Moments& out) {
   double a0[kLanes], a1[kLanes], a2[kLanes], z[kLanes], d1[kLanes], d2[kLanes], prod[kLanes];
@@ -1116,10 +1118,11 @@ uint32_t lanes(const double* s, const int64_t* r, LaneLayout lay, int64_t n, int
   return loglik_lanes_f64_i64(s, r, lay, n, m, ll, grad);
 }
 
-// pl::row_loglik and pl::row_temperature compiled for AVX-512, AVX2 and the baseline, everything it calls inlined into each clone
-// (its loops over the items: the range of the scores, the worths' exps), for each scores, rankings and
-// bit-set type of the per-row code. As in the lane kernels, the clones with FMA round the exps' polynomials
-// differently from the baseline (a few ulp of the log-likelihood; the same on every run of one processor).
+// pl::row_loglik and pl::row_temperature compiled for AVX-512, AVX2 and the baseline, everything they call
+// inlined into each clone (their loops over the items: the range of the scores, the worths' exps), for each
+// scores, rankings and bit-set type of the per-row code. As in the lane kernels, the clones with FMA round the
+// exps' polynomials differently from the baseline (a few ulp of the log-likelihood; the same on every run of one
+// processor).
 #define PREFCAL_ROW_LOGLIK(T, I, B)                                                                              \
   PREFCAL_CLONES __attribute__((flatten)) double row_loglik_host(const T* s, const I* r, int64_t L, int64_t n,   \
                                                                  const uint8_t* mask, const B& bits, T* grad,   \
