@@ -294,7 +294,7 @@ __attribute__((always_inline)) inline uint32_t loglik_lanes_top(const LaneRows<T
     renormalise_lanes(prod, exps);
   }
   for (int l = 0; l < kLanes; ++l) {
-    const double value = lsum[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
+    const double value = lsum[l] - pl::product_log(0.0, exps[l], prod[l]);
     ll[l] = static_cast<T>(value);
   }
   const uint32_t rest = bad_lanes(x.bad);
@@ -409,7 +409,7 @@ __attribute__((always_inline)) inline uint32_t add_lane_moments(const uint32_t* 
   const uint32_t rest = bad_lanes(bad);
   for (int l = 0; l < kLanes; ++l) {
     if ((rest >> l) & 1u) continue;
-    out.f += beta * z[l] - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
+    out.f += beta * z[l] - pl::product_log(0.0, exps[l], prod[l]);
     out.d1 += d1[l];
     out.d2 += d2[l];
   }

@@ -52,7 +52,8 @@ struct Bits64 {
   PREFCAL_HD void set(int64_t i) { v |= uint64_t(1) << i; }
 };
 
-// Set of listed items of any size, in (strided) memory; words of 32 bits.
+// Set of listed items of any size, in (strided) memory; words of 32 bits (the GPU's per-thread scratch; the
+// host's is BytesRef).
 struct BitsRef {
   Strided<uint32_t> w;
   PREFCAL_HD bool test(int64_t i) const { return (w[i >> 5] >> (i & 31)) & 1u; }
@@ -164,7 +165,7 @@ PREFCAL_HD void clear_listed(const I*, int64_t, int64_t, Bits64& bits) {
 template <class I>
 PREFCAL_HD void clear_listed(const I* r, int64_t m, int64_t n, BytesRef& bits) {
   if (m * 16 > n) {
-    memset(bits.b, 0, static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) bits.b[i] = 0;  // (a memset, whose size GCC cannot bound from a signed n)
     return;
   }
   for (int64_t j = 0; j < m; ++j) {
@@ -231,6 +232,18 @@ PREFCAL_HD RowStats<T> row_stats(const T* s, int64_t n, const uint8_t* mask) {
   return st;
 }
 
+// logs + exps ln 2 + log(prod): the log of a product kept as a mantissa `prod` (normal, positive), a binary
+// exponent and logs taken apart. One expression for every caller (LogProduct, the CPU's lanes), so that where
+// the compiler contracts its multiply and add (FMA) all of them round alike.
+PREFCAL_HD double product_log(double logs, int64_t exps, double prod) {
+#if defined(__CUDA_ARCH__)
+  const double lp = log(prod);
+#else
+  const double lp = fastmath::log_pos(prod);  // inline
+#endif
+  return logs + static_cast<double>(exps) * 0.6931471805599453 + lp;
+}
+
 // Accumulates sum_j log d_j (d_j > 0) as the log of a float64 product, with one log per row in practice:
 // when the product leaves [2^-498, 2^498] its binary exponent moves to an integer (bit operations, no call in
 // the loop). mul takes any positive finite factor (one outside [1e-150, 1e150] is logged on its own);
@@ -265,14 +278,7 @@ struct LogProduct {
     prod *= d;
     renormalise();
   }
-  PREFCAL_HD double value() const {
-#if defined(__CUDA_ARCH__)
-    const double lp = log(prod);
-#else
-    const double lp = fastmath::log_pos(prod);  // inline; prod is normal and positive here
-#endif
-    return logs + static_cast<double>(exps) * 0.6931471805599453 + lp;
-  }
+  PREFCAL_HD double value() const { return product_log(logs, exps, prod); }
 };
 
 // Online log-sum-exp in float64 (the wide-range path).
