@@ -227,8 +227,16 @@ def shapes():
     s100 = rng.normal(size=(10**5, 100)).astype(np.float32)
     r100 = pl.sample(s100, seed=7)[:, 0]
     s500 = rng.normal(size=(2 * 10**4, 500)).astype(np.float32)
-    return dict(s10=s10, padded=padded, narrow=np.ascontiguousarray(r10[:, :5]), mask=mask, masked=masked,
-                s100=s100, r100=r100, s500=s500)
+    return dict(
+        s10=s10,
+        padded=padded,
+        narrow=np.ascontiguousarray(r10[:, :5]),
+        mask=mask,
+        masked=masked,
+        s100=s100,
+        r100=r100,
+        s500=s500,
+    )
 
 
 SHAPES = [

@@ -331,8 +331,8 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
     rankings, no mask and n <= 16), with and without the gradient: the values of the other lanes, of the
     per-row code (the lanes switched off) and of the reference; top-(n-1) rows (-1 last) in a group, top-k
     rows of every k, narrow rankings (m < n - 1), one global model, row masks and one mask of all rows (rows
-    with no or one available item among them); wide score ranges (per-row code); the first bad row for each kind of bad
-    row, wherever it falls in a group of sixteen."""
+    with no or one available item among them); wide score ranges (per-row code); the first bad row for each
+    kind of bad row, wherever it falls in a group of sixteen."""
     cpu = pytest.importorskip("prefcal._cpu")
     rows = 16 * 40 + 5
     scores, rankings, _ = pl_data(rng, rows, n, dtype=dtype)
@@ -409,7 +409,8 @@ def test_loglik_lanes_match_the_other_paths(simd, rng, n, idtype, dtype, want_gr
     for b in (0, 15, 16, int(rng.integers(rows)), rows - 1):  # a listed item that is not available
         mask = np.ones((rows, n), dtype=bool)
         mask[b, rankings[b, n // 2]] = False
-        fast, slow = _both_ways(cpu.set_loglik_explicit, lambda: cpu.pl_loglik(scores, rankings, mask, want_grad))
+        call = lambda mask=mask: cpu.pl_loglik(scores, rankings, mask, want_grad)  # noqa: E731
+        fast, slow = _both_ways(cpu.set_loglik_explicit, call)
         assert fast[2] == slow[2] == per_row_code(scores, rankings, mask)[2] == b
 
 
@@ -866,7 +867,7 @@ def test_newton_stall_is_not_reported_as_convergence(rng, monkeypatch):
         ("full-and-partial", 65),
         ("full", 128),
         ("full-and-partial", 129),
-        ("top-k", 20),  # groups of sixteen with no full ranking (left whole to the per-row code) and some with
+        ("top-k", 20),  # groups of sixteen with no full ranking (all to the per-row code) and some with
         ("top-k", 65),
     ],
 )
@@ -1036,7 +1037,8 @@ def test_temperature_lanes_match_the_per_row_code(rng, n, dtype, idtype):
         r[np.arange(n)[None, :] >= rng.integers(0, n + 1, size=rows)[:, None]] = -1
         for s in (scores, scores[0].copy()):
             for beta in (0.05, 1.0):
-                fast, slow = _both_ways(cpu.set_temperature_lanes, lambda: cpu.pl_temperature(s, r, mask, beta))
+                call = lambda s=s, r=r, mask=mask, beta=beta: cpu.pl_temperature(s, r, mask, beta)  # noqa: E731
+                fast, slow = _both_ways(cpu.set_temperature_lanes, call)
                 assert fast[1] == slow[1] == NO_ERROR
                 np.testing.assert_array_equal(fast[0], slow[0])
                 ref, _ = _reference.pl_temperature(s, r, mask, beta)
