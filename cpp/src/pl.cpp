@@ -137,15 +137,11 @@ __attribute__((always_inline)) inline void move_exponents(double* prod, int32_t*
 // every stage, so that the rows of loglik_lanes_top get its values bit for bit.
 __attribute__((always_inline)) inline void renormalise_lanes(double* prod, int32_t* exps) {
   for (int l = 0; l < kLanes; ++l) {
-    uint64_t bits;
-    memcpy(&bits, &prod[l], sizeof bits);
-    const int32_t e = static_cast<int32_t>((bits >> 52) & 0x7FF);
-    const uint64_t scale_bits = static_cast<uint64_t>(2046 - e) << 52;
-    double scale;
-    memcpy(&scale, &scale_bits, sizeof scale);
-    const bool out = !(prod[l] >= 0x1p-498 && prod[l] < 0x1p499);
+    int32_t e;
+    const double unit = pl::unit_mantissa(prod[l], e);
+    const bool out = !pl::product_in_range(prod[l]);
     exps[l] += out ? e - 1023 : 0;
-    prod[l] = out ? prod[l] * scale : prod[l];
+    prod[l] = out ? unit : prod[l];
   }
 }
 

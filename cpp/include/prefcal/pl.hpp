@@ -249,22 +249,30 @@ PREFCAL_HD double product_log(double logs, int64_t exps, double prod) {
 // the loop). mul takes any positive finite factor (one outside [1e-150, 1e150] is logged on its own);
 // mul_bounded a factor known to lie in [1e-150, 1e150] (the fast path's normalisers: worths >= e^-300, at most
 // 2^31 items of worth <= 1).
+// Whether a product needs no renormalisation (binary exponents 525 .. 1521), by a floating compare: tested on
+// its bits, the product went through an integer register every stage, in its chain of multiplies.
+PREFCAL_HD bool product_in_range(double prod) { return prod >= 0x1p-498 && prod < 0x1p499; }
+
+// x (normal, positive) as x * 2^(1023 - e) in [1, 2), e its biased binary exponent (exact: a multiply by a power
+// of 2, which keeps the value in a floating register).
+PREFCAL_HD double unit_mantissa(double x, int32_t& e) {
+  uint64_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  e = static_cast<int32_t>((bits >> 52) & 0x7FF);
+  const uint64_t scale_bits = static_cast<uint64_t>(2046 - e) << 52;
+  double scale;
+  memcpy(&scale, &scale_bits, sizeof scale);
+  return x * scale;
+}
+
 struct LogProduct {
   double prod = 1.0, logs = 0.0;
   int64_t exps = 0;
-  PREFCAL_HD void renormalise() {
-    // In range (binary exponents 525 .. 1521) by a floating compare, and out of it a multiply by 2^(1023 - e)
-    // (exact: the product is normal, its factors bounded) into [1, 2): so the product stays in a floating
-    // register. On its bits, it went through an integer register every stage, in its chain of multiplies.
-    if (prod >= 0x1p-498 && prod < 0x1p499) return;
-    uint64_t bits;
-    memcpy(&bits, &prod, sizeof bits);
-    const int64_t e = static_cast<int64_t>((bits >> 52) & 0x7FF);
+  PREFCAL_HD void renormalise() {  // the product is normal here: its factors are bounded
+    if (product_in_range(prod)) return;
+    int32_t e;
+    prod = unit_mantissa(prod, e);
     exps += e - 1023;
-    const uint64_t scale_bits = static_cast<uint64_t>(2046 - e) << 52;
-    double scale;
-    memcpy(&scale, &scale_bits, sizeof scale);
-    prod *= scale;
   }
   PREFCAL_HD void mul(double d) {
     if (d < 1e-150 || d > 1e150) {
