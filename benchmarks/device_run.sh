@@ -117,14 +117,14 @@ stage bench 60 200 '
 stage ncu 60 150 '
   ncu --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
     --section WarpStateStats --section Occupancy --section SourceCounters \
-    -k regex:"${NCU_KERNELS:-loglik_staged|loglik_flat|sample_rows}" --launch-count 3 python3 -c "
+    -k regex:"${NCU_KERNELS:-loglik_staged|loglik_flat|loglik_exact|sample_rows}" --launch-count 4 python3 -c "
 import torch; from prefcal import pl, _backend
 g = torch.Generator(device=\"cuda\").manual_seed(7)
 s = torch.randn(10**7, 10, device=\"cuda\", generator=g)
 r = torch.argsort(torch.rand(10**7, 10, device=\"cuda\", generator=g), dim=1).to(torch.int32)
 pl.log_likelihood(s, r); pl.sample(s, seed=1)
-_backend.cuda_module().set_loglik_flat(True); pl.log_likelihood(s, r); torch.cuda.synchronize()" > "$OUT/ncu.log" 2>&1
-  grep -E "void |Duration|Compute \(SM\)|Executed Instructions  |Achieved Occupancy" "$OUT/ncu.log" | head -20'
+_backend.cuda_module().set_loglik_kernel(\"flat\"); pl.log_likelihood(s, r); _backend.cuda_module().set_loglik_kernel(\"exact\"); pl.log_likelihood(s, r); torch.cuda.synchronize()" > "$OUT/ncu.log" 2>&1
+  grep -E "void |Duration|Compute \(SM\)|Executed Instructions  |Achieved Occupancy" "$OUT/ncu.log" | head -28'
 
 echo
 echo "== summary ($(($(date +%s) - start)) s of a ${BUDGET} s budget)"

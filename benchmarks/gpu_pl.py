@@ -59,16 +59,24 @@ def main() -> int:
 
     k_ms = cuda.time_pl_loglik(sp, False, rp, None, False, N, n, n, ll.data_ptr(), None, 30, stream, 0)
     row(f"prefcal loglik kernel {N:.0e}x{n} f32/i32", k_ms, nbytes)
-    # the flat-staged kernel (off by default, for n and m not multiples of 4): same data, same numbers
-    previous = cuda.set_loglik_flat(True)
-    try:
-        kf_ms = cuda.time_pl_loglik(sp, False, rp, None, False, N, n, n, ll.data_ptr(), None, 30, stream, 0)
-        ll_flat = pl.log_likelihood(scores, rankings)
-    finally:
-        cuda.set_loglik_flat(previous)
-    flat_diff = float((ll_flat - pl.log_likelihood(scores, rankings)).abs().max())
+    # the kernels off by default, on the same data: the flat-staged one (n and m not multiples of 4,
+    # n <= 32) and the exact-width one (full rankings of 2 .. 16 items without a mask); their largest
+    # difference from the default kernel's log-likelihoods
+    ll_default = pl.log_likelihood(scores, rankings)
+    alt: dict[str, tuple[float, float]] = {}
+    for kernel in ("flat", "exact"):
+        previous = cuda.set_loglik_kernel(kernel)
+        try:
+            ms = cuda.time_pl_loglik(sp, False, rp, None, False, N, n, n, ll.data_ptr(), None, 30, stream, 0)
+            diff = float((pl.log_likelihood(scores, rankings) - ll_default).abs().max())
+        finally:
+            cuda.set_loglik_kernel(previous)
+        alt[kernel] = (ms, diff)
+    kf_ms, flat_diff = alt["flat"]
+    ke_ms, exact_diff = alt["exact"]
     taken = n % 4 != 0 and n <= 32
     row("prefcal loglik kernel, flat staging", kf_ms, nbytes, "" if taken else "(not taken at this n)")
+    row("prefcal loglik kernel, exact width", ke_ms, nbytes, "" if 2 <= n <= 16 else "(not taken at this n)")
     kg_ms = cuda.time_pl_loglik(
         sp, False, rp, None, False, N, n, n, ll.data_ptr(), grad.data_ptr(), 20, stream, 0
     )
@@ -124,6 +132,7 @@ def main() -> int:
         print(f"{x['name']:48s} {x['ms']:9.3f} {gb}  {x['note']}")
     print(f"\nloglik kernel: {t_ms / k_ms:.0f}x torch; end to end {t_ms / e2e:.0f}x torch")
     print(f"flat-staged loglik kernel: {t_ms / kf_ms:.0f}x torch; max |flat - default| {flat_diff:.1e}")
+    print(f"exact-width loglik kernel: {t_ms / ke_ms:.0f}x torch; max |exact - default| {exact_diff:.1e}")
     print(f"sampling: {ts_ms / s_ms:.1f}x torch Gumbel-argsort; CPU == GPU samples: {cpu_same}")
     print(f"float32 kernel vs float64 reference: max relative error {rel:.2e}")
     if args.json:
@@ -136,6 +145,7 @@ def main() -> int:
                     "max_rel_err_f32": rel,
                     "cpu_equals_gpu_samples": cpu_same,
                     "max_abs_flat_minus_default": flat_diff,
+                    "max_abs_exact_minus_default": exact_diff,
                 },
                 f,
                 indent=2,

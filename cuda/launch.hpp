@@ -72,9 +72,10 @@ int64_t pl_loglik(const PLArgs& args, void* ll, void* grad, Stream stream);
 // Benchmark hook: median milliseconds (CUDA events) of the device work of pl_loglik alone, over `reps`
 // launches after one warm-up.
 double time_pl_loglik(const PLArgs& args, void* ll, void* grad, int reps, Stream stream);
-// Test and benchmark hook: whether pl_loglik may use its flat-staged kernel (off by default: not yet
-// measured against the padded staging); returns the previous setting.
-bool set_loglik_flat(bool on);
+// Test and benchmark hook: which kernels pl_loglik may take beyond the padded staging: 0 none (the default:
+// the others are not yet measured against it), 1 the flat-staged kernel where it applies, 2 also the
+// exact-width kernel where it applies; returns the previous level.
+int set_loglik_kernel(int level);
 // out (host): f, f', f'' of the summed log-likelihood of beta * scores.
 int64_t pl_temperature(const PLArgs& args, double beta, double* out, Stream stream);
 // Gumbel top-k orderings of scores (rows, n): out int32 (rows, size, k), -1 past the available items.

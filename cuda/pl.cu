@@ -10,8 +10,11 @@
 //     no bank conflicts), one thread computes each row from there, and the per-row gradient goes back
 //     through shared memory with coalesced stores. The common case (10^7 rows of 10 items).
 //   log-likelihood, "flat" (no gradient, per-row scores, n <= 32, n and m not multiples of 4; off by default,
-//     set_loglik_flat): the tile copied unpadded with 16-byte vectors, each row computed by the unrolled
+//     set_loglik_kernel): the tile copied unpadded with 16-byte vectors, each row computed by the unrolled
 //     pl::row_loglik_fixed.
+//   log-likelihood, "exact" (no gradient, per-row scores, full rankings of 2 .. 16 items without a mask; off
+//     by default, set_loglik_kernel): one kernel per n, each row by pl::row_loglik_exact<n>, loops over
+//     exactly n items with checks of a few operations an item.
 //   log-likelihood, "generic": everything else. With global scores the gradient is summed over rows:
 //     each thread adds its rows' gradients to its own float64 accumulator row, and one block per item then
 //     sums the threads in a fixed order (bit-for-bit reproducible on a given device).
@@ -439,17 +442,104 @@ __global__ void __launch_bounds__(kThreads, (sizeof(T) == 4 && sizeof(I) == 4 &&
   report_bad(first, bad);
 }
 
+// Row pitch (elements) of the exact-width kernel's tiles for rows of n elements of `bytes` bytes: n when a row
+// of n elements spans a number of 4-byte words that is not a multiple of 4 (a warp reading one element of each
+// row then puts at most two accesses on a bank), else n + 1.
+__host__ __device__ constexpr int exact_pitch(int n, int bytes) { return (n * bytes / 4) % 4 != 0 ? n : n + 1; }
+
+// Shared-memory layout of the exact-width kernel (byte offsets, 16-byte aligned): scores, then rankings.
+__host__ __device__ __forceinline__ StagedLayout exact_layout(int tile, int n, int size_s, int size_i) {
+  const size_t t = static_cast<size_t>(tile);
+  StagedLayout L{};
+  L.ss = 0;
+  L.rs = align16(t * static_cast<size_t>(exact_pitch(n, size_s)) * static_cast<size_t>(size_s));
+  L.ms = L.rs + align16(t * static_cast<size_t>(exact_pitch(n, size_i)) * static_cast<size_t>(size_i));
+  L.total = L.ms;
+  return L;
+}
+
+// The exact-width kernel's row when pl::row_loglik_exact does not take it (a bad row, a partial ranking, scores
+// spanning more than Span): pl::row_loglik_fixed, out of line (rare; it would otherwise be inlined into every
+// width's kernel). Returns the log-likelihood, NaN for a bad row (a valid row's is finite).
+template <int K, class T, class I>
+__device__ __forceinline__ double loglik_general(const T* s, const I* r, int n) {
+  double v = 0.0;
+  return pl::row_loglik_fixed<K, T>(s, r, n, n, nullptr, v) ? v : static_cast<double>(NAN);
+}
+
+// Log-likelihood without a gradient of per-row scores of exactly N items (2 <= N <= pl::kExactMax) ranked in
+// m = N columns without a mask (off by default: set_loglik_kernel): each block copies its tile of rows into
+// shared memory as they lie in global memory (copy_flat: 16-byte vectors, no index arithmetic) or, where that
+// pitch would conflict (exact_pitch), padded by one element (Stager); one thread computes each row with
+// pl::row_loglik_exact<N>, every loop over exactly N items, its checks a few operations an item (the probe of
+// shared/probes/pl_floor.cu runs ~10 instructions an item without validation); a row it does not take goes to
+// loglik_general.
+template <class T, class I, int N>
+__global__ void __launch_bounds__(kThreads, (sizeof(T) == 4 && sizeof(I) == 4) ? 4 : 2)
+    loglik_exact(Rows<T, I> a, T* __restrict__ ll, unsigned long long* __restrict__ bad) {
+  constexpr int PS = exact_pitch(N, int(sizeof(T))), PR = exact_pitch(N, int(sizeof(I)));
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tile = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
+  const StagedLayout lay = exact_layout(tile, N, int(sizeof(T)), int(sizeof(I)));
+  T* ss = reinterpret_cast<T*>(smem + lay.ss);
+  I* rs = reinterpret_cast<I*>(smem + lay.rs);
+  const Stager by_s(N, PS, 16 / int(sizeof(T))), by_r(N, PR, 16 / int(sizeof(I)));
+  const int64_t step = int64_t(gridDim.x) * tile;
+  for (int64_t row0 = int64_t(blockIdx.x) * tile; row0 < a.N; row0 += step) {
+    const int rows = static_cast<int>(min(int64_t(tile), a.N - row0));
+    if constexpr (PS == N) {
+      copy_flat(a.s + row0 * N, rows * N, ss);
+    } else {
+      by_s.load(a.s + row0 * N, rows * N, ss);
+    }
+    if constexpr (PR == N) {
+      copy_flat(a.r + row0 * N, rows * N, rs);
+    } else {
+      by_r.load(a.r + row0 * N, rows * N, rs);
+    }
+    __syncthreads();
+    if (t < rows) {
+      const T* s = ss + t * PS;
+      const I* r = rs + t * PR;
+      double v;
+      if (!pl::row_loglik_exact<N, T>(s, r, v)) v = loglik_general<pl::loglik_width(N), T>(s, r, N);
+      if (v == v) {
+        ll[row0 + t] = static_cast<T>(v);
+      } else {
+        // reported on the spot (no register held through the loop for it): bad rows are rare, and the
+        // smallest wins whatever the order of the atomics
+        atomicMin(bad, static_cast<unsigned long long>(row0 + t));
+      }
+    }
+    __syncthreads();  // the tile is overwritten next
+  }
+}
+
 template <class T, class I>
 using FlatKernel = void (*)(Rows<T, I>, T*, unsigned long long*);
 
-// Whether pl_loglik may take the flat kernel: off until a GPU run shows it faster than the padded staging
-// (loglik_staged) it would replace; the test and benchmark hook set_loglik_flat turns it on.
-std::atomic<bool> g_loglik_flat{false};
+// Which kernels pl_loglik may take beyond the padded staging (loglik_staged): 0 none, 1 the flat kernel where
+// it applies, 2 also the exact-width kernel where it applies. 0 until a GPU run shows them faster than the
+// staging they would replace; the test and benchmark hook set_loglik_kernel sets it.
+std::atomic<int> g_loglik_kernel{0};
+
+// The exact-width kernel for full rankings of n = m items without a mask (per-row scores, no gradient), or null.
+template <class T, class I, int... Ns>
+FlatKernel<T, I> exact_kernel_of(int64_t n, std::integer_sequence<int, Ns...>) {
+  FlatKernel<T, I> k = nullptr;
+  ((k = n == Ns + 2 ? loglik_exact<T, I, Ns + 2> : k), ...);
+  return k;
+}
+template <class T, class I>
+FlatKernel<T, I> exact_kernel(int64_t n, int64_t m, bool masked) {
+  if (g_loglik_kernel.load() < 2 || masked || m != n || n < 2 || n > pl::kExactMax) return nullptr;
+  return exact_kernel_of<T, I>(n, std::make_integer_sequence<int, pl::kExactMax - 1>{});
+}
 
 // The flat kernel for per-row rows of n items ranked in m columns without a gradient, or null.
 template <class T, class I>
 FlatKernel<T, I> flat_kernel(int64_t n, int64_t m) {
-  if (!g_loglik_flat.load() || n % 4 == 0 || m % 4 == 0 || m > n) return nullptr;
+  if (g_loglik_kernel.load() < 1 || n % 4 == 0 || m % 4 == 0 || m > n) return nullptr;
   switch (pl::loglik_width(n)) {
     case 4: return loglik_flat<T, I, 4>;
     case 8: return loglik_flat<T, I, 8>;
@@ -775,31 +865,23 @@ struct LoglikRun {
       : rows(rows_of<T, I>(a)), ll(static_cast<T*>(ll_)), grad(static_cast<T*>(grad_)), res(0, st) {
     const int64_t N = a.N, m = a.m, n = a.n;
     kgrad = grad == nullptr ? 0 : (a.global_scores ? 2 : 1);
-    if (!a.global_scores && kgrad == 0 && (flat = flat_kernel<T, I>(n, m)) != nullptr) {
-      const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
-      for (int tile = kThreads; tile >= 64 && !staged; tile /= 2) {
-        const StagedLayout lay = flat_layout(tile, int(n), int(m), sizeof(T), sizeof(I), mask_kind);
-        if (lay.total <= kSmemBudget) {
-          staged = true;
-          smem = lay.total;
-          geo.block = tile;
-          geo.grid = blocks_for(N, tile, resident_blocks(flat, smem, tile, kSmemBudget));
-        }
+    const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
+    if (!a.global_scores && kgrad == 0) {
+      if ((flat = exact_kernel<T, I>(n, m, a.mask != nullptr)) != nullptr) {
+        plan_tile(flat, N, [&](int tile) { return exact_layout(tile, int(n), int(sizeof(T)), int(sizeof(I))); });
+      }
+      if (!staged && (flat = flat_kernel<T, I>(n, m)) != nullptr) {
+        plan_tile(flat, N, [&](int tile) {
+          return flat_layout(tile, int(n), int(m), sizeof(T), sizeof(I), mask_kind);
+        });
       }
       if (!staged) flat = nullptr;
     }
     if (!staged && !a.global_scores && n <= kSmallN && m <= kSmallN) {
-      const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
       staged_kernel = kgrad == 1 ? loglik_staged<T, I, true> : loglik_staged<T, I, false>;
-      for (int tile = kThreads; tile >= 64 && !staged; tile /= 2) {
-        const StagedLayout lay = staged_layout(tile, int(n), int(m), sizeof(T), sizeof(I), kgrad == 1, mask_kind);
-        if (lay.total <= kSmemBudget) {
-          staged = true;
-          smem = lay.total;
-          geo.block = tile;
-          geo.grid = blocks_for(N, tile, resident_blocks(staged_kernel, smem, tile, kSmemBudget));
-        }
-      }
+      plan_tile(staged_kernel, N, [&](int tile) {
+        return staged_layout(tile, int(n), int(m), sizeof(T), sizeof(I), kgrad == 1, mask_kind);
+      });
     }
     if (staged) return;
     generic_kernel = rows_kernel<T, I>(n <= kSmallN, kgrad);
@@ -815,6 +897,21 @@ struct LoglikRun {
     off_rg = c.take(P * rg_b);
     off_acc = c.take(P * acc_b);
     scratch = std::make_unique<PoolBuffer>(c.bytes, st);
+  }
+
+  // The largest tile of rows (256 halved down to 64) whose shared-memory layout fits the budget, for a staged
+  // kernel: sets staged, smem and the geometry; leaves staged false when none fits.
+  template <class Kernel, class Layout>
+  void plan_tile(Kernel kernel, int64_t N, Layout layout_of) {
+    for (int tile = kThreads; tile >= 64 && !staged; tile /= 2) {
+      const StagedLayout lay = layout_of(tile);
+      if (lay.total <= kSmemBudget) {
+        staged = true;
+        smem = lay.total;
+        geo.block = tile;
+        geo.grid = blocks_for(N, tile, resident_blocks(kernel, smem, tile, kSmemBudget));
+      }
+    }
   }
 
   void enqueue(cudaStream_t st) const {
@@ -902,7 +999,7 @@ double* fit_scratch(const FitPlan& p, const PoolBuffer& buf, bool small, size_t 
 
 // ------------------------------------------------------------------------------------------- entry points
 
-bool set_loglik_flat(bool on) { return g_loglik_flat.exchange(on); }
+int set_loglik_kernel(int level) { return g_loglik_kernel.exchange(level); }
 
 int64_t pl_loglik(const PLArgs& a, void* ll, void* grad, Stream stream) {
   const cudaStream_t st = as_stream(stream);

@@ -79,9 +79,9 @@ def test_loglik_small_wide_score_ranges(rng, spread, dtype, fixed):
     want, _ = reference_rows(scores, rankings, None)
     assert ok.all()
     if dtype == np.float32:
-        # Rows spanning at most 80 take the float32 fast path, which rounds each s - max to the float32 grid of
-        # the row's span: every listed item's term carries an absolute error of about eps32 * span (a row of
-        # span 74 and 7 listed items was 5.5e-6 off, against 1.2 in all).
+        # Rows spanning at most 80 take the float32 fast path, which rounds each s - max to the float32 grid
+        # of the row's span: every listed item's term carries an absolute error of about eps32 * span (a row
+        # of span 74 and 7 listed items was 5.5e-6 off, against 1.2 in all).
         listed = (rankings >= 0).sum(axis=1)
         span = scores.max(axis=1).astype(np.float64) - scores.min(axis=1)
         bound = 2e-6 * (1 + np.abs(want)) + 2 * np.finfo(np.float32).eps * listed * (span + 4)
@@ -230,6 +230,104 @@ def test_loglik_small_rejects_wide_rows():
         cpu.pl_loglik_small(np.zeros((2, 33)), np.zeros((2, 3), dtype=np.int32), None, fixed=True)
 
 
+# The exact-width function (pl::row_loglik_exact<n>, the GPU's exact-width kernel): full rankings of exactly n
+# items without a mask, every loop over exactly n items, the rows it does not take read by row_loglik_fixed.
+EXACT_NS = list(range(2, 17))
+
+
+@pytest.mark.parametrize("n", EXACT_NS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("idtype", [np.int32, np.int64])
+def test_loglik_exact_equals_row_loglik_small(rng, n, dtype, idtype):
+    """Valid full rankings: the exact-width function takes every row and gives row_loglik_small's numbers bit
+    for bit (scores of several scales, ties, signed zeros), within 2e-6 of the float64 reference."""
+    N = 400
+    scores = rng.normal(size=(N, n)) * rng.choice([0.1, 1.0, 3.0, 6.0], size=(N, 1))  # spans < 80
+    scores[::7, :2] = 0.0
+    scores[::11, 0] = -0.0  # signed zeros at the top of the range
+    scores[::13] = np.round(scores[::13])  # ties
+    scores = scores.astype(dtype)
+    rankings = np.argsort(rng.random((N, n)), axis=1).astype(idtype)
+    ll, ok, fast = cpu.pl_loglik_exact(scores, rankings)
+    assert ok.all() and fast.all()
+    ll_small, ok_small = cpu.pl_loglik_small(scores, rankings, None)
+    assert ok_small.all()
+    np.testing.assert_array_equal(ll, ll_small)
+    want, _ = reference_rows(scores, rankings.astype(np.int64), None)
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(ll - want) <= tol * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 10, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("idtype", [np.int32, np.int64])
+def test_loglik_exact_leaves_every_other_row_to_the_general_path(rng, n, dtype, idtype):
+    """Padded, bad, non-finite and wide-ranged rows are not taken by the exact-width function, and the
+    kernel's result for them (row_loglik_fixed's) has row_loglik_small's validity and numbers; a non-finite
+    score is caught in every column, first or last in the ranking."""
+    span = 80.0 if dtype == np.float32 else 300.0
+    cases = "ok pad_tail hole range negative repeat wide nan inf -inf span edge".split()
+    N = 12 * len(cases)
+    scores = rng.normal(size=(N, n))
+    rankings = np.argsort(rng.random((N, n)), axis=1).astype(np.int64)
+    expect_fast = np.zeros(N, dtype=bool)
+    for b in range(N):
+        case, j = cases[b % len(cases)], int(rng.integers(n))
+        if case == "ok":
+            expect_fast[b] = True
+        elif case == "pad_tail":
+            rankings[b, j:] = -1
+        elif case == "hole":
+            rankings[b, min(j, n - 2)] = -1
+        elif case == "range":
+            rankings[b, j] = n + (b % 3)
+        elif case == "negative":
+            rankings[b, j] = -2 - (b % 3)
+        elif case == "repeat":
+            rankings[b, (j + 1) % n] = rankings[b, j]
+        elif case == "wide" and idtype == np.int64:
+            rankings[b, j] += 2**32  # narrows to a valid item: still out of range
+        elif case == "wide":
+            expect_fast[b] = True
+        elif case in ("nan", "inf", "-inf"):
+            # the column of the first, the last or any ranked item, or column 0 (the start of the min / max)
+            col = [0, int(rankings[b, 0]), int(rankings[b, n - 1]), j][(b // len(cases)) % 4]
+            scores[b, col] = float(case)
+        elif case == "span":
+            scores[b, j] = scores[b].max() + span + 1.0  # beyond the fast path's range: the float64 path
+        elif case == "edge":
+            scores[b] = np.where(np.arange(n) == j, span / 2, -span / 2)  # a span of exactly Span: taken
+            expect_fast[b] = True
+    scores = scores.astype(dtype)
+    rankings = rankings.astype(idtype)
+    ll, ok, fast = cpu.pl_loglik_exact(scores, rankings)
+    np.testing.assert_array_equal(fast, expect_fast)
+    ll_small, ok_small = cpu.pl_loglik_small(scores, rankings, None)
+    np.testing.assert_array_equal(ok, ok_small)
+    np.testing.assert_array_equal(ll, ll_small)
+    want, good = reference_rows(scores, rankings.astype(np.int64), None)
+    np.testing.assert_array_equal(ok, good)
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(ll - want) <= tol * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_loglik_exact_probabilities_sum_to_one(rng, n):
+    """Over every ordering of n items the exact-width function's probabilities of one row sum to 1."""
+    perms = np.array(list(itertools.permutations(range(n))), dtype=np.int32)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        scores = np.ascontiguousarray(np.broadcast_to(rng.normal(size=n) * 2, (len(perms), n)).astype(dtype))
+        ll, ok, fast = cpu.pl_loglik_exact(scores, perms)
+        assert ok.all() and fast.all()
+        assert abs(np.exp(ll).sum() - 1.0) < tol
+
+
+def test_loglik_exact_rejects_other_shapes():
+    for n, m in ((1, 1), (17, 17), (5, 4)):
+        with pytest.raises(ValueError, match="full rankings of 2 .. 16 items"):
+            cpu.pl_loglik_exact(np.zeros((2, n)), np.zeros((2, m), dtype=np.int32))
+
+
 # ----------------------------------------------------------------------------------------- sampling
 
 
@@ -328,23 +426,32 @@ def test_draw_small_rejects_wide_rows():
 # ----------------------------------------------------------------------------------------- the flat kernel
 
 # Shapes the flat-staged log-likelihood kernel takes (n <= 32, n and m not multiples of 4). It is off by
-# default
-# (prefcal._cuda.set_loglik_flat); these tests turn it on, on the GPU backends. On the CPU they check the same
-# numbers against the CPU kernel, so the test logic itself runs everywhere.
+# default (prefcal._cuda.set_loglik_kernel); these tests turn it on, on the GPU backends. On the CPU they
+# check the same numbers against the CPU kernel, so the test logic itself runs everywhere.
 FLAT_BACKENDS = ("cpu", "cupy", "torch-cuda", "cuda-staged")
 
 
-@pytest.fixture(params=FLAT_BACKENDS)
-def flat_backend(request):
-    b = get_backend(request.param)
+def kernel_backend(name, kernel):
+    """The backend `name`, active, with the GPU's log-likelihood kernels set to `kernel` while it is used."""
+    b = get_backend(name)
     cuda = _backend.cuda_module() if b.on_gpu else None
-    previous = cuda.set_loglik_flat(True) if cuda is not None else None
+    previous = cuda.set_loglik_kernel(kernel) if cuda is not None else None
     try:
         with b.active():
             yield b
     finally:
         if cuda is not None:
-            cuda.set_loglik_flat(previous)
+            cuda.set_loglik_kernel(previous)
+
+
+@pytest.fixture(params=FLAT_BACKENDS)
+def flat_backend(request):
+    yield from kernel_backend(request.param, "flat")
+
+
+@pytest.fixture(params=FLAT_BACKENDS)
+def exact_backend(request):
+    yield from kernel_backend(request.param, "exact")
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 17, 23, 25, 30, 31])
@@ -393,3 +500,97 @@ def test_flat_loglik_names_the_first_bad_row(flat_backend, rng, dtype):
     r = np.concatenate([good_r, good_r[:1]])
     with pytest.raises(ValueError, match="300"):
         pl.log_likelihood(b.array(s), b.array(r))
+
+
+# ------------------------------------------------------------------------------------- the exact-width kernel
+
+# Full rankings of 2 .. 16 items without a mask (per-row scores, no gradient): one kernel per n, each row by
+# pl::row_loglik_exact<n> and the rows it does not take by row_loglik_fixed. Off by default
+# (set_loglik_kernel("exact")); on the CPU these tests check the same numbers against the CPU kernel.
+
+
+def exact_data(rng, n_rows, n, dtype, idtype, mixed):
+    """Full rankings of n items; with `mixed`, also rows the exact-width function leaves to the general one:
+    padded rankings and scores spanning beyond its range."""
+    scores = (rng.normal(size=(n_rows, n)) * 3).astype(dtype)
+    rankings = np.argsort(rng.random((n_rows, n)), axis=1).astype(idtype)
+    if mixed:
+        rankings[::5, n // 2 :] = -1
+        scores[3::7, 0] = scores[3::7].max(axis=1) + (90.0 if dtype == np.float32 else 310.0)
+    return scores, rankings
+
+
+@pytest.mark.parametrize("n", EXACT_NS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("idtype", [np.int32, np.int64])
+def test_exact_loglik_matches_reference(exact_backend, rng, n, dtype, idtype):
+    b = exact_backend
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    for mixed in (False, True):
+        scores, rankings = exact_data(rng, 700, n, dtype, idtype, mixed)  # several tiles, the last partial
+        got = b.numpy(pl.log_likelihood(b.array(scores), b.array(rankings)))
+        want, good = reference_rows(scores, rankings.astype(np.int64), None)
+        assert good.all() and got.dtype == dtype
+        assert np.all(np.abs(got - want) <= tol * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("n", [10, 8, 7, 16])
+@pytest.mark.parametrize("idtype", [np.int32, np.int64])
+def test_exact_loglik_unaligned_rows(exact_backend, rng, n, idtype):
+    """Arrays that start one row into an allocation (not 16-byte aligned for these n): the element-wise copy,
+    into unpadded tiles (n = 7, 10) and padded ones (n = 8, 16)."""
+    b = exact_backend
+    scores, rankings = exact_data(rng, 601, n, np.float32, idtype, True)
+    got = b.numpy(pl.log_likelihood(b.array(scores)[1:], b.array(rankings)[1:]))
+    want, _ = reference_rows(scores[1:], rankings[1:].astype(np.int64), None)
+    assert np.all(np.abs(got - want) <= 2e-6 * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("n", [10, 8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exact_loglik_names_the_first_bad_row(exact_backend, rng, n, dtype):
+    """Each kind of bad row at row 300, another one later: the error names row 300 (bad rows are reported by
+    atomics as they are found, in any order)."""
+    b = exact_backend
+    kinds = ["range", "negative", "repeat", "hole", "nan_first", "nan_last", "inf", "-inf"]
+    for kind in kinds:
+        scores, rankings = exact_data(rng, 900, n, dtype, np.int64, False)
+        for row in (300, 777):
+            r, s = rankings[row], scores[row]
+            if kind == "range":
+                r[n - 1] = n
+            elif kind == "negative":
+                r[0] = -3
+            elif kind == "repeat":
+                r[1] = r[0]
+            elif kind == "hole":
+                r[0] = -1
+            elif kind == "nan_first":
+                s[r[0]] = np.nan
+            elif kind == "nan_last":
+                s[r[n - 1]] = np.nan
+            else:
+                s[r[n // 2]] = float(kind)
+        with pytest.raises(ValueError, match="300"):
+            pl.log_likelihood(b.array(scores), b.array(rankings))
+    # and the first row and the last
+    scores, rankings = exact_data(rng, 513, n, dtype, np.int32, True)
+    for row in (0, 512):
+        r = rankings.copy()
+        r[row, 1] = r[row, 0]
+        with pytest.raises(ValueError, match=rf"rankings\[{row}"):
+            pl.log_likelihood(b.array(scores), b.array(r))
+
+
+def test_set_loglik_kernel_names():
+    cuda = _backend.cuda_module()
+    if cuda is None:
+        pytest.skip("no CUDA extension")
+    previous = cuda.set_loglik_kernel("exact")
+    try:
+        assert cuda.set_loglik_kernel("flat") == "exact"
+        assert cuda.set_loglik_kernel("staged") == "flat"
+        with pytest.raises(ValueError, match="'staged', 'flat' or 'exact'"):
+            cuda.set_loglik_kernel("fast")
+    finally:
+        cuda.set_loglik_kernel(previous)

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "prefcal/dtypes.hpp"
@@ -353,6 +354,45 @@ py::tuple pl_loglik_small(const py::array& scores, const py::array& rankings, co
     }
   });
   return py::make_tuple(ll, ok);
+}
+
+// pl_loglik_exact: the row function of the GPU's exact-width log-likelihood kernel, for full rankings (N, n) of
+// n items without a mask, 2 <= n <= pl::kExactMax: pl::row_loglik_exact<n>, and for the rows it does not take
+// pl::row_loglik_fixed (as the kernel does). Returns (ll float64 (N,), ok bool (N,), fast bool (N,): the rows
+// row_loglik_exact took); ll is 0 where the row is bad.
+template <int N, class T, class I>
+void exact_rows(const T* s, const I* r, int64_t rows, double* o, bool* k, bool* f) {
+  namespace pl = prefcal::pl;
+  for (int64_t b = 0; b < rows; ++b) {
+    double v = 0.0;
+    f[b] = pl::row_loglik_exact<N, T>(s + b * N, r + b * N, v);
+    k[b] = f[b] || pl::row_loglik_fixed<pl::loglik_width(N), T>(s + b * N, r + b * N, N, N, nullptr, v);
+    o[b] = k[b] ? v : 0.0;
+  }
+}
+
+template <class T, class I, int... Ns>
+void exact_rows_of(int n, const T* s, const I* r, int64_t rows, double* o, bool* k, bool* f,
+                   std::integer_sequence<int, Ns...>) {
+  ((n == Ns + 2 ? exact_rows<Ns + 2>(s, r, rows, o, k, f) : void()), ...);
+}
+
+py::tuple pl_loglik_exact(const py::array& scores, const py::array& rankings) {
+  require(scores, 2, "scores");
+  const auto sh = pl_rows(scores, rankings, py::none());
+  if (sh.n < 2 || sh.n > prefcal::pl::kExactMax || sh.m != sh.n) {
+    throw std::invalid_argument("pl_loglik_exact: full rankings of 2 .. 16 items");
+  }
+  py::array_t<double> ll(sh.N);
+  py::array_t<bool> ok(sh.N), fast(sh.N);
+  double* o = ll.mutable_data();
+  bool* k = ok.mutable_data();
+  bool* f = fast.mutable_data();
+  with_pl_types(scores, rankings, [&](const auto* s, const auto* r) {
+    exact_rows_of(static_cast<int>(sh.n), s, r, sh.N, o, k, f,
+                  std::make_integer_sequence<int, prefcal::pl::kExactMax - 1>{});
+  });
+  return py::make_tuple(ll, ok, fast);
 }
 
 // pl_sample_small: the GPU sampler's register path (pl::draw_small at width pl::draw_width(n)), n <= 32, with
@@ -1027,6 +1067,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("rank_canonical", &rank_canonical, py::arg("probs").noconvert(), py::arg("labels").noconvert(), py::arg("h"),
         py::arg("p"));
   m.def("fastmath", &fastmath, py::arg("name"), py::arg("x").noconvert());
+  m.def("pl_loglik_exact", &pl_loglik_exact, py::arg("scores").noconvert(), py::arg("rankings").noconvert());
   m.def("pl_loglik_small", &pl_loglik_small, py::arg("scores").noconvert(), py::arg("rankings").noconvert(),
         py::arg("mask").none(true), py::arg("fixed") = false);
   m.def("pl_sample_small", &pl_sample_small, py::arg("scores").noconvert(), py::arg("mask").none(true),

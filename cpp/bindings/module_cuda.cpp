@@ -592,6 +592,19 @@ void def_ranking(py::module_& m) {
         py::arg("n_classes"), py::arg("h"), py::arg("p"), py::arg("stream"), py::arg("device"));
 }
 
+// Test and benchmark hook: the log-likelihood kernels pl_loglik may take beyond the padded staging, by name:
+// "staged" (none: the default), "flat" (the flat-staged kernel where it applies), "exact" (also the
+// exact-width kernel where it applies). Returns the previous name.
+std::string set_loglik_kernel(const std::string& name) {
+  static const char* const kNames[] = {"staged", "flat", "exact"};
+  int level = -1;
+  for (int i = 0; i < 3; ++i) {
+    if (name == kNames[i]) level = i;
+  }
+  if (level < 0) throw std::invalid_argument("set_loglik_kernel: 'staged', 'flat' or 'exact', not '" + name + "'");
+  return kNames[pc::set_loglik_kernel(level)];
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -661,7 +674,7 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("marg_empirical", &marg_empirical, py::arg("rankings"), py::arg("n_rows"), py::arg("m"), py::arg("n"),
         py::arg("mask").none(true), py::arg("global_mask"), py::arg("weights").none(true), py::arg("pairwise"),
         py::arg("out"), py::arg("stream"), py::arg("device"));
-  m.def("set_loglik_flat", &pc::set_loglik_flat, py::arg("on"));
+  m.def("set_loglik_kernel", &set_loglik_kernel, py::arg("name"));
   m.def("time_pl_loglik", &time_pl_loglik, py::arg("scores"), py::arg("global_scores"), py::arg("rankings"),
         py::arg("mask").none(true), py::arg("global_mask"), py::arg("N"), py::arg("m"), py::arg("n"), py::arg("ll"),
         py::arg("grad").none(true), py::arg("reps"), py::arg("stream"), py::arg("device"));

@@ -546,12 +546,12 @@ PREFCAL_HD bool row_loglik_small(const T* s, const I* r, int m, int n, const uin
 
 // The register width K of draw_small for rows of n items: the smallest of 4, 8, 12, 16, 24, 32 that holds
 // them; 0 when n > 32 (the GPU then keeps a top-k buffer per draw).
-PREFCAL_HD int draw_width(int64_t n) {
+PREFCAL_HD constexpr int draw_width(int64_t n) {
   return n <= 4 ? 4 : n <= 8 ? 8 : n <= 12 ? 12 : n <= 16 ? 16 : n <= 24 ? 24 : n <= 32 ? 32 : 0;
 }
 
 // The width K of row_loglik_fixed for rows of n items (m <= n listed): the same steps as draw_width.
-PREFCAL_HD int loglik_width(int64_t n) { return draw_width(n); }
+PREFCAL_HD constexpr int loglik_width(int64_t n) { return draw_width(n); }
 
 // One Gumbel top-k draw (b, t) of a row of n <= K items, in registers (every index known at compile time):
 // the GPU sampler's path for small rows, run on the host by a test hook. Keys: s_i + the Gumbel noise of
@@ -732,6 +732,50 @@ PREFCAL_HD bool row_loglik_fixed(const T* s, const I* r, int m, int n, const uin
       }
     }
   }
+  out = ll - logd.value();
+  return true;
+}
+
+// The widths of row_loglik_exact the GPU instantiates: rows of 2 .. kExactMax items.
+constexpr int kExactMax = 16;
+
+// row_loglik_small for the commonest row, of exactly N items (N known at compile time: the GPU's exact-width
+// kernel) ranked in full, without a mask: true with `out` set when the ranking is a permutation of the N items
+// and the scores are finite and span at most Span<C> -- row_loglik_small's result, bit for bit (the same
+// arithmetic in the same order); false for any other row, a bad one included, which the caller then reads the
+// general way (row_loglik_fixed). Every loop runs over exactly N items with no guard; the checks are a compare
+// and two bit operations an entry of the ranking and a min and a max an item of the scores (fmin / fmax: one
+// instruction each on the GPU; the sign they give a zero extreme changes no sum). A non-finite score shows as
+// a span that is not <= Span<C> (an infinity) or as a NaN in the sums (a NaN, which fmin and fmax pass over:
+// every item's score enters `last` or `ll`).
+template <int N, class C, class T, class I>
+PREFCAL_HD bool row_loglik_exact(const T* s, const I* r, double& out) {
+  static_assert(std::is_same<C, T>::value, "the compute type is the scores' type");
+  static_assert(N >= 2 && N <= 32, "the listed items' set has 32 bits; one item has nothing to rank");
+  int item[N];
+  uint32_t seen = 0;
+  if (!full_ranking_fixed<N>(r, N, N, static_cast<const uint8_t*>(nullptr), item, seen)) return false;
+  T hi = s[0], lo = s[0];
+  PREFCAL_UNROLL
+  for (int i = 1; i < N; ++i) {
+    hi = std::fmax(hi, s[i]);
+    lo = std::fmin(lo, s[i]);
+  }
+  if (!(static_cast<double>(hi) - static_cast<double>(lo) <= Span<C>::value)) return false;
+  const C mx = static_cast<C>(hi);
+  const C last = static_cast<C>(s[item[N - 1]]) - mx;  // the last stage has one item: its worth only
+  C acc = C(0);
+  acc += exp_c(last);
+  double ll = 0.0;
+  typename FastProduct<C>::type logd;
+  PREFCAL_UNROLL
+  for (int j = N - 2; j >= 0; --j) {
+    const C x = static_cast<C>(s[item[j]]) - mx;
+    acc += exp_c(x);
+    ll += static_cast<double>(x);
+    mul_stage<C>(logd, acc);
+  }
+  if (!(last == last) || !(ll == ll)) return false;  // a NaN score past the first item
   out = ll - logd.value();
   return true;
 }
