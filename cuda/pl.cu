@@ -459,10 +459,12 @@ __host__ __device__ __forceinline__ StagedLayout exact_layout(int tile, int n, i
 }
 
 // The exact-width kernel's row when pl::row_loglik_exact does not take it (a bad row, a partial ranking, scores
-// spanning more than Span): pl::row_loglik_fixed, out of line (rare; it would otherwise be inlined into every
-// width's kernel). Returns the log-likelihood, NaN for a bad row (a valid row's is finite).
+// spanning more than Span): pl::row_loglik_fixed, out of line. Inlined, its registers raised the kernel's above
+// the 64 of four blocks an SM and ptxas spilled on the fast path (float32 scores, n >= 11: ~30 local stores a
+// row at n = 16); called, the fast path keeps everything in registers at every n (the rare path pays the
+// call). Returns the log-likelihood, NaN for a bad row (a valid row's is finite).
 template <int K, class T, class I>
-__device__ __forceinline__ double loglik_general(const T* s, const I* r, int n) {
+__device__ __noinline__ double loglik_general(const T* s, const I* r, int n) {
   double v = 0.0;
   return pl::row_loglik_fixed<K, T>(s, r, n, n, nullptr, v) ? v : static_cast<double>(NAN);
 }
