@@ -308,7 +308,6 @@ __global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(
   if (mask_kind == 1) {
     for (int i = t; i < n; i += tile) ms[i] = a.mask[i];
   }
-  int64_t first = kNoError;
   const int64_t step = int64_t(gridDim.x) * tile;
   for (int64_t row0 = int64_t(blockIdx.x) * tile; row0 < a.N; row0 += step) {
     const int rows = static_cast<int>(min(int64_t(tile), a.N - row0));
@@ -316,29 +315,28 @@ __global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(
     by_m.load(a.r + row0 * m, rows * m, rs);
     if (mask_kind == 2) by_n.load(a.mask + row0 * n, rows * n, ms);
     __syncthreads();
-    if constexpr (!kGrad) {
-      if (t < rows) {
-        const uint8_t* mk = mask_kind == 0 ? nullptr : (mask_kind == 1 ? ms : ms + t * ps);
-        double v;
-        if (pl::row_loglik_small<T, uint64_t>(ss + t * ps, rs + t * pm, m, n, mk, v)) {
-          ll[row0 + t] = static_cast<T>(v);
-        } else if (first == kNoError) {
-          first = row0 + t;
-        }
-      }
-    } else if (t < rows) {
+    if (t < rows) {
       const T* sr = ss + t * ps;
       const I* rr = rs + t * pm;
-      const uint8_t* mk = mask_kind == 0 ? nullptr : (mask_kind == 1 ? ms : ms + t * ps);
-      Bits64 bits;
-      const int64_t L = pl::parse_ranking(rr, int64_t(m), int64_t(n), mk, bits);
-      if (L >= 0 && pl::finite_row(sr, int64_t(n))) {
-        T* g = kGrad ? gs + t * ps : nullptr;
-        ll[row0 + t] = static_cast<T>(
-            pl::row_loglik<T>(sr, rr, L, int64_t(n), mk, bits, g, Strided<double>{inv + t, int64_t(tile)}));
-      } else if (first == kNoError) {
-        first = row0 + t;
-      }
+      // the row under mask mk; false when it is bad. Without a mask it is inlined with a null mask the compiler
+      // knows: no availability test per item (as in loglik_flat)
+      auto row = [&](const uint8_t* mk) -> bool {
+        if constexpr (!kGrad) {
+          double v;
+          if (!pl::row_loglik_small<T, uint64_t>(sr, rr, m, n, mk, v)) return false;
+          ll[row0 + t] = static_cast<T>(v);
+        } else {
+          Bits64 bits;
+          const int64_t L = pl::parse_ranking(rr, int64_t(m), int64_t(n), mk, bits);
+          if (L < 0 || !pl::finite_row(sr, int64_t(n))) return false;
+          ll[row0 + t] = static_cast<T>(
+              pl::row_loglik<T>(sr, rr, L, int64_t(n), mk, bits, gs + t * ps, Strided<double>{inv + t, int64_t(tile)}));
+        }
+        return true;
+      };
+      const bool ok = mask_kind == 0 ? row(nullptr) : row(mask_kind == 1 ? ms : ms + t * ps);
+      // a bad row reported on the spot, as in loglik_exact (no register held through the loop for it)
+      if (!ok) atomicMin(bad, static_cast<unsigned long long>(row0 + t));
     }
     if constexpr (kGrad) {
       __syncthreads();
@@ -346,7 +344,6 @@ __global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(
     }
     __syncthreads();  // the tile is overwritten next
   }
-  report_bad(first, bad);
 }
 
 // Copies `count` consecutive elements from global memory to a shared buffer in the same layout (dst 16-byte
