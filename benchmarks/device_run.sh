@@ -117,7 +117,7 @@ stage bench 60 200 '
 stage ncu 60 150 '
   ncu --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
     --section WarpStateStats --section Occupancy --section SourceCounters \
-    -k regex:"${NCU_KERNELS:-loglik_staged|loglik_flat|loglik_exact|sample_rows}" --launch-count 4 python3 -c "
+    -k regex:"${NCU_KERNELS:-loglik_staged|loglik_tiles|sample_rows}" --launch-count 4 python3 -c "
 import torch; from prefcal import pl, _backend
 g = torch.Generator(device=\"cuda\").manual_seed(7)
 s = torch.randn(10**7, 10, device=\"cuda\", generator=g)

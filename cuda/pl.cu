@@ -9,12 +9,11 @@
 //     mask rows into shared memory with coalesced loads (row pitch padded to an odd number of elements:
 //     no bank conflicts), one thread computes each row from there, and the per-row gradient goes back
 //     through shared memory with coalesced stores. The common case (10^7 rows of 10 items).
-//   log-likelihood, "flat" (no gradient, per-row scores, n <= 32, n and m not multiples of 4; off by default,
-//     set_loglik_kernel): the tile copied unpadded with 16-byte vectors, each row computed by the unrolled
-//     pl::row_loglik_fixed.
-//   log-likelihood, "exact" (no gradient, per-row scores, full rankings of 2 .. 16 items without a mask; off
-//     by default, set_loglik_kernel): one kernel per n, each row by pl::row_loglik_exact<n>, loops over
-//     exactly n items with checks of a few operations an item.
+//   log-likelihood, "tiled" (no gradient, per-row scores; off by default, set_loglik_kernel): the same staging
+//     with the rows' pitch and row function given by a Row type: "flat" (n <= 32, n and m not multiples of 4:
+//     unpadded tiles copied with 16-byte vectors, pl::row_loglik_fixed unrolled over K slots) and "exact"
+//     (full rankings of 2 .. 16 items without a mask: one kernel per n, pl::row_loglik_exact<n>, loops over
+//     exactly n items with checks of a few operations an item).
 //   log-likelihood, "generic": everything else. With global scores the gradient is summed over rows:
 //     each thread adds its rows' gradients to its own float64 accumulator row, and one block per item then
 //     sums the threads in a fixed order (bit-for-bit reproducible on a given device).
@@ -319,7 +318,7 @@ __global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(
       const T* sr = ss + t * ps;
       const I* rr = rs + t * pm;
       // the row under mask mk; false when it is bad. Without a mask it is inlined with a null mask the compiler
-      // knows: no availability test per item (as in loglik_flat)
+      // knows: no availability test per item (as in loglik_tiles)
       auto row = [&](const uint8_t* mk) -> bool {
         if constexpr (!kGrad) {
           double v;
@@ -335,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(
         return true;
       };
       const bool ok = mask_kind == 0 ? row(nullptr) : row(mask_kind == 1 ? ms : ms + t * ps);
-      // a bad row reported on the spot, as in loglik_exact (no register held through the loop for it)
+      // a bad row reported on the spot, as in loglik_tiles (no register held through the loop for it)
       if (!ok) atomicMin(bad, static_cast<unsigned long long>(row0 + t));
     }
     if constexpr (kGrad) {
@@ -383,134 +382,135 @@ __device__ __forceinline__ void copy_flat(const V* __restrict__ src, int count, 
   }
 }
 
-// Shared-memory layout of the flat kernel (byte offsets, 16-byte aligned): rows unpadded, as in global memory.
-__host__ __device__ __forceinline__ StagedLayout flat_layout(int tile, int n, int m, size_t size_s, size_t size_i,
-                                                             int mask_kind) {
-  const size_t t = static_cast<size_t>(tile);
-  StagedLayout L{};
-  size_t off = 0;
-  L.ss = off;
-  off += align16(t * static_cast<size_t>(n) * size_s);
-  L.rs = off;
-  off += align16(t * static_cast<size_t>(m) * size_i);
-  L.ms = off;
-  off += mask_kind == 2 ? align16(t * static_cast<size_t>(n)) : (mask_kind == 1 ? align16(static_cast<size_t>(n)) : 0);
-  L.total = off;
-  return L;
-}
-
-// Log-likelihood without a gradient, per-row scores, m <= n <= K <= 32, n and m not multiples of 4: each block
-// copies its tile of rows into shared memory as they lie in global memory (16-byte vectors, no index
-// arithmetic), one thread computes each row with pl::row_loglik_fixed<K> (unrolled, in registers). Unpadded
-// rows of n % 4 != 0 elements put a warp's reads on at most two accesses per bank.
-template <class T, class I, int K>
-__global__ void __launch_bounds__(kThreads, (sizeof(T) == 4 && sizeof(I) == 4 && K <= 16) ? 3 : 1)
-    loglik_flat(Rows<T, I> a, T* __restrict__ ll, unsigned long long* __restrict__ bad) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int tile = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
-  const int n = static_cast<int>(a.n), m = static_cast<int>(a.m);
-  const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
-  const StagedLayout lay = flat_layout(tile, n, m, sizeof(T), sizeof(I), mask_kind);
-  T* ss = reinterpret_cast<T*>(smem + lay.ss);
-  I* rs = reinterpret_cast<I*>(smem + lay.rs);
-  uint8_t* ms = smem + lay.ms;
-  if (mask_kind == 1) {
-    for (int i = t; i < n; i += tile) ms[i] = a.mask[i];
-  }
-  int64_t first = kNoError;
-  const int64_t step = int64_t(gridDim.x) * tile;
-  for (int64_t row0 = int64_t(blockIdx.x) * tile; row0 < a.N; row0 += step) {
-    const int rows = static_cast<int>(min(int64_t(tile), a.N - row0));
-    copy_flat(a.s + row0 * n, rows * n, ss);
-    copy_flat(a.r + row0 * m, rows * m, rs);
-    if (mask_kind == 2) copy_flat(a.mask + row0 * n, rows * n, ms);
-    __syncthreads();
-    if (t < rows) {
-      const uint8_t* mk = mask_kind == 1 ? ms : ms + t * n;
-      double v;
-      // without a mask the row function is inlined with a null mask known to the compiler: no availability
-      // test per item (the flat kernel's score scan was ~20 instructions an item with the pointer tested)
-      const bool ok = mask_kind == 0 ? pl::row_loglik_fixed<K, T>(ss + t * n, rs + t * m, m, n, nullptr, v)
-                                     : pl::row_loglik_fixed<K, T>(ss + t * n, rs + t * m, m, n, mk, v);
-      if (ok) {
-        ll[row0 + t] = static_cast<T>(v);
-      } else if (first == kNoError) {
-        first = row0 + t;
-      }
-    }
-    __syncthreads();  // the tile is overwritten next
-  }
-  report_bad(first, bad);
-}
-
-// Row pitch (elements) of the exact-width kernel's tiles for rows of n elements of `bytes` bytes: n when a row
-// of n elements spans a number of 4-byte words that is not a multiple of 4 (a warp reading one element of each
-// row then puts at most two accesses on a bank), else n + 1.
-__host__ __device__ constexpr int exact_pitch(int n, int bytes) { return (n * bytes / 4) % 4 != 0 ? n : n + 1; }
-
-// Shared-memory layout of the exact-width kernel (byte offsets, 16-byte aligned): scores, then rankings.
-__host__ __device__ __forceinline__ StagedLayout exact_layout(int tile, int n, int size_s, int size_i) {
-  const size_t t = static_cast<size_t>(tile);
-  StagedLayout L{};
-  L.ss = 0;
-  L.rs = align16(t * static_cast<size_t>(exact_pitch(n, size_s)) * static_cast<size_t>(size_s));
-  L.ms = L.rs + align16(t * static_cast<size_t>(exact_pitch(n, size_i)) * static_cast<size_t>(size_i));
-  L.total = L.ms;
-  return L;
-}
-
-// The exact-width kernel's row when pl::row_loglik_exact does not take it (a bad row, a partial ranking, scores
-// spanning more than Span): pl::row_loglik_fixed, out of line. Inlined, its registers raised the kernel's above
-// the 64 of four blocks an SM and ptxas spilled on the fast path (float32 scores, n >= 11: ~30 local stores a
-// row at n = 16); called, the fast path keeps everything in registers at every n (the rare path pays the
-// call). Returns the log-likelihood, NaN for a bad row (a valid row's is finite).
+// The general row function of the exact-width kernel, for the rows pl::row_loglik_exact does not take (a bad
+// row, a partial ranking, scores spanning more than Span): pl::row_loglik_fixed, out of line. Inlined, its
+// registers raised the kernel's above the 64 of four blocks an SM and ptxas spilled on the fast path (float32
+// scores, n >= 11: ~30 local stores a row at n = 16); called, the fast path keeps everything in registers at
+// every n (the rare path pays the call). Returns the log-likelihood, NaN for a bad row (a valid row's is finite).
 template <int K, class T, class I>
 __device__ __noinline__ double loglik_general(const T* s, const I* r, int n) {
   double v = 0.0;
   return pl::row_loglik_fixed<K, T>(s, r, n, n, nullptr, v) ? v : static_cast<double>(NAN);
 }
 
-// Log-likelihood without a gradient of per-row scores of exactly N items (2 <= N <= pl::kExactMax) ranked in
-// m = N columns without a mask (off by default: set_loglik_kernel): each block copies its tile of rows into
-// shared memory as they lie in global memory (copy_flat: 16-byte vectors, no index arithmetic) or, where that
-// pitch would conflict (exact_pitch), padded by one element (Stager); one thread computes each row with
-// pl::row_loglik_exact<N>, every loop over exactly N items, its checks a few operations an item (the probe of
-// shared/probes/pl_floor.cu runs ~10 instructions an item without validation); a row it does not take goes to
+// The rows of the tiled kernel (loglik_tiles): their shared-memory pitch and their row function.
+//
+// FlatRow<K>: m <= n <= K <= 32, n and m not multiples of 4, any mask; rows unpadded, as in global memory (a
+// row of n % 4 != 0 elements puts a warp's reads on at most two accesses per bank); pl::row_loglik_fixed<K>
+// (every loop unrolled over K slots, the ranking in registers, a 32-bit listed-item set).
+template <int K>
+struct FlatRow {
+  static constexpr bool kMasks = true;
+  template <class T, class I>
+  static constexpr int min_blocks() {
+    return (sizeof(T) == 4 && sizeof(I) == 4 && K <= 16) ? 3 : 1;
+  }
+  __host__ __device__ static constexpr int width(int w) { return w; }
+  __host__ __device__ static constexpr int pitch(int width, int) { return width; }
+  template <class V>
+  static constexpr bool padded() {
+    return false;
+  }
+  template <class T, class I>
+  __device__ static bool row(const T* s, const I* r, int m, int n, const uint8_t* mask, double& v) {
+    return pl::row_loglik_fixed<K, T>(s, r, m, n, mask, v);
+  }
+};
+
+// ExactRow<N>: full rankings of exactly N items (2 <= N <= pl::kExactMax, m = N) without a mask; rows padded by
+// one element where N elements span a multiple of 4 words (else a warp's reads would pile onto a few banks);
+// pl::row_loglik_exact<N> (every loop over exactly N items, checks of a few operations an item: the probe of
+// shared/probes/pl_floor.cu runs ~10 instructions an item without validation), the other rows by
 // loglik_general.
-template <class T, class I, int N>
-__global__ void __launch_bounds__(kThreads, (sizeof(T) == 4 && sizeof(I) == 4) ? 4 : 2)
-    loglik_exact(Rows<T, I> a, T* __restrict__ ll, unsigned long long* __restrict__ bad) {
-  constexpr int PS = exact_pitch(N, int(sizeof(T))), PR = exact_pitch(N, int(sizeof(I)));
+template <int N>
+struct ExactRow {
+  static constexpr bool kMasks = false;
+  template <class T, class I>
+  static constexpr int min_blocks() {
+    return (sizeof(T) == 4 && sizeof(I) == 4) ? 4 : 2;
+  }
+  __host__ __device__ static constexpr int width(int) { return N; }  // n = m = N, known to the compiler
+  __host__ __device__ static constexpr int pitch(int, int bytes) { return (N * bytes / 4) % 4 != 0 ? N : N + 1; }
+  template <class V>
+  static constexpr bool padded() {
+    return pitch(N, int(sizeof(V))) != N;
+  }
+  template <class T, class I>
+  __device__ static bool row(const T* s, const I* r, int, int, const uint8_t*, double& v) {
+    if (pl::row_loglik_exact<N, T>(s, r, v)) return true;
+    v = loglik_general<pl::loglik_width(N), T>(s, r, N);
+    return v == v;
+  }
+};
+
+// Shared-memory layout of the tiled kernel (byte offsets, 16-byte aligned): rows of scores, rankings and mask
+// at the pitches of Row. mask_kind: 0 none, 1 global (n bytes), 2 per row.
+template <class Row>
+__host__ __device__ __forceinline__ StagedLayout tile_layout(int tile, int n, int m, int size_s, int size_i,
+                                                             int mask_kind) {
+  const size_t t = static_cast<size_t>(tile);
+  const size_t ps = static_cast<size_t>(Row::pitch(n, size_s)), pr = static_cast<size_t>(Row::pitch(m, size_i));
+  StagedLayout L{};
+  L.ss = 0;
+  L.rs = align16(t * ps * static_cast<size_t>(size_s));
+  L.ms = L.rs + align16(t * pr * static_cast<size_t>(size_i));
+  const size_t pb = static_cast<size_t>(Row::pitch(n, 1));
+  L.total = L.ms + (mask_kind == 2 ? align16(t * pb) : (mask_kind == 1 ? align16(static_cast<size_t>(n)) : 0));
+  return L;
+}
+
+// The copier of a tile of rows into shared memory: copy_flat for unpadded rows (nothing to hold), a Stager (its
+// start and steps, made once) for padded ones; known at compile time, so that no unused state stays live.
+struct FlatCopy {
+  __device__ FlatCopy(int, int, int) {}
+  template <class V>
+  __device__ __forceinline__ void load(const V* src, int count, V* dst) const {
+    copy_flat(src, count, dst);
+  }
+};
+template <bool kPadded>
+using TileCopy = std::conditional_t<kPadded, Stager, FlatCopy>;
+
+// Log-likelihood without a gradient, per-row scores, the rows Row takes (off by default: set_loglik_kernel):
+// each block copies its tile of rows into shared memory, one thread computes each row with Row::row. Without a
+// mask the row function is inlined with a null mask the compiler knows (no availability test per item). A bad
+// row is reported by an atomic where it is found: bad rows are rare, the smallest wins whatever the order of the
+// atomics, and no register holds the first bad row through the loop.
+template <class T, class I, class Row>
+__global__ void __launch_bounds__(kThreads, Row::template min_blocks<T, I>())
+    loglik_tiles(Rows<T, I> a, T* __restrict__ ll, unsigned long long* __restrict__ bad) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int tile = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
-  const StagedLayout lay = exact_layout(tile, N, int(sizeof(T)), int(sizeof(I)));
+  const int n = Row::width(static_cast<int>(a.n)), m = Row::width(static_cast<int>(a.m));
+  const int ps = Row::pitch(n, int(sizeof(T))), pr = Row::pitch(m, int(sizeof(I))), pb = Row::pitch(n, 1);
+  const int mask_kind = !Row::kMasks || a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
+  const StagedLayout lay = tile_layout<Row>(tile, n, m, int(sizeof(T)), int(sizeof(I)), mask_kind);
   T* ss = reinterpret_cast<T*>(smem + lay.ss);
   I* rs = reinterpret_cast<I*>(smem + lay.rs);
-  const Stager by_s(N, PS, 16 / int(sizeof(T))), by_r(N, PR, 16 / int(sizeof(I)));
+  uint8_t* ms = smem + lay.ms;
+  const TileCopy<Row::template padded<T>()> by_s(n, ps, 16 / int(sizeof(T)));
+  const TileCopy<Row::template padded<I>()> by_r(m, pr, 16 / int(sizeof(I)));
+  const TileCopy<Row::kMasks && Row::template padded<uint8_t>()> by_b(n, pb, 16);
+  if (mask_kind == 1) {
+    for (int i = t; i < n; i += tile) ms[i] = a.mask[i];
+  }
   const int64_t step = int64_t(gridDim.x) * tile;
   for (int64_t row0 = int64_t(blockIdx.x) * tile; row0 < a.N; row0 += step) {
     const int rows = static_cast<int>(min(int64_t(tile), a.N - row0));
-    if constexpr (PS == N) {
-      copy_flat(a.s + row0 * N, rows * N, ss);
-    } else {
-      by_s.load(a.s + row0 * N, rows * N, ss);
-    }
-    if constexpr (PR == N) {
-      copy_flat(a.r + row0 * N, rows * N, rs);
-    } else {
-      by_r.load(a.r + row0 * N, rows * N, rs);
-    }
+    by_s.load(a.s + row0 * n, rows * n, ss);
+    by_r.load(a.r + row0 * m, rows * m, rs);
+    if (mask_kind == 2) by_b.load(a.mask + row0 * n, rows * n, ms);
     __syncthreads();
     if (t < rows) {
-      const T* s = ss + t * PS;
-      const I* r = rs + t * PR;
+      const T* sr = ss + t * ps;
+      const I* rr = rs + t * pr;
       double v;
-      if (!pl::row_loglik_exact<N, T>(s, r, v)) v = loglik_general<pl::loglik_width(N), T>(s, r, N);
-      if (v == v) {
+      const bool ok = mask_kind == 0
+                          ? Row::template row<T, I>(sr, rr, m, n, nullptr, v)
+                          : Row::template row<T, I>(sr, rr, m, n, mask_kind == 1 ? ms : ms + t * pb, v);
+      if (ok) {
         ll[row0 + t] = static_cast<T>(v);
       } else {
-        // reported on the spot (no register held through the loop for it): bad rows are rare, and the
-        // smallest wins whatever the order of the atomics
         atomicMin(bad, static_cast<unsigned long long>(row0 + t));
       }
     }
@@ -519,38 +519,51 @@ __global__ void __launch_bounds__(kThreads, (sizeof(T) == 4 && sizeof(I) == 4) ?
 }
 
 template <class T, class I>
-using FlatKernel = void (*)(Rows<T, I>, T*, unsigned long long*);
+using TileKernel = void (*)(Rows<T, I>, T*, unsigned long long*);
+
+// A tiled kernel and its shared-memory layout for a tile of rows.
+template <class T, class I>
+struct TilePlan {
+  TileKernel<T, I> kernel = nullptr;
+  StagedLayout (*layout)(int tile, int n, int m, int size_s, int size_i, int mask_kind) = nullptr;
+};
+
+template <class T, class I, class Row>
+TilePlan<T, I> tile_plan() {
+  return {loglik_tiles<T, I, Row>, tile_layout<Row>};
+}
 
 // Which kernels pl_loglik may take beyond the padded staging (loglik_staged): 0 none, 1 the flat kernel where
 // it applies, 2 also the exact-width kernel where it applies. 0 until a GPU run shows them faster than the
 // staging they would replace; the test and benchmark hook set_loglik_kernel sets it.
 std::atomic<int> g_loglik_kernel{0};
 
-// The exact-width kernel for full rankings of n = m items without a mask (per-row scores, no gradient), or null.
+// The exact-width kernel for full rankings of n = m items without a mask (per-row scores, no gradient), or an
+// empty plan.
 template <class T, class I, int... Ns>
-FlatKernel<T, I> exact_kernel_of(int64_t n, std::integer_sequence<int, Ns...>) {
-  FlatKernel<T, I> k = nullptr;
-  ((k = n == Ns + 2 ? loglik_exact<T, I, Ns + 2> : k), ...);
-  return k;
+TilePlan<T, I> exact_plan_of(int64_t n, std::integer_sequence<int, Ns...>) {
+  TilePlan<T, I> p;
+  ((p = n == Ns + 2 ? tile_plan<T, I, ExactRow<Ns + 2>>() : p), ...);
+  return p;
 }
 template <class T, class I>
-FlatKernel<T, I> exact_kernel(int64_t n, int64_t m, bool masked) {
-  if (g_loglik_kernel.load() < 2 || masked || m != n || n < 2 || n > pl::kExactMax) return nullptr;
-  return exact_kernel_of<T, I>(n, std::make_integer_sequence<int, pl::kExactMax - 1>{});
+TilePlan<T, I> exact_plan(int64_t n, int64_t m, bool masked) {
+  if (g_loglik_kernel.load() < 2 || masked || m != n || n < 2 || n > pl::kExactMax) return {};
+  return exact_plan_of<T, I>(n, std::make_integer_sequence<int, pl::kExactMax - 1>{});
 }
 
-// The flat kernel for per-row rows of n items ranked in m columns without a gradient, or null.
+// The flat kernel for per-row rows of n items ranked in m columns without a gradient, or an empty plan.
 template <class T, class I>
-FlatKernel<T, I> flat_kernel(int64_t n, int64_t m) {
-  if (g_loglik_kernel.load() < 1 || n % 4 == 0 || m % 4 == 0 || m > n) return nullptr;
+TilePlan<T, I> flat_plan(int64_t n, int64_t m) {
+  if (g_loglik_kernel.load() < 1 || n % 4 == 0 || m % 4 == 0 || m > n) return {};
   switch (pl::loglik_width(n)) {
-    case 4: return loglik_flat<T, I, 4>;
-    case 8: return loglik_flat<T, I, 8>;
-    case 12: return loglik_flat<T, I, 12>;
-    case 16: return loglik_flat<T, I, 16>;
-    case 24: return loglik_flat<T, I, 24>;
-    case 32: return loglik_flat<T, I, 32>;
-    default: return nullptr;
+    case 4: return tile_plan<T, I, FlatRow<4>>();
+    case 8: return tile_plan<T, I, FlatRow<8>>();
+    case 12: return tile_plan<T, I, FlatRow<12>>();
+    case 16: return tile_plan<T, I, FlatRow<16>>();
+    case 24: return tile_plan<T, I, FlatRow<24>>();
+    case 32: return tile_plan<T, I, FlatRow<32>>();
+    default: return {};
   }
 }
 
@@ -856,7 +869,7 @@ struct LoglikRun {
   int kgrad = 0;  // 0 none, 1 per row, 2 summed
   bool staged = false;
   StagedKernel<T, I> staged_kernel = nullptr;
-  FlatKernel<T, I> flat = nullptr;
+  TileKernel<T, I> tiled = nullptr;
   RowsKernel<T, I> generic_kernel = nullptr;
   Geometry geo;
   size_t smem = 0;
@@ -870,15 +883,13 @@ struct LoglikRun {
     kgrad = grad == nullptr ? 0 : (a.global_scores ? 2 : 1);
     const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
     if (!a.global_scores && kgrad == 0) {
-      if ((flat = exact_kernel<T, I>(n, m, a.mask != nullptr)) != nullptr) {
-        plan_tile(flat, N, [&](int tile) { return exact_layout(tile, int(n), int(sizeof(T)), int(sizeof(I))); });
-      }
-      if (!staged && (flat = flat_kernel<T, I>(n, m)) != nullptr) {
-        plan_tile(flat, N, [&](int tile) {
-          return flat_layout(tile, int(n), int(m), sizeof(T), sizeof(I), mask_kind);
+      for (const TilePlan<T, I>& p : {exact_plan<T, I>(n, m, a.mask != nullptr), flat_plan<T, I>(n, m)}) {
+        if (staged || p.kernel == nullptr) continue;
+        plan_tile(p.kernel, N, [&](int tile) {
+          return p.layout(tile, int(n), int(m), int(sizeof(T)), int(sizeof(I)), mask_kind);
         });
+        if (staged) tiled = p.kernel;
       }
-      if (!staged) flat = nullptr;
     }
     if (!staged && !a.global_scores && n <= kSmallN && m <= kSmallN) {
       staged_kernel = kgrad == 1 ? loglik_staged<T, I, true> : loglik_staged<T, I, false>;
@@ -920,8 +931,8 @@ struct LoglikRun {
   void enqueue(cudaStream_t st) const {
     res.init(st);
     const unsigned grid = static_cast<unsigned>(geo.grid);
-    if (flat != nullptr) {
-      flat<<<grid, geo.block, smem, st>>>(rows, ll, res.bad());
+    if (tiled != nullptr) {
+      tiled<<<grid, geo.block, smem, st>>>(rows, ll, res.bad());
       PREFCAL_CUDA_LAUNCHED();
       return;
     }
