@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "launch.hpp"
+#include "pl_staging.cuh"
 #include "prefcal/philox.hpp"
 #include "prefcal/pl.hpp"
 #include "reduce.cuh"
@@ -58,9 +59,16 @@ using pl::Bits64;
 using pl::BitsRef;
 using pl::Strided;
 
-constexpr int kThreads = 256;                          // block size (smaller only when few threads are wanted)
+using plk::align16;
+using plk::kSmemBudget;
+using plk::kThreads;  // block size (smaller only when few threads are wanted)
+using plk::Rows;
+using plk::Stager;
+using plk::StagedLayout;
+using plk::TileKernel;
+using plk::TilePlan;
+
 constexpr int64_t kSmallN = 64;                        // register bit set (pl::Bits64) up to this many items
-constexpr size_t kSmemBudget = 96 * 1024;              // dynamic shared memory a block may ask for
 // fit accumulators in shared memory up to this size: 48 KiB (the limit without opt-in) less fit_pass_rows's
 // static scratch (32 doubles)
 constexpr size_t kSharedAccBytes = 48 * 1024 - 32 * sizeof(double);
@@ -71,22 +79,6 @@ constexpr size_t kScratchBudget = size_t(256) << 20;   // per-thread global scra
 __device__ __forceinline__ int64_t thread_index() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t thread_count() { return int64_t(gridDim.x) * blockDim.x; }
 
-
-// The rows of a call: scores (N, n) or (n,), rankings (N, m), mask null, (N, n) or (n,).
-template <class T, class I>
-struct Rows {
-  const T* s;
-  const I* r;
-  const uint8_t* mask;
-  bool global_scores, global_mask;
-  int64_t N, m, n;
-  __device__ __forceinline__ const T* scores(int64_t b) const { return global_scores ? s : s + b * n; }
-  __device__ __forceinline__ const I* ranking(int64_t b) const { return r + b * m; }
-  __device__ __forceinline__ const uint8_t* mask_of(int64_t b) const {
-    if (mask == nullptr) return nullptr;
-    return global_mask ? mask : mask + b * n;
-  }
-};
 
 // Per-thread scratch in global memory, entry e of thread t at p[e * P + t] (P = threads of the grid).
 struct Scratch {
@@ -159,14 +151,6 @@ void launch_reduce(const double* p, int64_t rows, int64_t row_stride, int64_t wi
 
 // ------------------------------------------------------------------------------------------- log-likelihood
 
-// Shared-memory layout of the staged kernel for a tile of `tile` rows (byte offsets, 16-byte aligned).
-// mask_kind: 0 none, 1 global (n bytes), 2 per row.
-struct StagedLayout {
-  size_t inv, ss, gs, rs, ms, total;
-};
-
-__host__ __device__ __forceinline__ size_t align16(size_t b) { return (b + 15) / 16 * 16; }
-
 __host__ __device__ __forceinline__ StagedLayout staged_layout(int tile, int n, int m, size_t size_s, size_t size_i,
                                                                bool grad, int mask_kind) {
   const size_t t = static_cast<size_t>(tile), ps = static_cast<size_t>(n | 1), pm = static_cast<size_t>(m | 1);
@@ -185,107 +169,6 @@ __host__ __device__ __forceinline__ StagedLayout staged_layout(int tile, int n, 
   L.total = off;
   return L;
 }
-
-// Copies `count` consecutive elements (rows of `width`) between global memory and a shared tile whose rows
-// have `pitch` elements; element k of the block's range goes to thread k % blockDim.x (coalesced), or 16-byte
-// vector k to thread k % blockDim.x when the range allows. Scalar loads are issued kBatch at a time before any
-// is stored, to keep enough bytes in flight.
-struct Stager {
-  static constexpr int kBatch = 4;
-  int width, pitch, step_r, step_c, row0, col0;
-  // the 16-byte path's start and step, for vectors of `vec` elements (the divisions done once, not per tile)
-  int vec, vstep_r, vstep_c, vrow0, vcol0;
-  __device__ __forceinline__ Stager(int w, int p, int vector_elems)
-      : width(w), pitch(p), step_r(0), step_c(0), row0(0), col0(0), vec(vector_elems), vstep_r(0), vstep_c(0),
-        vrow0(0), vcol0(0) {
-    if (w > 0) {
-      const int nt = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
-      step_r = nt / w;
-      step_c = nt - step_r * w;
-      row0 = t / w;
-      col0 = t - row0 * w;
-      vstep_r = vec * nt / w;
-      vstep_c = vec * nt - vstep_r * w;
-      vrow0 = vec * t / w;
-      vcol0 = vec * t - vrow0 * w;
-    }
-  }
-  __device__ __forceinline__ void advance(int& row, int& col) const {
-    row += step_r;
-    col += step_c;
-    if (col >= width) {
-      col -= width;
-      ++row;
-    }
-  }
-  template <class V>
-  __device__ __forceinline__ void load(const V* __restrict__ src, int count, V* dst) const {
-    const int nt = static_cast<int>(blockDim.x);
-    if constexpr (sizeof(V) == 4 || sizeof(V) == 8) {
-      // 16-byte loads when the range is aligned and whole (every tile but the last, usually): vector v of the
-      // range holds elements 16 / sizeof(V) * v + u
-      constexpr int kPer = 16 / static_cast<int>(sizeof(V));
-      if (vec == kPer && count > 0 && count % kPer == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-        const int4* src4 = reinterpret_cast<const int4*>(src);
-        const int vcount = count / kPer;
-        // thread t takes vectors t, t + nt, ...: element kPer * t first; kBatch vectors in flight
-        int row = vrow0, col = vcol0;
-        for (int v0 = static_cast<int>(threadIdx.x); v0 < vcount; v0 += kBatch * nt) {
-          int4 q[kBatch];
-#pragma unroll
-          for (int b = 0; b < kBatch; ++b) {
-            if (v0 + b * nt < vcount) q[b] = __ldg(src4 + v0 + b * nt);
-          }
-#pragma unroll
-          for (int b = 0; b < kBatch; ++b) {
-            if (v0 + b * nt >= vcount) break;
-            V e[kPer];
-            memcpy(e, &q[b], sizeof q[b]);
-            int r = row, c = col;
-#pragma unroll
-            for (int u = 0; u < kPer; ++u) {
-              dst[r * pitch + c] = e[u];
-              if (++c == width) {
-                c = 0;
-                ++r;
-              }
-            }
-            row += vstep_r;
-            col += vstep_c;
-            if (col >= width) {
-              col -= width;
-              ++row;
-            }
-          }
-        }
-        return;
-      }
-    }
-    int row = row0, col = col0;
-    for (int k = static_cast<int>(threadIdx.x); k < count; k += kBatch * nt) {
-      V v[kBatch];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        if (k + u * nt < count) v[u] = src[k + u * nt];
-      }
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        if (k + u * nt < count) {
-          dst[row * pitch + col] = v[u];
-          advance(row, col);
-        }
-      }
-    }
-  }
-  template <class V>
-  __device__ __forceinline__ void store(const V* src, int count, V* __restrict__ dst) const {
-    int row = row0, col = col0;
-    for (int k = static_cast<int>(threadIdx.x); k < count; k += static_cast<int>(blockDim.x)) {
-      dst[k] = src[row * pitch + col];
-      advance(row, col);
-    }
-  }
-};
 
 // Per-row scores, n <= 64: tiles of blockDim.x rows staged through shared memory, one thread per row
 // (without a gradient, pl::row_loglik_small: the checks fused into one pass, one exp per item).
@@ -342,228 +225,6 @@ __global__ void __launch_bounds__(kThreads, (!kGrad && sizeof(T) == 4 && sizeof(
       by_n.store(gs, rows * n, grad + row0 * n);
     }
     __syncthreads();  // the tile is overwritten next
-  }
-}
-
-// Copies `count` consecutive elements from global memory to a shared buffer in the same layout (dst 16-byte
-// aligned): 16-byte vectors when src is aligned, kBatch per thread in flight, the tail element by element.
-template <class V>
-__device__ __forceinline__ void copy_flat(const V* __restrict__ src, int count, V* __restrict__ dst) {
-  constexpr int kBatch = 4, kPer = 16 / static_cast<int>(sizeof(V));
-  const int nt = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
-  int done = 0;
-  if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    const int vcount = count / kPer;
-    const int4* __restrict__ s4 = reinterpret_cast<const int4*>(src);
-    int4* d4 = reinterpret_cast<int4*>(dst);
-    for (int v0 = t; v0 < vcount; v0 += kBatch * nt) {
-      int4 q[kBatch];
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        if (v0 + b * nt < vcount) q[b] = __ldg(s4 + v0 + b * nt);
-      }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        if (v0 + b * nt < vcount) d4[v0 + b * nt] = q[b];
-      }
-    }
-    done = vcount * kPer;
-  }
-  for (int k0 = done + t; k0 < count; k0 += kBatch * nt) {
-    V q[kBatch];
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      if (k0 + b * nt < count) q[b] = src[k0 + b * nt];
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      if (k0 + b * nt < count) dst[k0 + b * nt] = q[b];
-    }
-  }
-}
-
-// The general row function of the exact-width kernel, for the rows pl::row_loglik_exact does not take (a bad
-// row, a partial ranking, scores spanning more than Span): pl::row_loglik_fixed, out of line. Inlined, its
-// registers raised the kernel's above the 64 of four blocks an SM and ptxas spilled on the fast path (float32
-// scores, n >= 11: ~30 local stores a row at n = 16); called, the fast path keeps everything in registers at
-// every n (the rare path pays the call). Returns the log-likelihood, NaN for a bad row (a valid row's is finite).
-template <int K, class T, class I>
-__device__ __noinline__ double loglik_general(const T* s, const I* r, int n) {
-  double v = 0.0;
-  return pl::row_loglik_fixed<K, T>(s, r, n, n, nullptr, v) ? v : static_cast<double>(NAN);
-}
-
-// The rows of the tiled kernel (loglik_tiles): their shared-memory pitch and their row function.
-//
-// FlatRow<K>: m <= n <= K <= 32, n and m not multiples of 4, any mask; rows unpadded, as in global memory (a
-// row of n % 4 != 0 elements puts a warp's reads on at most two accesses per bank); pl::row_loglik_fixed<K>
-// (every loop unrolled over K slots, the ranking in registers, a 32-bit listed-item set).
-template <int K>
-struct FlatRow {
-  static constexpr bool kMasks = true;
-  template <class T, class I>
-  static constexpr int min_blocks() {
-    return (sizeof(T) == 4 && sizeof(I) == 4 && K <= 16) ? 3 : 1;
-  }
-  __host__ __device__ static constexpr int width(int w) { return w; }
-  __host__ __device__ static constexpr int pitch(int width, int) { return width; }
-  template <class V>
-  static constexpr bool padded() {
-    return false;
-  }
-  template <class T, class I>
-  __device__ static bool row(const T* s, const I* r, int m, int n, const uint8_t* mask, double& v) {
-    return pl::row_loglik_fixed<K, T>(s, r, m, n, mask, v);
-  }
-};
-
-// ExactRow<N>: full rankings of exactly N items (2 <= N <= pl::kExactMax, m = N) without a mask; rows padded by
-// one element where N elements span a multiple of 4 words (else a warp's reads would pile onto a few banks);
-// pl::row_loglik_exact<N> (every loop over exactly N items, checks of a few operations an item: the probe of
-// shared/probes/pl_floor.cu runs ~10 instructions an item without validation), the other rows by
-// loglik_general.
-template <int N>
-struct ExactRow {
-  static constexpr bool kMasks = false;
-  template <class T, class I>
-  static constexpr int min_blocks() {
-    return (sizeof(T) == 4 && sizeof(I) == 4) ? 4 : 2;
-  }
-  __host__ __device__ static constexpr int width(int) { return N; }  // n = m = N, known to the compiler
-  __host__ __device__ static constexpr int pitch(int, int bytes) { return (N * bytes / 4) % 4 != 0 ? N : N + 1; }
-  template <class V>
-  static constexpr bool padded() {
-    return pitch(N, int(sizeof(V))) != N;
-  }
-  template <class T, class I>
-  __device__ static bool row(const T* s, const I* r, int, int, const uint8_t*, double& v) {
-    if (pl::row_loglik_exact<N, T>(s, r, v)) return true;
-    v = loglik_general<pl::loglik_width(N), T>(s, r, N);
-    return v == v;
-  }
-};
-
-// Shared-memory layout of the tiled kernel (byte offsets, 16-byte aligned): rows of scores, rankings and mask
-// at the pitches of Row. mask_kind: 0 none, 1 global (n bytes), 2 per row.
-template <class Row>
-__host__ __device__ __forceinline__ StagedLayout tile_layout(int tile, int n, int m, int size_s, int size_i,
-                                                             int mask_kind) {
-  const size_t t = static_cast<size_t>(tile);
-  const size_t ps = static_cast<size_t>(Row::pitch(n, size_s)), pr = static_cast<size_t>(Row::pitch(m, size_i));
-  StagedLayout L{};
-  L.ss = 0;
-  L.rs = align16(t * ps * static_cast<size_t>(size_s));
-  L.ms = L.rs + align16(t * pr * static_cast<size_t>(size_i));
-  const size_t pb = static_cast<size_t>(Row::pitch(n, 1));
-  L.total = L.ms + (mask_kind == 2 ? align16(t * pb) : (mask_kind == 1 ? align16(static_cast<size_t>(n)) : 0));
-  return L;
-}
-
-// The copier of a tile of rows into shared memory: copy_flat for unpadded rows (nothing to hold), a Stager (its
-// start and steps, made once) for padded ones; known at compile time, so that no unused state stays live.
-struct FlatCopy {
-  __device__ FlatCopy(int, int, int) {}
-  template <class V>
-  __device__ __forceinline__ void load(const V* src, int count, V* dst) const {
-    copy_flat(src, count, dst);
-  }
-};
-template <bool kPadded>
-using TileCopy = std::conditional_t<kPadded, Stager, FlatCopy>;
-
-// Log-likelihood without a gradient, per-row scores, the rows Row takes (off by default: set_loglik_kernel):
-// each block copies its tile of rows into shared memory, one thread computes each row with Row::row. Without a
-// mask the row function is inlined with a null mask the compiler knows (no availability test per item). A bad
-// row is reported by an atomic where it is found: bad rows are rare, the smallest wins whatever the order of the
-// atomics, and no register holds the first bad row through the loop.
-template <class T, class I, class Row>
-__global__ void __launch_bounds__(kThreads, Row::template min_blocks<T, I>())
-    loglik_tiles(Rows<T, I> a, T* __restrict__ ll, unsigned long long* __restrict__ bad) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const int tile = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
-  const int n = Row::width(static_cast<int>(a.n)), m = Row::width(static_cast<int>(a.m));
-  const int ps = Row::pitch(n, int(sizeof(T))), pr = Row::pitch(m, int(sizeof(I))), pb = Row::pitch(n, 1);
-  const int mask_kind = !Row::kMasks || a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
-  const StagedLayout lay = tile_layout<Row>(tile, n, m, int(sizeof(T)), int(sizeof(I)), mask_kind);
-  T* ss = reinterpret_cast<T*>(smem + lay.ss);
-  I* rs = reinterpret_cast<I*>(smem + lay.rs);
-  uint8_t* ms = smem + lay.ms;
-  const TileCopy<Row::template padded<T>()> by_s(n, ps, 16 / int(sizeof(T)));
-  const TileCopy<Row::template padded<I>()> by_r(m, pr, 16 / int(sizeof(I)));
-  const TileCopy<Row::kMasks && Row::template padded<uint8_t>()> by_b(n, pb, 16);
-  if (mask_kind == 1) {
-    for (int i = t; i < n; i += tile) ms[i] = a.mask[i];
-  }
-  const int64_t step = int64_t(gridDim.x) * tile;
-  for (int64_t row0 = int64_t(blockIdx.x) * tile; row0 < a.N; row0 += step) {
-    const int rows = static_cast<int>(min(int64_t(tile), a.N - row0));
-    by_s.load(a.s + row0 * n, rows * n, ss);
-    by_r.load(a.r + row0 * m, rows * m, rs);
-    if (mask_kind == 2) by_b.load(a.mask + row0 * n, rows * n, ms);
-    __syncthreads();
-    if (t < rows) {
-      const T* sr = ss + t * ps;
-      const I* rr = rs + t * pr;
-      double v;
-      const bool ok = mask_kind == 0
-                          ? Row::template row<T, I>(sr, rr, m, n, nullptr, v)
-                          : Row::template row<T, I>(sr, rr, m, n, mask_kind == 1 ? ms : ms + t * pb, v);
-      if (ok) {
-        ll[row0 + t] = static_cast<T>(v);
-      } else {
-        atomicMin(bad, static_cast<unsigned long long>(row0 + t));
-      }
-    }
-    __syncthreads();  // the tile is overwritten next
-  }
-}
-
-template <class T, class I>
-using TileKernel = void (*)(Rows<T, I>, T*, unsigned long long*);
-
-// A tiled kernel and its shared-memory layout for a tile of rows.
-template <class T, class I>
-struct TilePlan {
-  TileKernel<T, I> kernel = nullptr;
-  StagedLayout (*layout)(int tile, int n, int m, int size_s, int size_i, int mask_kind) = nullptr;
-};
-
-template <class T, class I, class Row>
-TilePlan<T, I> tile_plan() {
-  return {loglik_tiles<T, I, Row>, tile_layout<Row>};
-}
-
-// Which kernels pl_loglik may take beyond the padded staging (loglik_staged): 0 none, 1 the flat kernel where
-// it applies, 2 also the exact-width kernel where it applies. 0 until a GPU run shows them faster than the
-// staging they would replace; the test and benchmark hook set_loglik_kernel sets it.
-std::atomic<int> g_loglik_kernel{0};
-
-// The exact-width kernel for full rankings of n = m items without a mask (per-row scores, no gradient), or an
-// empty plan.
-template <class T, class I, int... Ns>
-TilePlan<T, I> exact_plan_of(int64_t n, std::integer_sequence<int, Ns...>) {
-  TilePlan<T, I> p;
-  ((p = n == Ns + 2 ? tile_plan<T, I, ExactRow<Ns + 2>>() : p), ...);
-  return p;
-}
-template <class T, class I>
-TilePlan<T, I> exact_plan(int64_t n, int64_t m, bool masked) {
-  if (g_loglik_kernel.load() < 2 || masked || m != n || n < 2 || n > pl::kExactMax) return {};
-  return exact_plan_of<T, I>(n, std::make_integer_sequence<int, pl::kExactMax - 1>{});
-}
-
-// The flat kernel for per-row rows of n items ranked in m columns without a gradient, or an empty plan.
-template <class T, class I>
-TilePlan<T, I> flat_plan(int64_t n, int64_t m) {
-  if (g_loglik_kernel.load() < 1 || n % 4 == 0 || m % 4 == 0 || m > n) return {};
-  switch (pl::loglik_width(n)) {
-    case 4: return tile_plan<T, I, FlatRow<4>>();
-    case 8: return tile_plan<T, I, FlatRow<8>>();
-    case 12: return tile_plan<T, I, FlatRow<12>>();
-    case 16: return tile_plan<T, I, FlatRow<16>>();
-    case 24: return tile_plan<T, I, FlatRow<24>>();
-    case 32: return tile_plan<T, I, FlatRow<32>>();
-    default: return {};
   }
 }
 
@@ -883,8 +544,8 @@ struct LoglikRun {
     kgrad = grad == nullptr ? 0 : (a.global_scores ? 2 : 1);
     const int mask_kind = a.mask == nullptr ? 0 : (a.global_mask ? 1 : 2);
     if (!a.global_scores && kgrad == 0) {
-      for (const TilePlan<T, I>& p : {exact_plan<T, I>(n, m, a.mask != nullptr), flat_plan<T, I>(n, m)}) {
-        if (staged || p.kernel == nullptr) continue;
+      const TilePlan<T, I> p = plk::loglik_tile_plan<T, I>(n, m, a.mask != nullptr);
+      if (p.kernel != nullptr) {
         plan_tile(p.kernel, N, [&](int tile) {
           return p.layout(tile, int(n), int(m), int(sizeof(T)), int(sizeof(I)), mask_kind);
         });
@@ -1012,8 +673,6 @@ double* fit_scratch(const FitPlan& p, const PoolBuffer& buf, bool small, size_t 
 }  // namespace
 
 // ------------------------------------------------------------------------------------------- entry points
-
-int set_loglik_kernel(int level) { return g_loglik_kernel.exchange(level); }
 
 int64_t pl_loglik(const PLArgs& a, void* ll, void* grad, Stream stream) {
   const cudaStream_t st = as_stream(stream);
