@@ -326,26 +326,29 @@ __global__ void __launch_bounds__(kThreads)
 // The same for rows of n <= K items, in registers: pl::draw_small (prefcal/pl.hpp, which the CPU tests run
 // through a test hook) ranks the keys by counting and each item is stored at its rank.
 template <class T, int K>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, K <= 16 ? 4 : 1)
     sample_rows_small(const T* __restrict__ s, int64_t rows, int n, const uint8_t* __restrict__ mask,
                       bool global_mask, int64_t size, int k, int kk, uint64_t seed, bool noise,
                       int32_t* __restrict__ out, unsigned long long* __restrict__ bad) {
   const int64_t tid = thread_index(), P = thread_count();
   const int64_t per = size > 0 ? size : 1;
   const int64_t total = rows * per;
-  int64_t first = kNoError;
   for (int64_t w = tid; w < total; w += P) {
     const int64_t b = per == 1 ? w : w / per, t = w - b * per;
     const T* sr = s + b * n;
-    if (t == 0 && first == kNoError && !pl::finite_row(sr, int64_t(n))) first = b;
+    // a bad row reported by an atomic where it is found (rare; no register held through the loop for it)
+    if (t == 0 && !pl::finite_row(sr, int64_t(n))) atomicMin(bad, static_cast<unsigned long long>(b));
     if (t >= size) continue;
-    const uint8_t* mk = mask == nullptr ? nullptr : (global_mask ? mask : mask + b * n);
     int32_t* o = out + w * k;
-    const int avail = pl::draw_small<K>(sr, mk, n, kk, seed, noise, static_cast<uint64_t>(b),
-                                        static_cast<uint32_t>(t), [o](int rank, int item) { o[rank] = item; });
+    const auto emit = [o](int rank, int item) { o[rank] = item; };
+    // without a mask the draw is inlined with a null mask the compiler knows: no availability test per item
+    const int avail = mask == nullptr
+                          ? pl::draw_small<K>(sr, nullptr, n, kk, seed, noise, static_cast<uint64_t>(b),
+                                              static_cast<uint32_t>(t), emit)
+                          : pl::draw_small<K>(sr, global_mask ? mask : mask + b * n, n, kk, seed, noise,
+                                              static_cast<uint64_t>(b), static_cast<uint32_t>(t), emit);
     for (int j = avail < kk ? avail : kk; j < k; ++j) o[j] = -1;
   }
-  report_bad(first, bad);
 }
 
 template <class T>
