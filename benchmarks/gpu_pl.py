@@ -20,6 +20,55 @@ import sys
 import numpy as np
 from gpu import copy_bandwidth, events_ms, wall_ms
 
+KERNELS = ("staged", "flat", "exact")
+
+
+def kernel_choice(torch, cuda, pl, N: int, bw: float, stream) -> list[dict]:
+    """The log-likelihood kernels (set_loglik_kernel) side by side on shapes that take each of them: full
+    rankings of 5, 10 (unpadded tiles) and 16 items (padded), and top-5 rankings of 10 items, padded with -1
+    or narrow (m = 5); float32 scores, int32 rankings, N rows. A kernel that does not apply to a shape falls
+    back to the next one (exact -> flat -> staged), so its column then repeats a neighbour's time."""
+    g = torch.Generator(device="cuda").manual_seed(11)
+    shapes = [("full n=5", 5, 5), ("full n=10", 10, 10), ("full n=16", 16, 16)]
+    shapes += [("top-5 of 10, padded", 10, 10), ("top-5 of 10, narrow m=5", 10, 5)]
+    out = []
+    for name, n, m in shapes:
+        s = torch.randn(N, n, device="cuda", generator=g)
+        r = torch.argsort(torch.rand(N, n, device="cuda", generator=g), dim=1).to(torch.int32)
+        if "top-5" in name:
+            r = r[:, :5].contiguous() if m == 5 else torch.cat([r[:, :5], torch.full_like(r[:, 5:], -1)], 1)
+        ll = torch.empty(N, device="cuda")
+        nbytes = s.numel() * 4 + r.numel() * 4
+        entry: dict = {"shape": name}
+        base = None
+        for kernel in KERNELS:
+            previous = cuda.set_loglik_kernel(kernel)
+            try:
+                ms = cuda.time_pl_loglik(
+                    (s.data_ptr(), "|f4"),
+                    False,
+                    (r.data_ptr(), "|i4"),
+                    None,
+                    False,
+                    N,
+                    m,
+                    n,
+                    ll.data_ptr(),
+                    None,
+                    20,
+                    stream,
+                    0,
+                )
+                got = pl.log_likelihood(s, r)
+            finally:
+                cuda.set_loglik_kernel(previous)
+            base = got if base is None else base
+            entry[kernel] = {"ms": ms, "pct_copy": 100 * nbytes / (ms * 1e-3) / bw}
+            entry["max_abs_diff"] = max(entry.get("max_abs_diff", 0.0), float((got - base).abs().max()))
+        out.append(entry)
+        del s, r, ll
+    return out
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -101,6 +150,8 @@ def main() -> int:
     got = pl.log_likelihood(scores[sub], rankings[sub]).double().cpu().numpy()
     rel = float(np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-30)))
 
+    choice = kernel_choice(torch, cuda, pl, N, bw, stream)
+
     s_ms = wall_ms(torch, lambda: pl.sample(scores, seed=1), reps=10)
     row(f"prefcal pl.sample {N:.0e}x{n}", s_ms, None)
 
@@ -135,6 +186,11 @@ def main() -> int:
     print(f"exact-width loglik kernel: {t_ms / ke_ms:.0f}x torch; max |exact - default| {exact_diff:.1e}")
     print(f"sampling: {ts_ms / s_ms:.1f}x torch Gumbel-argsort; CPU == GPU samples: {cpu_same}")
     print(f"float32 kernel vs float64 reference: max relative error {rel:.2e}")
+    print("\nlog-likelihood kernels by shape (ms, % copy; the default is 'staged'):")
+    print(f"{'shape':28s}" + "".join(f"{k:>18s}" for k in KERNELS) + "   max |diff| vs staged")
+    for c in choice:
+        cells = "".join(f"{c[k]['ms']:9.3f} {c[k]['pct_copy']:6.1f}% " for k in KERNELS)
+        print(f"{c['shape']:28s}{cells}  {c['max_abs_diff']:.1e}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -146,6 +202,7 @@ def main() -> int:
                     "cpu_equals_gpu_samples": cpu_same,
                     "max_abs_flat_minus_default": flat_diff,
                     "max_abs_exact_minus_default": exact_diff,
+                    "kernel_choice": choice,
                 },
                 f,
                 indent=2,
