@@ -867,12 +867,16 @@ def test_newton_stall_is_not_reported_as_convergence(rng, monkeypatch):
         ("full-and-partial", 65),
         ("full", 128),
         ("full-and-partial", 129),
-        ("top-k", 20),  # groups of sixteen with no full ranking (all to the per-row code) and some with
+        ("top-k", 20),  # groups of sixteen with no full ranking and some with one
         ("top-k", 65),
+        ("narrow", 20),  # top-5 rankings in m = 5 columns, some listing fewer or no items
+        ("narrow", 128),
+        ("partial", 9),  # every length 0 .. n in one group
     ],
 )
 def test_fit_passes_match_reference(rng, case, n):
-    """Per-row passes and the sixteen-rankings vector passes (full rankings, no mask) against the oracle."""
+    """Per-row passes and the sixteen-rankings vector passes (no mask: full, top-k and narrow rankings)
+    against the oracle."""
     _, rankings, mask = pl_data(
         rng, 500, n, partial=case == "partial-masked", masked="row" if case == "partial-masked" else None
     )
@@ -882,6 +886,14 @@ def test_fit_passes_match_reference(rng, case, n):
         full = rankings[::37].copy()
         rankings[:, 5:] = -1
         rankings[::37] = full
+    elif case == "narrow":
+        rankings = np.ascontiguousarray(rankings[:, :5])
+        rankings[::3, 4:] = -1
+        rankings[::11, 1:] = -1
+        rankings[::29] = -1
+    elif case == "partial":
+        for b in range(len(rankings)):
+            rankings[b, b % (n + 1) :] = -1
     theta = rng.normal(size=n)
     weights = rng.random(500)
     weights[::7] = 0.0
