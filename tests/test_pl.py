@@ -919,6 +919,34 @@ def test_fit_passes_match_reference(rng, case, n):
     assert l1 == pytest.approx(l0, rel=1e-12) and l2 == pytest.approx(l0, rel=1e-12)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 40),
+    width=st.floats(0.2, 1.0),
+    spread=st.sampled_from([0.1, 2.0, 30.0]),
+    idtype=st.sampled_from([np.int32, np.int64]),
+)
+def test_fit_pass_properties(seed, n, width, spread, idtype):
+    """Random rankings of every length in m <= n columns (full, top-k, narrow, empty), weights with zeros,
+    log-worths of several spreads: the C++ pass (its vector passes where it takes them) equals the oracle's."""
+    rng = np.random.default_rng(seed)
+    m = max(1, int(round(width * n)))
+    _, rankings, _ = pl_data(rng, 150, n, partial=True)
+    rankings = np.ascontiguousarray(rankings[:, :m]).astype(idtype)
+    rankings[rng.random(150) < 0.3] = np.argsort(rng.random(n))[:m]  # some full-width rows
+    weights = rng.random(150)
+    weights[rng.random(150) < 0.2] = 0.0
+    theta = rng.normal(size=n) * spread
+    cpu = prefcal._backend.cpu_module()
+    if cpu is None:
+        pytest.skip("no C++ module")
+    d1, _, l1 = cpu.pl_fit_pass(rankings, None, weights, theta, False, True)
+    d2, _, l2 = _reference.pl_fit_pass(rankings.astype(np.int64), None, weights, theta, False, True)
+    np.testing.assert_allclose(d1, d2, rtol=1e-11)
+    assert l1 == pytest.approx(l2, rel=1e-11, abs=1e-9)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("choix") is None, reason="choix is not installed")
 @pytest.mark.parametrize("method", ["mm", "newton"])
 def test_fit_matches_choix(rng, method):
