@@ -928,8 +928,9 @@ def test_fit_passes_match_reference(rng, case, n):
     idtype=st.sampled_from([np.int32, np.int64]),
 )
 def test_fit_pass_properties(seed, n, width, spread, idtype):
-    """Random rankings of every length in m <= n columns (full, top-k, narrow, empty), weights with zeros,
-    log-worths of several spreads: the C++ pass (its vector passes where it takes them) equals the oracle's."""
+    """Random rankings of every length in m <= n columns (full, top-k, narrow, empty), weights with
+    zeros, log-worths of several spreads: the C++ pass (its vector passes where it takes them) equals the
+    oracle's."""
     rng = np.random.default_rng(seed)
     m = max(1, int(round(width * n)))
     _, rankings, _ = pl_data(rng, 150, n, partial=True)
