@@ -512,11 +512,12 @@ __attribute__((always_inline)) inline uint32_t temperature_lanes(const T* s, con
 
 constexpr int64_t kFitLanesMax = 128;  // the most items of the fit lanes (their table: 16 KiB)
 
-// One fit pass over sixteen full rankings (no mask, every item listed, n <= kFitLanesMax) per vector step: the
-// worths are gathered [position][ranking], the suffix sums, their reciprocals, the prefix sums and the float64
-// product of the normalisers are vector operations over the rankings, and each ranking adds its denominators
-// into its own column of `dl` ([item][lane]), so lanes never collide. Same arithmetic as pl::fit_row. Returns
-// the lanes that are not full rankings (left to the per-row code).
+// One fit pass over sixteen full rankings (no mask, every item listed, n <= kFitLanesMax; fit_lanes picks it
+// for groups of full rankings only) per vector step: the worths are gathered [position][ranking], the suffix
+// sums, their reciprocals, the prefix sums and the float64 product of the normalisers are vector operations
+// over the rankings, and each ranking adds its denominators into its own column of `dl` ([item][lane]), so
+// lanes never collide. Same arithmetic as pl::fit_row. Returns the lanes left to the per-row code: none (0),
+// or all when n is out of range.
 template <class I>
 __attribute__((always_inline)) inline uint32_t fit_lanes_full(const I* r, int64_t n, const double* weights,
                                                               const double* w, const double* theta, double top,
@@ -532,14 +533,8 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_full(const I* r, int64_
     const uint64_t v = static_cast<uint64_t>(static_cast<int64_t>(r[l * n + j]));
     return v < static_cast<uint64_t>(n) ? static_cast<int64_t>(v) : int64_t(0);
   };
-  double wf[kLanes];  // the lane's weight where it is a full ranking, else 0 (it adds nothing here)
-  uint32_t full = 0;
-  for (int l = 0; l < kLanes; ++l) {
-    const bool is_full = r[l * n + n - 1] != I(-1);
-    full |= (is_full ? 1u : 0u) << l;
-    wf[l] = is_full ? (weights == nullptr ? 1.0 : weights[l]) : 0.0;
-  }
-  if (full == 0) return 0xFFFFu;  // top-k rankings only (common in such data): nothing to do here
+  double wf[kLanes];  // the lane's weight
+  for (int l = 0; l < kLanes; ++l) wf[l] = weights == nullptr ? 1.0 : weights[l];
   for (int l = 0; l < kLanes; ++l) {
     for (int64_t j = 0; j < n; ++j) W[j][l] = w[item_at(l, j)];
   }
@@ -584,11 +579,11 @@ __attribute__((always_inline)) inline uint32_t fit_lanes_full(const I* r, int64_
     for (int l = 0; l < kLanes; ++l) {
       const double lsum = theta_sum - theta[item_at(l, n - 1)];
       const double v = lsum - (static_cast<double>(exps[l]) * 0.6931471805599453 + fastmath::log_pos(prod[l]));
-      ll += ((full >> l) & 1u) != 0 && wf[l] != 0.0 ? wf[l] * v : 0.0;
+      ll += wf[l] != 0.0 ? wf[l] * v : 0.0;
     }
   }
   *ll_out = ll;
-  return ~full & 0xFFFFu;
+  return 0;
 }
 
 // One fit pass over sixteen rankings without a mask (m <= n <= kFitLanesMax; full, top-k or narrow) per vector
