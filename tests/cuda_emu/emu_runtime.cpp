@@ -223,7 +223,11 @@ bool run_grid(const void* kernel, const Config& c, const std::function<void()>& 
   const unsigned warps = (threads + 31) / 32;
   std::vector<Fiber>& fibers = g_fibers;
   if (fibers.size() < threads) fibers.resize(threads);
-  for (unsigned b = 0; b < c.grid.x; ++b) {
+  // PREFCAL_EMU_REVERSE=1 runs the blocks, and the threads of a block, last first: code that is right only in
+  // one order (a missing barrier or fence that the ascending order happens to cover) fails in one of the two
+  const bool reverse = env_int("PREFCAL_EMU_REVERSE", 0) != 0;
+  for (unsigned i = 0; i < c.grid.x; ++i) {
+    const unsigned b = reverse ? c.grid.x - 1 - i : i;
     Block block(threads);
     block.count_calls.assign(threads, 0);
     for (unsigned w = 0; w < warps; ++w) block.warps.push_back(std::make_unique<Warp>(int(std::min(32u, threads - 32 * w))));
@@ -239,7 +243,8 @@ bool run_grid(const void* kernel, const Config& c, const std::function<void()>& 
     for (unsigned t = 0; t < threads; ++t) start_fiber(fibers[t]);
     unsigned done = 0;
     while (done < threads) {
-      for (unsigned t = 0; t < threads; ++t) {
+      for (unsigned k = 0; k < threads; ++k) {
+        const unsigned t = reverse ? threads - 1 - k : k;
         Fiber& f = fibers[t];
         if (f.state != Fiber::kReady) continue;
         threadIdx = uint3{t, 0, 0};
@@ -343,7 +348,11 @@ cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = ::operator new(bytes == 0 ? 1 : bytes, emu::kAlign, std::nothrow);
-  return *p == nullptr ? emu::fail(cudaErrorMemoryAllocation) : cudaSuccess;
+  if (*p == nullptr) return emu::fail(cudaErrorMemoryAllocation);
+  // device memory comes uninitialised (a pool's reused blocks hold old values): filled with a pattern, so a
+  // kernel that counts on zeros gets garbage here rather than zeros by luck
+  std::memset(*p, 0xcd, bytes);
+  return cudaSuccess;
 }
 cudaError_t cudaFree(void* p) {
   if (p != nullptr) ::operator delete(p, emu::kAlign);
