@@ -51,7 +51,7 @@ constexpr int kSmemOptin = 232448;          // an H100's opt-in maximum a block
 constexpr int kSmemPerSM = 233472;
 constexpr std::align_val_t kAlign{256};
 
-cudaError_t g_last = cudaSuccess;
+thread_local cudaError_t g_last = cudaSuccess;  // per host thread, as CUDA's
 
 std::mutex g_mutex;
 std::map<const void*, int>& max_smem() {
@@ -220,6 +220,9 @@ bool run_grid(const void* kernel, const Config& c, const std::function<void()>& 
     fail(cudaErrorInvalidValue);
     return false;
   }
+  // one grid at a time, whichever host thread launches it: the fibers and the scheduler are globals
+  static std::mutex launch_mutex;
+  std::lock_guard<std::mutex> launch_lock(launch_mutex);
   const unsigned warps = (threads + 31) / 32;
   std::vector<Fiber>& fibers = g_fibers;
   if (fibers.size() < threads) fibers.resize(threads);
@@ -306,7 +309,6 @@ cudaError_t cudaGetLastError() {
   emu::g_last = cudaSuccess;
   return e;
 }
-cudaError_t cudaPeekAtLastError() { return emu::g_last; }
 
 cudaError_t cudaGetDeviceCount(int* n) {
   *n = 1;
@@ -344,7 +346,6 @@ cudaError_t cudaRuntimeGetVersion(int* v) {
   *v = 13000;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = ::operator new(bytes == 0 ? 1 : bytes, emu::kAlign, std::nothrow);
@@ -373,11 +374,10 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind)
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
   return cudaMemcpy(dst, src, bytes, kind);
 }
-cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
   if (bytes > 0) std::memset(p, value, bytes);
   return cudaSuccess;
 }
-cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) { return cudaMemset(p, value, bytes); }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) {

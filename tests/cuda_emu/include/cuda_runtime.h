@@ -4,9 +4,9 @@
 //
 // Each block runs as blockDim.x fibers on one OS thread (blocks one after another): __syncthreads is a
 // barrier, a warp shuffle an exchange through a per-warp slot array between two warp barriers, atomics
-// std::atomic_ref,
-// __shared__ arrays static (one block at a time), dynamic shared memory a buffer of exactly the requested
-// bytes (so AddressSanitizer sees an overrun), device memory host memory of exactly the requested bytes.
+// std::atomic_ref, __shared__ arrays static (one block at a time); dynamic shared memory is a buffer of
+// exactly the requested bytes (so AddressSanitizer sees an overrun), device memory host memory of exactly the
+// requested bytes, both filled with 0xcd.
 // Launches run to completion before they return (every stream is synchronous). A launch is written
 // `kernel << emu::Config(grid, block, smem, stream) << emu::args(...)`: tests/cuda_emu/rewrite.py turns
 // `kernel<<<grid, block, smem, stream>>>(...)` into that.
@@ -47,29 +47,11 @@ struct dim3 {
 struct alignas(16) int4 {
   int x, y, z, w;
 };
-struct alignas(16) float4 {
-  float x, y, z, w;
-};
-struct alignas(8) int2 {
-  int x, y;
-};
-struct alignas(8) float2 {
-  float x, y;
-};
-struct alignas(16) double2 {
-  double x, y;
-};
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
-struct alignas(8) uint2 {
-  unsigned x, y;
-};
 struct alignas(16) ulonglong2 {
   unsigned long long x, y;
-};
-struct alignas(16) longlong2 {
-  long long x, y;
 };
 
 inline thread_local uint3 threadIdx;
@@ -120,7 +102,7 @@ struct cudaDeviceProp {
 // --------------------------------------------------------------------------------- the emulation
 namespace emu {
 
-// A block's threads are fibers (ucontexts) run by one OS thread, each until it waits at a barrier or exits;
+// A block's threads are fibers run by one OS thread, each until it waits at a barrier or exits;
 // a barrier opens when every thread of its group that has not exited waits at it (an exited thread drops out,
 // as on the GPU). A group whose live threads all wait, but not at one barrier, is a divergent barrier: the
 // emulation reports it and aborts, where the GPU would hang or misbehave.
@@ -141,7 +123,7 @@ struct Block {
   Barrier bar;
   std::vector<std::unique_ptr<Warp>> warps;
   unsigned char* smem = nullptr;
-  std::atomic<int> counts[3] = {0, 0, 0};
+  int counts[3] = {0, 0, 0};  // of __syncthreads_count, in turn
   std::vector<unsigned> count_calls;  // calls of __syncthreads_count, a thread
 };
 inline thread_local Block* tl_block = nullptr;
@@ -203,16 +185,12 @@ inline int __syncthreads_count(int predicate) {
   emu::Block& b = *emu::tl_block;
   const unsigned k = b.count_calls[threadIdx.x]++ % 3;
   // the slot of the call after this one was last read before the previous call's barrier: clear it now
-  b.counts[(k + 1) % 3].store(0);
-  b.counts[k].fetch_add(predicate != 0 ? 1 : 0);
+  b.counts[(k + 1) % 3] = 0;
+  b.counts[k] += predicate != 0 ? 1 : 0;
   b.bar.arrive_and_wait();
-  return b.counts[k].load();
+  return b.counts[k];
 }
 inline int __syncthreads_or(int predicate) { return __syncthreads_count(predicate) != 0 ? 1 : 0; }
-inline int __syncthreads_and(int predicate) {
-  return __syncthreads_count(predicate) == static_cast<int>(blockDim.x) ? 1 : 0;
-}
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::tl_block->warps[threadIdx.x / 32]->bar.arrive_and_wait(); }
 
 template <class T>
 T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
@@ -244,27 +222,6 @@ T atomicMin(T* p, T v) {
   }
   return old;
 }
-template <class T>
-T atomicMax(T* p, T v) {
-  std::atomic_ref<T> a(*p);
-  T old = a.load();
-  while (v > old && !a.compare_exchange_weak(old, v)) {
-  }
-  return old;
-}
-template <class T>
-T atomicOr(T* p, T v) {
-  return std::atomic_ref<T>(*p).fetch_or(v);
-}
-template <class T>
-T atomicExch(T* p, T v) {
-  return std::atomic_ref<T>(*p).exchange(v);
-}
-template <class T>
-T atomicCAS(T* p, T expected, T v) {
-  std::atomic_ref<T>(*p).compare_exchange_strong(expected, v);
-  return expected;
-}
 
 // CUDA's integer min / max of any two integer or floating types, as in device code
 template <class A, class B>
@@ -282,27 +239,10 @@ inline std::common_type_t<A, B> max(A a, B b) {
 
 inline unsigned __float_as_uint(float x) { return std::bit_cast<unsigned>(x); }
 inline int __float_as_int(float x) { return std::bit_cast<int>(x); }
-inline float __int_as_float(int x) { return std::bit_cast<float>(x); }
-inline float __uint_as_float(unsigned x) { return std::bit_cast<float>(x); }
 inline long long __double_as_longlong(double x) { return std::bit_cast<long long>(x); }
-inline double __longlong_as_double(long long x) { return std::bit_cast<double>(x); }
 inline int __ffs(int x) { return x == 0 ? 0 : std::countr_zero(static_cast<unsigned>(x)) + 1; }
-inline int __ffsll(long long x) { return x == 0 ? 0 : std::countr_zero(static_cast<unsigned long long>(x)) + 1; }
 inline int __popc(unsigned x) { return std::popcount(x); }
-inline int __popcll(unsigned long long x) { return std::popcount(x); }
 inline int __clz(int x) { return std::countl_zero(static_cast<unsigned>(x)); }
-inline int __clzll(long long x) { return std::countl_zero(static_cast<unsigned long long>(x)); }
-inline unsigned __brev(unsigned x) {
-  unsigned r = 0;
-  for (int i = 0; i < 32; ++i) r |= ((x >> i) & 1u) << (31 - i);
-  return r;
-}
-inline unsigned __umulhi(unsigned a, unsigned b) {
-  return static_cast<unsigned>((static_cast<unsigned long long>(a) * b) >> 32);
-}
-inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
-  return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
-}
 // float addition rounded toward zero (the double sum of two floats is exact unless their exponents differ
 // by more than 29; then it is within one float ulp of the exact sum, on the correct side of it)
 inline float __fadd_rz(float a, float b) {
@@ -312,14 +252,10 @@ inline float __fadd_rz(float a, float b) {
   return f;
 }
 inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
-inline float __fdividef(float a, float b) { return a / b; }
-inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
 
 // -------------------------------------------------------------------------------------- host runtime
 const char* cudaGetErrorString(cudaError_t err);
 cudaError_t cudaGetLastError();
-cudaError_t cudaPeekAtLastError();
 cudaError_t cudaGetDeviceCount(int* n);
 cudaError_t cudaGetDevice(int* d);
 cudaError_t cudaSetDevice(int d);
@@ -327,7 +263,6 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int device);
 cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int device);
 cudaError_t cudaDriverGetVersion(int* v);
 cudaError_t cudaRuntimeGetVersion(int* v);
-cudaError_t cudaDeviceSynchronize();
 
 cudaError_t cudaMalloc(void** p, size_t bytes);
 cudaError_t cudaFree(void* p);
@@ -337,7 +272,6 @@ cudaError_t cudaMallocFromPoolAsync(void** p, size_t bytes, cudaMemPool_t pool, 
 cudaError_t cudaFreeAsync(void* p, cudaStream_t stream);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream = nullptr);
-cudaError_t cudaMemset(void* p, int value, size_t bytes);
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream = nullptr);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
 
