@@ -601,6 +601,10 @@ __global__ void __launch_bounds__(kThreads)
         if (pl::available(mk, i) && !bits.test(i)) atomicAdd(ai + i, wt);
       }
     }
+    if (!pairwise) {
+      const int64_t last = pl::implied_last(mk, n, L, bits);
+      if (last >= 0) atomicAdd(acc + last * n + L, wt);
+    }
     pl::clear_listed(rr, m, n, bits);
   }
   report_bad(first, bad);

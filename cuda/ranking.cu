@@ -1508,7 +1508,7 @@ double rank_canonical(const double* probs, const int64_t* labels, int64_t rows, 
   }
   for (int64_t c = 0; c < C; ++c) start[c + 1] += start[c];
   const int64_t m = C > 0 ? start[C] : 0;
-  if (m == 0) return std::numeric_limits<double>::quiet_NaN();
+  if (m <= 1) return std::numeric_limits<double>::quiet_NaN();  // leave-one-out of one row: undefined
   std::vector<int64_t> idx(static_cast<size_t>(m));
   {
     std::vector<int64_t> next(start.begin(), start.end() - 1);

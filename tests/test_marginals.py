@@ -246,6 +246,9 @@ def loop_empirical(rankings, n, mask, weights):
             for u in range(n):
                 if avail[u] and u not in listed:
                     pair[i, u] += w
+        left = [u for u in range(n) if avail[u] and u not in listed]
+        if len(left) == 1:  # all available items but one listed: a full ranking, that one last (SPEC §1)
+            pos[left[0], len(listed)] += w
     return pos, pair
 
 
@@ -258,6 +261,7 @@ def test_empirical_counts_match_a_loop(backend: Backend, rng, masked):
         mask[2, 0] = True
     rankings = pl.sample(scores, mask=mask, seed=3)[:, 0]
     rankings[::3, 3:] = -1
+    rankings[1::3, n - 1 :] = -1  # all but one (of the unmasked rows): the last one implied
     weights = rng.random(120)
     want_pos, want_pair = loop_empirical(rankings, n, mask, weights)
     kw = {"mask": None if mask is None else backend.array(mask), "weights": backend.array(weights)}
@@ -267,7 +271,7 @@ def test_empirical_counts_match_a_loop(backend: Backend, rng, masked):
     np.testing.assert_allclose(got_pair, want_pair, rtol=1e-12)
     np.testing.assert_allclose(
         backend.numpy(marginals.empirical_positions(backend.array(rankings), n)),
-        loop_empirical(rankings, n, mask, None)[0],
+        loop_empirical(rankings, n, None, None)[0],
     )
 
 

@@ -409,6 +409,21 @@ def test_canonical_kernel_matches_loops(host, rng):
     assert ranking.topk_ece(s, obs, 1, kind="canonical").ece == pytest.approx(brute_kernel(p, lab), rel=1e-9)
 
 
+def test_canonical_kernel_with_one_decided_row_is_undefined(host):
+    # leave-one-out of a single decided row leaves nothing to estimate E[y | f] from: NaN for that subset (the
+    # paper's code gives NaN), left out of the mean; a level of only such subsets has nothing to calibrate
+    with pytest.raises(ValueError, match="undetermined"):
+        ranking.subranking_ece(np.array([[1.0, 0.0, -1.0]]), np.array([[0, 1, 2]]), 2, kind="canonical")
+    s = np.array([[1.0, 0.0, -1.0], [0.5, 0.2, 0.1]])
+    got = ranking.subranking_ece(s, observed_ranks=np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 1.0]]), k=2, kind="canonical")
+    assert math.isnan(got.per_subset[(0, 1)])  # the tie leaves one decided row
+    finite = [v for v in got.per_subset.values() if not math.isnan(v)]
+    assert len(finite) == 2 and got.ece == pytest.approx(np.mean(finite), rel=1e-12)
+    for a in ((0, 2), (1, 2)):
+        p = 1 / (1 + np.exp(s[:, a[1]] - s[:, a[0]]))
+        assert got.per_subset[a] == pytest.approx(brute_kernel(np.stack([p, 1 - p], axis=1), np.zeros(2, int)))
+
+
 def test_canonical_binning(host, rng):
     s = rng.normal(size=(200, 3))
     obs = observations(rng, s)

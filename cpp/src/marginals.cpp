@@ -541,6 +541,10 @@ int64_t marg_empirical(const I* r, int64_t rows, int64_t m, int64_t n, const uin
           if (pl::available(mk, i) && !bits.test(i)) acc[item * n + i] += wt;
         }
       }
+      if (!pairwise) {
+        const int64_t last = pl::implied_last(mk, n, L, bits);
+        if (last >= 0) acc[last * n + L] += wt;
+      }
       pl::clear_listed(rr, m, n, bits);
     }
   });

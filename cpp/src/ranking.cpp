@@ -894,7 +894,9 @@ double rank_canonical(const double* probs, const int64_t* labels, int64_t rows, 
     if (labels[b] >= 0) idx.push_back(b);
   }
   const int64_t m = static_cast<int64_t>(idx.size());
-  if (m == 0) return std::numeric_limits<double>::quiet_NaN();
+  // one labelled row leaves no other row out of which to estimate E[y | f]: undefined (NaN), as the reference
+  // and the paper's code give it
+  if (m <= 1) return std::numeric_limits<double>::quiet_NaN();
   std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return labels[a] < labels[b]; });
   std::vector<int64_t> start(static_cast<size_t>(C + 1), 0);
   for (int64_t i = 0; i < m; ++i) start[labels[idx[i]] + 1] += 1;

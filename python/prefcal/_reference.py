@@ -607,6 +607,10 @@ def marg_empirical(rankings, mask, weights, n, pairwise):
     rows, pos = np.nonzero(listed)
     if not pairwise:
         np.add.at(out, (items[rows, pos], pos), wt[rows])
+        # a ranking of all available items but one is a full ranking of its choice set: that one is last
+        left = avail & ~indicator
+        one = np.nonzero(left.sum(axis=1) == 1)[0]
+        np.add.at(out, (np.argmax(left[one], axis=1), listed[one].sum(axis=1)), wt[one])
         return out, NO_ERROR
     for p in range(m):  # listed item at p before listed items after it and before unlisted available ones
         live = listed[:, p]
@@ -1024,7 +1028,7 @@ def canonical_kernel(probs, labels, h, p_norm):
     left out): mean over rows of ||E^[y | f] - f||_p; tiled, O(N C) memory."""
     f, y = _labelled(probs, labels)
     n, c = f.shape
-    if n == 0:
+    if n <= 1:  # leaving out the only row leaves nothing to estimate E^[y | f] from
         return np.nan
     from math import lgamma
 

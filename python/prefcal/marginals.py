@@ -224,11 +224,14 @@ def _empirical(rankings: Any, n_items: int, mask: Any, weights: Any, pairwise_co
 def empirical_positions(rankings: Any, n_items: int, *, mask: Any = None, weights: Any = None) -> Any:
     """Weighted counts of item i observed at position j over all rows: float64 ``(n, n)``.
 
+    Positions count within each row's choice set. A partial ranking counts its listed items; one that lists
+    all available items but one is a full ranking of its choice set (SPEC §1) and counts that item last.
+
     Examples
     --------
     >>> import numpy as np, prefcal
-    >>> prefcal.marginals.empirical_positions(np.array([[0, 2, -1], [2, 1, 0]]), 3).tolist()
-    [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    >>> prefcal.marginals.empirical_positions(np.array([[0, -1, -1], [0, 2, -1], [2, 1, 0]]), 3).tolist()
+    [[2.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0]]
     """
     return _empirical(rankings, n_items, mask, weights, False)
 

@@ -204,6 +204,21 @@ PREFCAL_HD bool finite_row(const T* s, int64_t n) {
 
 PREFCAL_HD bool available(const uint8_t* mask, int64_t i) { return mask == nullptr || mask[i] != 0; }
 
+// The one available item that a ranking of L listed items (set in bits) leaves out, or -1 when it leaves none or
+// several: a ranking of all available items but one is a full ranking of its choice set (SPEC §1), that item last.
+template <class Bits>
+PREFCAL_HD int64_t implied_last(const uint8_t* mask, int64_t n, int64_t L, const Bits& bits) {
+  if (mask == nullptr && L != n - 1) return -1;
+  int64_t last = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (available(mask, i) && !bits.test(i)) {
+      if (last >= 0) return -1;
+      last = i;
+    }
+  }
+  return last;
+}
+
 // Number of available items, and the largest and smallest available score.
 template <class T>
 struct RowStats {
