@@ -823,6 +823,22 @@ def test_mm_and_newton_agree_and_weights_mean_repetition(rng):
     )
 
 
+@pytest.mark.parametrize("seed", [7, 11])
+def test_newton_never_accepts_a_step_whose_worths_underflow(seed):
+    """Newton's first steps on full rankings of many items can land far out (one item ~10^3 above the rest),
+    where exp(theta - max theta) underflows to 0 for the items below it and the pass's log-likelihood is log 0
+    = +inf: such a step must count as a loss (halved), not as a gain. Same MLE as MM, a finite
+    log-likelihood <= 0, the one of the returned scores."""
+    rng = np.random.default_rng(seed)
+    n, N = 30, 50
+    rankings = np.argsort(-(rng.normal(size=n) * 2 + rng.gumbel(size=(N, n))), axis=1)
+    a = pl.fit(rankings, n, method="mm", tol=1e-10)
+    b = pl.fit(rankings, n, method="newton", tol=1e-10)
+    assert b.converged and np.isfinite(b.log_likelihood) and b.log_likelihood < 0
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-7)
+    assert b.log_likelihood == pytest.approx(float(pl.log_likelihood(b.scores, rankings).sum()), rel=1e-10)
+
+
 def test_fit_reports_iterations_and_non_convergence(rng):
     _, rankings, _ = pl_data(rng, 300, 6, partial=True)
     for method in ("mm", "newton"):
@@ -1106,8 +1122,38 @@ def test_temperature_lanes_match_the_per_row_code(rng, n, dtype, idtype):
 def test_temperature_rejects_unidentifiable_data():
     with pytest.raises(ValueError, match="does not depend on the temperature"):
         prefcal.recalibrate.temperature(np.zeros((3, 3)), np.array([[0, 1, 2]] * 3))
-    with pytest.raises(ValueError, match="without bound"):
+    with pytest.raises(ValueError, match="no finite beta is best"):
         prefcal.recalibrate.temperature(np.array([[3.0, 2.0, 1.0]] * 4), np.array([[0, 1, 2]] * 4))
+    # rankings in the scores' order everywhere, small gaps: the likelihood creeps up to 0 (a pass may round
+    # it above 0) and its slope underflows to 0 at a large beta; no finite beta either
+    s = np.array([[0.36457239618607573, 0.294132496655526, 0.02842224131579679], [0.5467, -0.7365, -0.1629]])
+    with pytest.raises(ValueError, match="no finite beta is best"):
+        prefcal.recalibrate.temperature(s, np.argsort(-s, axis=1))
+    # rankings against the scores' order on balance: best as beta -> 0, no beta > 0
+    with pytest.raises(ValueError, match="temperature goes to 0"):
+        prefcal.recalibrate.temperature(-s, np.argsort(-s, axis=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_temperature_with_curvature_that_underflows(dtype):
+    """Score gaps of 10^3 in every choice set: at beta = 1 the variances (f'') underflow to 0 and Newton has no
+    step; the bracket by the sign of f' must still walk down to the maximiser (~2.5e-4 here: f' = 0 there)."""
+    d = np.array([800.0, 1000.0, 1200.0, 1500.0, 2000.0, 900.0, 1100.0, 1300.0])
+    s = np.stack([d, np.zeros_like(d)], axis=1).astype(dtype)
+    r = np.array([[0, 1], [1, 0], [0, 1], [0, 1], [1, 0], [0, 1], [1, 0], [0, 1]])
+    beta = prefcal.recalibrate.temperature(s, r)
+    assert 1e-4 < beta < 1e-3
+
+    def slope(b):  # f'(b) = sum over rows of s_chosen - E_b[s]; bisection to the root for comparison
+        x = s.astype(np.float64)
+        p = 1 / (1 + np.exp(-b * (x[:, 0] - x[:, 1])))
+        return float(np.sum(x[np.arange(8), r[:, 0]] - (p * x[:, 0] + (1 - p) * x[:, 1])))
+
+    lo, hi = 1e-6, 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+    assert beta == pytest.approx(lo, rel=1e-9)
 
 
 def test_apply_temperature_keeps_type():

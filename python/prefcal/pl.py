@@ -18,6 +18,7 @@ naming the row and the problem.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -431,9 +432,17 @@ class _FitData:
             denom, q, ll = c.module().pl_fit_pass(
                 c.host("rankings"), c.host("mask"), c.host("weights"), theta, want_q, want_ll
             )
+        ll = float(ll)
+        if want_ll and not (
+            math.isfinite(ll) and np.isfinite(denom).all() and (q is None or np.isfinite(q).all())
+        ):
+            # a step far out (one item hundreds above the rest): the worths exp(theta - max theta) of the items
+            # below it underflow, and the log-likelihood (log 0), the denominators or Q (1 / D^2) overflow;
+            # no better than -inf for the steps that compare it, which then go back towards the last good point
+            return denom, q, -math.inf
         if q is not None:
             q = q + q.T - np.diag(np.diag(q))
-        return denom, q, float(ll)
+        return denom, q, ll
 
 
 def _strongly_connected(edges: np.ndarray) -> tuple[bool, np.ndarray]:

@@ -39,15 +39,18 @@ def temperature(
 ) -> float:
     """The temperature beta > 0 maximising the log-likelihood of ``rankings`` under PL(beta * scores).
 
-    Arguments as :func:`prefcal.pl.log_likelihood`. Newton's method in beta from beta = 1, with steps halved
-    whenever the likelihood would decrease or beta leave (0, inf); stops when the step is below
-    ``tol * max(1, beta)``.
+    Arguments as :func:`prefcal.pl.log_likelihood`. The log-likelihood is concave in beta, so the sign of its
+    derivative brackets the maximiser: Newton's method from beta = 1, each step kept inside the bracket
+    (else the bracket is halved, or doubled while it is open above); stops when the step is below
+    ``tol * beta``. Robust to scores whose gaps make the curvature underflow (scores of 10^3).
 
     Raises
     ------
     ValueError
-        When no choice in the data depends on beta (every counted choice set has equal scores), or when the
-        likelihood keeps increasing without bound (the rankings agree with the scores' order everywhere).
+        When no choice in the data depends on beta (every counted choice set has equal scores); when the
+        likelihood only grows with beta (the rankings follow the scores' order everywhere: no finite beta is
+        best); or when it only falls (at beta -> 0 the rankings fit no worse than at any beta > 0: they do not
+        follow the scores' order on balance).
 
     Examples
     --------
@@ -61,37 +64,51 @@ def temperature(
     max_iter = _validation.integer("max_iter", max_iter, 1)
     tol = _validation.real("tol", tol, positive=True)
     call = _row_call(scores, rankings, mask)
-    beta = 1.0
-    f, d1, d2 = _moments(call, beta)
-    for _ in range(max_iter):
-        if d2 >= 0.0:
-            if d1 == 0.0 and d2 == 0.0:
-                raise ValueError(
-                    "the likelihood does not depend on the temperature: every choice set in the "
-                    "data has equal scores"
-                )
-            step = beta  # not concave here (rounding): move like a gradient step
-        else:
-            step = -d1 / d2
-        while True:
-            cand = beta + step
-            if cand > 0.0 and math.isfinite(cand):
-                fc, d1c, d2c = _moments(call, cand)
-                if fc >= f - 1e-12 * abs(f):
-                    break
-            step /= 2.0
-            if abs(step) < 1e-300:
-                return beta
-        done = abs(cand - beta) <= tol * max(1.0, cand)
-        beta, f, d1, d2 = cand, fc, d1c, d2c
-        if done:
-            return float(beta)
-        if beta > _MAX_BETA:
-            break
-    if d1 > 0.0:
+    # at beta = 0 (the uniform model): f' = sum of s_chosen - mean of the remaining scores, f'' = -sum of their
+    # variances; f' <= 0 there means f falls on all of (0, inf) (concavity)
+    _, d1, d2 = _moments(call, 0.0)
+    if d2 == 0.0:
         raise ValueError(
-            "the likelihood increases without bound as the temperature grows: the rankings "
-            "follow the scores' order everywhere, so no finite beta is best"
+            "the likelihood does not depend on the temperature: every choice set in the data has equal scores"
+        )
+    if not d1 > 0.0:
+        raise ValueError(
+            "the likelihood is largest as the temperature goes to 0 (the uniform model): on balance the "
+            "rankings do not follow the scores' order (f'(0) = sum of s_chosen - mean s = "
+            f"{d1:.6g} <= 0), so no beta > 0 is best"
+        )
+    # f'' is computed as E[s^2] - E[s]^2, which leaves rounding noise of ~1e-16 of the scores' squares once the
+    # weights of every choice set sit on its top scores (a large beta); a curvature below this fraction of the
+    # one at beta = 0 is taken for that (a true maximiser so flat needs score gaps ~10^13 apart)
+    flat = 1e-13 * -d2
+    lo, hi = 0.0, math.inf  # f' > 0 at lo, f' < 0 at hi
+    beta = 1.0
+    for _ in range(max_iter):
+        _, d1, d2 = _moments(call, beta)
+        collapsed = not d2 < -flat
+        if d1 < 0.0:
+            hi = beta
+        elif collapsed:
+            # f' >= 0 where every choice set's weights sit on its top scores: the chosen items are top-scored
+            # everywhere (f' > 0 below here), f creeps up to its limit as beta grows
+            lo, hi = beta, math.inf
+            break
+        elif d1 > 0.0:
+            lo = beta
+        else:
+            return float(beta)  # f' = 0 where f is strictly concave
+        cand = math.nan if collapsed else beta - d1 / d2  # Newton, inside the bracket
+        if not lo < cand < hi:
+            cand = 2.0 * beta if math.isinf(hi) else (lo + hi) / 2.0 if lo > 0.0 else hi / 4.0
+        if abs(cand - beta) <= tol * beta or hi - lo <= tol * lo:
+            return float(cand)
+        beta = cand
+        if lo > _MAX_BETA:
+            break
+    if math.isinf(hi):
+        raise ValueError(
+            "the likelihood increases as the temperature grows, up to beta = "
+            f"{lo:.3g} and beyond: the rankings follow the scores' order everywhere, so no finite beta is best"
         )
     return float(beta)
 
