@@ -986,14 +986,20 @@ def test_fit_matches_choix(rng, method):
 def test_fit_disconnected_needs_alpha():
     # items {0, 1} always beat {2, 3}: no maximum-likelihood estimate
     rankings = np.array([[0, 1, 2, 3], [1, 0, 3, 2], [0, 1, 3, 2]])
-    with pytest.raises(ValueError, match="not strongly connected.*alpha > 0"):
+    with pytest.raises(ValueError, match="not strongly connected: items 0, 1 are never ranked below items 2, 3.*alpha > 0"):
         pl.fit(rankings, 4)
+    with pytest.raises(ValueError, match="item 0 is never ranked below items 1, 2 "):
+        pl.fit(np.array([[0, 1, 2], [0, 2, 1]]), 3)
+    with pytest.raises(ValueError, match="items 0, 1 are never ranked above items 2, 3 "):
+        pl.fit(np.array([[2, 3, 0, 1], [3, 2, 1, 0]]), 4)
     f = pl.fit(rankings, 4, alpha=0.5)
     assert f.converged and f.scores[:2].min() > f.scores[2:].max()
     g = pl.fit(rankings, 4, alpha=0.5, method="newton")
     np.testing.assert_allclose(f.scores, g.scores, atol=1e-7)
-    with pytest.raises(ValueError, match="not strongly connected"):  # item 4 never appears
+    with pytest.raises(ValueError, match="items 0, 1 are never ranked below item 2 "):  # 2 is last in both
         pl.fit(np.array([[0, 1], [1, 0]]), 3)
+    with pytest.raises(ValueError, match="items 0, 1 are never ranked above item 2 "):  # 2 never available
+        pl.fit(np.array([[0, 1, -1], [1, 0, -1]]), 3, mask=np.array([True, True, False]))
 
 
 def test_fit_alpha_is_npseudo():
@@ -1310,3 +1316,45 @@ def test_empty_rankings_give_empty_results(backend: Backend):
 
 
 assert ALL_BACKENDS  # the backend fixture comes from conftest
+
+
+def test_scores_of_no_dimension_are_rejected():
+    for fn in (pl.sample, pl.mode, pl.mode_log_prob, pl.pairwise):
+        with pytest.raises(ValueError, match=r"scores must be 1-dimensional .* got shape \(\)"):
+            fn(np.array(1.0))
+
+
+def test_unsigned_rankings_that_do_not_fit_an_index_are_rejected():
+    """uint64 item 2**64 - 1 would wrap to -1 (padding) in int64 and be silently accepted."""
+    s = np.array([[0.5, 1.0, -1.0]])
+    for big in (2**64 - 1, 2**63):
+        r = np.array([[0, 1], [2, big]], dtype=np.uint64)
+        for call in (lambda: pl.log_likelihood(s[[0, 0]], r), lambda: pl.fit(r, 3, alpha=0.1)):
+            with pytest.raises(ValueError, match=rf"rankings\[1, 1\] = {big} is out of range"):
+                call()
+    ok = np.array([[0, 1, 2]], dtype=np.uint64)
+    assert pl.log_likelihood(s, ok)[0] == pl.log_likelihood(s, ok.astype(np.int64))[0]
+    with pytest.raises(ValueError, match=rf"labels\[2\] = {2**63} is out of range"):
+        prefcal.multiclass_ece(np.full((3, 2), 0.5), np.array([0, 1, 2**63], dtype=np.uint64))
+
+
+def test_non_native_byte_order_keeps_the_float_dtype(rng):
+    s = rng.normal(size=(5, 4))
+    r = np.argsort(rng.random((5, 4)), axis=1)
+    for dt in (">f4", ">f8"):
+        big = s.astype(dt)
+        native = s.astype(np.dtype(dt).newbyteorder("="))
+        ll = pl.log_likelihood(big, r)
+        assert ll.dtype == native.dtype and np.array_equal(ll, pl.log_likelihood(native, r))
+        assert pl.log_likelihood_grad(big, r)[1].dtype == native.dtype
+        assert pl.pairwise(big).dtype == native.dtype
+
+
+def test_fit_of_rankings_that_list_nothing(backend: Backend):
+    """Rows of padding only (or no positions at all) carry no comparison: alpha > 0 gives equal worths,
+    alpha = 0 no estimate; the same on every backend (the reference used to fail on NumPy's casting)."""
+    for r in (np.full((3, 3), -1), np.zeros((2, 0), dtype=np.int64)):
+        f = pl.fit(backend.array(r), 3, alpha=0.5)
+        assert f.converged and np.array_equal(f.scores, np.zeros(3))
+        with pytest.raises(ValueError, match="not strongly connected"):
+            pl.fit(backend.array(r), 3)

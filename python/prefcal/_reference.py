@@ -301,6 +301,8 @@ def pl_pairwise(scores):
 
 def _fit_parse(rankings, mask, weights, n):
     n_rows = rankings.shape[0]
+    if rankings.shape[1] == 0:  # no positions: as one column of padding (nothing listed)
+        rankings = np.full((n_rows, 1), -1, dtype=rankings.dtype)
     avail = _avail(mask, n_rows, n)
     listed, items, indicator, bad = parse_rankings(rankings, avail)
     wt = np.ones(n_rows) if weights is None else weights.astype(np.float64)
@@ -342,7 +344,7 @@ def pl_fit_pass(rankings, mask, weights, theta, want_q, want_ll):
     d = (unlisted @ w)[:, None] + np.cumsum(wl[:, ::-1], axis=1)[:, ::-1]
     inv = np.where(counted, 1.0 / np.where(counted, d, 1.0), 0.0)
     c = np.cumsum(inv, axis=1)
-    denom = np.bincount(items[listed], weights=(wt[:, None] * c)[listed], minlength=n)
+    denom = np.bincount(items[listed], weights=(wt[:, None] * c)[listed], minlength=n).astype(np.float64)
     denom += unlisted.T @ (wt * c[:, -1])
     q = None
     if want_q:

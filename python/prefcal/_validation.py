@@ -66,8 +66,8 @@ def confidence_dtype(name: str, dtype: np.dtype) -> np.dtype:
     """Kernel dtype for probabilities: float32/float64 as they are; other reals become float64."""
     if dtype in _FLOAT_KEEP:
         return dtype
-    if dtype.kind == "f":  # float16 (and wider or narrower floats)
-        return np.dtype(np.float32) if dtype.itemsize < 4 else np.dtype(np.float64)
+    if dtype.kind == "f":  # float16, a non-native byte order, wider floats
+        return np.dtype(np.float32) if dtype.itemsize <= 4 else np.dtype(np.float64)
     if dtype.kind in "biu":
         return np.dtype(np.float64)
     raise TypeError(f"{name} must contain real numbers, got dtype {dtype}")

@@ -208,6 +208,7 @@ def _scores_call(scores: Any, mask: Any = None) -> tuple[_backend.Call, bool, in
     not yet placed."""
     if not hasattr(scores, "shape"):
         scores = np.asarray(scores)
+    _validation.scores_shape(_arrays.shape_of(scores))  # (n,) or (N, n), before any indexing of the shape
     one = len(_arrays.shape_of(scores)) == 1
     if one:
         scores = scores.reshape(1, -1)
@@ -445,8 +446,11 @@ class _FitData:
         return denom, q, ll
 
 
-def _strongly_connected(edges: np.ndarray) -> tuple[bool, np.ndarray]:
-    """Whether the comparison graph is strongly connected; the items not reachable both ways from item 0."""
+def _disconnection(edges: np.ndarray) -> str | None:
+    """None when the comparison graph (edges[a, b]: a ranked above b) is strongly connected, else a sentence
+    naming a group of items that is never ranked above (or never below) all the others, directly or through
+    chains of comparisons: the items reachable from item 0 (a group closed under "ranked above"), or the ones
+    that reach it."""
     n = edges.shape[0]
     adj = edges.astype(bool)
 
@@ -460,8 +464,20 @@ def _strongly_connected(edges: np.ndarray) -> tuple[bool, np.ndarray]:
             frontier = nxt
         return seen
 
-    both = reach(adj) & reach(adj.T)
-    return bool(both.all()), np.nonzero(~both)[0]
+    def items(mask: np.ndarray) -> str:
+        idx = np.nonzero(mask)[0]
+        shown = ", ".join(str(int(i)) for i in idx[:10]) + (", ..." if len(idx) > 10 else "")
+        return ("item " if len(idx) == 1 else "items ") + shown
+
+    below = reach(adj)  # item 0 and every item ranked below it through a chain
+    if not below.all():
+        verb = "is" if below.sum() == 1 else "are"
+        return f"{items(below)} {verb} never ranked above {items(~below)}"
+    above = reach(adj.T)  # item 0 and every item ranked above it through a chain
+    if not above.all():
+        verb = "is" if above.sum() == 1 else "are"
+        return f"{items(above)} {verb} never ranked below {items(~above)}"
+    return None
 
 
 def fit(
@@ -526,14 +542,12 @@ def fit(
     data = _FitData(rankings, n, mask, weights)
     wins, edges, first = data.setup()
     if alpha == 0.0 and n > 1:
-        ok, stray = _strongly_connected(edges)
-        if not ok:
-            shown = ", ".join(str(int(i)) for i in stray[:10]) + (", ..." if len(stray) > 10 else "")
+        why = _disconnection(edges)
+        if why is not None:
             raise ValueError(
-                "the comparison graph of the rankings is not strongly connected (items "
-                f"{shown} are not both above and below the others through chains of comparisons), so "
-                "the maximum-likelihood estimate does not exist; pass alpha > 0 (e.g. alpha=0.1) to add "
-                "pseudo-comparisons"
+                f"the comparison graph of the rankings is not strongly connected: {why} (directly or "
+                "through chains of comparisons), so the maximum-likelihood estimate does not exist; pass "
+                "alpha > 0 (e.g. alpha=0.1) to add pseudo-comparisons"
             )
     theta = np.zeros(n)
     if n == 1:
