@@ -1358,3 +1358,22 @@ def test_fit_of_rankings_that_list_nothing(backend: Backend):
         assert f.converged and np.array_equal(f.scores, np.zeros(3))
         with pytest.raises(ValueError, match="not strongly connected"):
             pl.fit(backend.array(r), 3)
+
+
+def test_one_model_with_per_row_choice_sets_is_the_tiled_model(backend: Backend, rng):
+    """Scores (n,) with a mask (N, n) (SPEC §1 allows both shapes) mean one context per mask row."""
+    g = rng.normal(size=5)
+    mask = rng.random((7, 5)) < 0.7
+    mask[:, 0] = True
+    tiled = np.tile(g, (7, 1))
+    G, T, M = backend.array(g), backend.array(tiled), backend.array(mask)
+    for f in (lambda s: pl.sample(s, 3, mask=M, seed=4), lambda s: pl.mode(s, mask=M, k=3)):
+        np.testing.assert_array_equal(backend.numpy(f(G)), backend.numpy(f(T)))
+    np.testing.assert_allclose(
+        backend.numpy(pl.mode_log_prob(G, mask=M)), backend.numpy(pl.mode_log_prob(T, mask=M)), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        backend.numpy(prefcal.marginals.positions(G, mask=M)),
+        backend.numpy(prefcal.marginals.positions(T, mask=M)),
+        rtol=1e-12,
+    )

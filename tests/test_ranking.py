@@ -409,6 +409,27 @@ def test_canonical_kernel_matches_loops(host, rng):
     assert ranking.topk_ece(s, obs, 1, kind="canonical").ece == pytest.approx(brute_kernel(p, lab), rel=1e-9)
 
 
+def test_one_model_with_per_row_choice_sets(host, rng):
+    """ranking.PL(scores (n,), mask (N, n)): every level, positions included, as the scores tiled to (N, n)."""
+    g = rng.normal(size=5)
+    mask = rng.random((40, 5)) < 0.8
+    mask[:, :2] = True
+    obs = pl_sample_rows(g, mask, rng)
+    one, tiled = ranking.PL(g, mask), ranking.PL(np.tile(g, (40, 1)), mask)
+    assert ranking.marginal_ece(one, obs).ece == pytest.approx(ranking.marginal_ece(tiled, obs).ece, rel=1e-12)
+    assert ranking.marginal_ece(one, obs, k=2).ece == pytest.approx(
+        ranking.marginal_ece(tiled, obs, k=2).ece, rel=1e-12
+    )
+    a, b = ranking.report(one, obs).to_dict(), ranking.report(tiled, obs).to_dict()
+    assert a.keys() == b.keys() and "positions" in a
+    for level in a:
+        assert a[level]["ece"] == pytest.approx(b[level]["ece"], rel=1e-12, nan_ok=True)
+
+
+def pl_sample_rows(g, mask, rng):
+    return np.asarray(prefcal.pl.sample(np.tile(g, (mask.shape[0], 1)), mask=mask, seed=int(rng.integers(1 << 30)))[:, 0])
+
+
 def test_canonical_kernel_with_one_decided_row_is_undefined(host):
     # leave-one-out of a single decided row leaves nothing to estimate E[y | f] from: NaN for that subset (the
     # paper's code gives NaN), left out of the mean; a level of only such subsets has nothing to calibrate

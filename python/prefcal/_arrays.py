@@ -121,6 +121,16 @@ def device_normalise(x: object, dtype: np.dtype) -> object:
     return x
 
 
+def broadcast_rows(x: object, rows: int) -> object:
+    """A 1-D array (n,) as (rows, n), in its own library (a view; the kernels' conversion copies it)."""
+    lib = type(x).__module__.split(".")[0]
+    if lib == "torch":
+        return x.expand(rows, -1)  # type: ignore[attr-defined]
+    if lib == "cupy":
+        return sys.modules["cupy"].broadcast_to(x, (rows,) + tuple(x.shape))  # type: ignore[attr-defined]
+    return np.broadcast_to(np.asarray(x), (rows,) + tuple(np.shape(x)))
+
+
 def host_copy(x: object) -> np.ndarray:
     """A device array copied to host memory."""
     if type(x).__module__.split(".")[0] == "torch":

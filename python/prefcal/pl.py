@@ -210,6 +210,10 @@ def _scores_call(scores: Any, mask: Any = None) -> tuple[_backend.Call, bool, in
         scores = np.asarray(scores)
     _validation.scores_shape(_arrays.shape_of(scores))  # (n,) or (N, n), before any indexing of the shape
     one = len(_arrays.shape_of(scores)) == 1
+    if one and mask is not None:
+        m_shape = _arrays.shape_of(mask if hasattr(mask, "shape") else np.asarray(mask))
+        if len(m_shape) == 2:  # one model, per-row choice sets: one context per mask row
+            scores, one = _arrays.broadcast_rows(scores, m_shape[0]), False
     if one:
         scores = scores.reshape(1, -1)
     call = _backend.Call(
@@ -256,8 +260,9 @@ def sample(
 ) -> Any:
     """Draw orderings from PL(scores) with the Gumbel top-k trick.
 
-    Returns int32 ``(N, size, k)`` (``(size, k)`` for a 1-D ``scores``): the top-k of ``scores + Gumbel``
-    per draw, found by partial selection. Positions past the available items are ``-1``.
+    Returns int32 ``(N, size, k)`` (``(size, k)`` for a 1-D ``scores``; a 1-D ``scores`` with a 2-D ``mask``
+    is one model over per-row choice sets, ``(N, size, k)``): the top-k of ``scores + Gumbel`` per draw,
+    found by partial selection. Positions past the available items are ``-1``.
 
     The Gumbel noise of (row, draw, item) comes from Philox4x32-10 keyed by ``seed``, so the samples do not
     depend on the thread count, and the CPU, CUDA and NumPy backends give the same samples for the same seed.
@@ -278,7 +283,8 @@ def sample(
 def mode(scores: Any, *, k: int | None = None, mask: Any = None) -> Any:
     """The most probable ordering (top-k prefix): items by decreasing score, lower index first on ties.
 
-    Returns int32 ``(N, k)`` (``(k,)`` for a 1-D ``scores``); positions past the available items are ``-1``.
+    Returns int32 ``(N, k)`` (``(k,)`` for a 1-D ``scores`` with no 2-D ``mask``); positions past the available
+    items are ``-1``.
 
     Examples
     --------

@@ -1255,13 +1255,16 @@ def _marginal_tables(data: _Data, k: int, bins: int, method: str = "auto") -> tu
             return cpu.rank_marginal_hist(np.ascontiguousarray(pos_p, dtype=np.float64), keys_block, k, bins)
         return _reference.marginal_hist(pos_p, keys_block, k, bins)
 
-    if isinstance(m, PL) and m.scores.ndim == 2:  # row blocks: memory O(block * n^2), not O(N * n^2)
+    per_row = isinstance(m, PL) and (m.scores.ndim == 2 or (m.mask is not None and m.mask.ndim == 2))
+    if per_row:  # row blocks: memory O(block * n^2), not O(N * n^2)
         tables, skipped = np.zeros((3, bins)), 0
         step = max(1, MARGINAL_BLOCK_EVENTS // (n * n))
         for a in range(0, data.n_rows, step):
-            rows = slice(a, a + step)
+            rows = slice(a, min(a + step, data.n_rows))
             mask = m.mask if m.mask is None or m.mask.ndim == 1 else m.mask[rows]
-            pos_p = np.asarray(marginals.positions(m.scores[rows], mask=mask, method=method))
+            # one global model with per-row choice sets: the scores broadcast over the block's rows
+            scores = m.scores[rows] if m.scores.ndim == 2 else np.broadcast_to(m.scores, (rows.stop - a, n))
+            pos_p = np.asarray(marginals.positions(scores, mask=mask, method=method))
             t, s_ = hist(pos_p, keys[rows])
             tables += t
             skipped += int(s_)
