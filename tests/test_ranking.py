@@ -430,6 +430,57 @@ def pl_sample_rows(g, mask, rng):
     return np.asarray(prefcal.pl.sample(np.tile(g, (mask.shape[0], 1)), mask=mask, seed=int(rng.integers(1 << 30)))[:, 0])
 
 
+def test_infinite_observed_rank_is_a_rank(host, rng):
+    """+inf in observed_ranks is a rank after every finite one (ties with another +inf), not 'unavailable':
+    the same results as with any finite value above the row's others."""
+    s = rng.normal(size=(60, 4))
+    ranks = rng.integers(0, 4, size=(60, 4)).astype(float)
+    ranks[rng.random((60, 4)) < 0.1] = np.nan
+    big = np.where(rng.random((60, 4)) < 0.3, np.inf, ranks)
+    finite = np.where(np.isinf(big), 1e300, big)
+    mask = rng.random((60, 4)) < 0.9
+    for model in (s, ranking.PL(s, mask)):
+        for fn in (
+            lambda o: ranking.subranking_ece(model, observed_ranks=o, k=2),
+            lambda o: ranking.topk_ece(model, observed_ranks=o, k=1),
+            lambda o: ranking.marginal_ece(model, observed_ranks=o),
+        ):
+            a, b = fn(big), fn(finite)
+            assert a.ece == b.ece and a.n_skipped == b.n_skipped and a.n_events == b.n_events
+
+
+def test_levels_that_nothing_decides(host, rng):
+    """Top-2 observations of 4 items decide no event of the full ordering: one level alone is a ValueError
+    whatever its kind (classwise used to return NaN); report's and sweep's defaults leave such levels out."""
+    s = rng.normal(size=(30, 4))
+    top2 = np.argsort(-s + rng.gumbel(size=s.shape), axis=1)
+    top2[:, 2:] = -1
+    for kind in ranking.KINDS:
+        with pytest.raises(ValueError, match="undetermined"):
+            ranking.full_ece(s, top2, kind=kind)
+    rep = ranking.report(s, top2)
+    assert list(rep.levels) == ["sub2", "sub3", "top1", "top2", "positions"]
+    assert rep.levels["sub2"].ece == ranking.subranking_ece(s, top2, 2).ece
+    with pytest.raises(ValueError, match="undetermined"):
+        ranking.report(s, top2, levels=("sub2", "full"))
+    assert [(r["level"], r["k"]) for r in ranking.sweep(s, top2).records] == [
+        ("sub", 2), ("sub", 3), ("top", 1), ("top", 2)
+    ]
+
+
+def test_options_are_checked_whatever_the_kind(host, rng):
+    s = rng.normal(size=(20, 3))
+    obs = np.argsort(-s, axis=1)
+    for kind in ranking.KINDS:
+        for opt, bad in (("weighting", "bogus"), ("discrepancy", "bogus"), ("bin_spacing", "bogus"),
+                         ("estimator", "bogus"), ("classes", "bogus"), ("filter", "bogus")):
+            with pytest.raises(ValueError, match=opt):
+                ranking.subranking_ece(s, obs, 2, kind=kind, **{opt: bad})
+    for kind in ("top_label", "canonical"):  # the paper's filters are defined for the classwise kind only
+        with pytest.raises(ValueError, match="filter='top10' applies to kind='classwise' only"):
+            ranking.full_ece(s, obs, kind=kind, filter="top10")
+
+
 def test_canonical_kernel_with_one_decided_row_is_undefined(host):
     # leave-one-out of a single decided row leaves nothing to estimate E[y | f] from: NaN for that subset (the
     # paper's code gives NaN), left out of the mean; a level of only such subsets has nothing to calibrate

@@ -27,7 +27,7 @@ Observations and undetermined events
 ------------------------------------
 ``rankings=`` (N, m) orderings, ``-1``-padded (SPEC §1: listed items are the top of the available items, in
 order; unlisted available items are below them in unknown order), or ``observed_ranks=`` (N, n) (smaller is
-better, equal values are ties, negative or NaN = unknown). A sub-k event of subset A is decided when every
+better, equal values are ties, ``+inf`` a rank after every finite one, negative or NaN = unknown). A sub-k event of subset A is decided when every
 item of A has a known place and no two of them tie; otherwise every class of A skips the row. A top-k event
 is decided when the observed top-k prefix is (no unknown item, the k best strictly ordered and strictly
 above the rest). Items outside a row's choice set (the PL model's ``mask``) take part in no event of that
@@ -381,9 +381,35 @@ def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
         keys[b_idx[listed], items[listed]] = pos[listed]
     else:
         keys = np.where(np.isnan(r) | (r < 0), np.nan, r)
+        keys = _finite_ranks(keys)
     if avail is not None:
         keys = np.where(avail, keys, np.inf)
     return _Data(model, np.ascontiguousarray(keys), n, avail, on_gpu)
+
+
+def _finite_ranks(keys: np.ndarray) -> np.ndarray:
+    """Observed ranks with +inf (ranked, after every finite rank: +inf is the keys' code for an unavailable item)
+    as the dense ranks 0, 1, ... of their rows, which keep every order and tie; other rows as they are."""
+    rows = np.isposinf(keys).any(axis=1)
+    if not rows.any():
+        return keys
+    sub = keys[rows]
+    order = np.argsort(sub, axis=1, kind="stable")  # NaN (unknown) last
+    srt = np.take_along_axis(sub, order, axis=1)
+    step = np.concatenate([np.ones((len(sub), 1), dtype=bool), srt[:, 1:] != srt[:, :-1]], axis=1)
+    dense = np.where(np.isnan(srt), np.nan, np.cumsum(step, axis=1) - 1.0)
+    out = np.empty_like(sub)
+    np.put_along_axis(out, order, dense, axis=1)
+    keys = keys.copy()
+    keys[rows] = out
+    return keys
+
+
+class _Undetermined(ValueError):
+    """No event of a level is decided by the observations (report leaves such default levels out)."""
+
+    def __init__(self) -> None:
+        super().__init__("every event of this level is undetermined by the observations: nothing to calibrate")
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -638,8 +664,10 @@ def _classwise(
     if filter is not None:
         model_t, keep = _filtered(data, filter)
     if class_list.shape[0] == 0:
-        raise ValueError("no class of this level is observed in any row: every event is undetermined")
+        raise _Undetermined()  # no class of this level is observed in any row
     tables = _kernels(data.on_gpu).classwise(model_t, data.keys, class_list, top, n_bins, edges, keep)
+    if not np.asarray(tables)[:, 0, :].any():  # no row decides any class's event
+        raise _Undetermined()
     rows = int(keep.sum()) if keep is not None else data.n_rows
     show_edges = edges if edges is not None else np.linspace(0.0, 1.0, n_bins + 1)
     return classwise_result(tables, class_list, rows, weighting, discrepancy, show_edges)
@@ -663,9 +691,7 @@ def _level_result(tables: np.ndarray, skipped: int, kind: str = "top_label") -> 
     total = float(cnt.sum())
     rel = Reliability(cnt, sc, sy, np.linspace(0.0, 1.0, cnt.shape[0] + 1))
     if total == 0:
-        raise ValueError(
-            "every event of this level is undetermined by the observations: nothing to calibrate"
-        )
+        raise _Undetermined()
     return LevelResult(
         calibration_error(cnt, sc, sy, "l1"),
         calibration_error(cnt, sc, sy, "l2"),
@@ -726,9 +752,7 @@ def _canonical(
         per[a if a is not None else tuple(range(k))] = float(err)
     vals = [v for v in per.values() if not math.isnan(v)]
     if not vals:
-        raise ValueError(
-            "every event of this level is undetermined by the observations: nothing to calibrate"
-        )
+        raise _Undetermined()
     return CanonicalResult(float(np.mean(vals)), per, skipped, estimator)
 
 
@@ -1018,17 +1042,23 @@ def _run_level(
     h: float,
     p: float,
 ) -> Any:
+    # every option is checked whatever the kind (a misspelt one is an error, not ignored)
     classes = _validation.option("classes", classes, CLASSES)
+    weighting = _validation.option("weighting", weighting, WEIGHTINGS)
+    discrepancy = _validation.option("discrepancy", discrepancy, DISCREPANCIES)
+    bin_spacing = _validation.option("bin_spacing", bin_spacing, SPACINGS)
+    if filter not in FILTERS:
+        raise ValueError(f"filter must be one of None, 'mass95', 'top10'; got {filter!r}")
+    estimator = _validation.option("estimator", estimator, ESTIMATORS)
+    h = _validation.real("h", h, positive=True)
+    p = _validation.real("p", p, positive=True)
+    if filter is not None and kind != "classwise":
+        raise ValueError(f"filter={filter!r} applies to kind='classwise' only, not kind={kind!r}")
     if kind == "classwise":
-        weighting = _validation.option("weighting", weighting, WEIGHTINGS)
         if weighting == "top5_mass" and not top:
             raise ValueError(
                 "weighting='top5_mass' is defined for top-k levels only (as in the reference code)"
             )
-        discrepancy = _validation.option("discrepancy", discrepancy, DISCREPANCIES)
-        bin_spacing = _validation.option("bin_spacing", bin_spacing, SPACINGS)
-        if filter not in FILTERS:
-            raise ValueError(f"filter must be one of None, 'mass95', 'top10'; got {filter!r}")
         bins = 10 if n_bins is None else _validation.n_bins(n_bins)
         return _classwise(
             data,
@@ -1043,9 +1073,6 @@ def _run_level(
         )
     if kind == "top_label":
         return _top_label(data, k, level, 15 if n_bins is None else _validation.n_bins(n_bins))
-    estimator = _validation.option("estimator", estimator, ESTIMATORS)
-    h = _validation.real("h", h, positive=True)
-    p = _validation.real("p", p, positive=True)
     return _canonical(
         data,
         k,
@@ -1331,7 +1358,8 @@ def sweep(
     kind: str = "classwise",
     **options: Any,
 ) -> SweepTable:
-    """Every level: sub-k for k = 2..n and top-k for k = 1..n-1 (the paper's sweep), as a table.
+    """Every level: sub-k for k = 2..n and top-k for k = 1..n-1 (the paper's sweep), as a table; levels of
+    which the observations decide no event (top-3 of top-2 observations) are left out.
 
     Examples
     --------
@@ -1369,22 +1397,25 @@ def sweep(
             w = params["weighting"]
             if kind == "classwise" and lv == "sub" and w == "top5_mass":
                 w = "uniform"
-            res = _run_level(
-                data,
-                k,
-                lv == "top",
-                lv,
-                kind,
-                n_bins,
-                params["classes"],
-                w,
-                params["discrepancy"],
-                params["bin_spacing"],
-                params["filter"],
-                params["estimator"],
-                params["h"],
-                params["p"],
-            )
+            try:
+                res = _run_level(
+                    data,
+                    k,
+                    lv == "top",
+                    lv,
+                    kind,
+                    n_bins,
+                    params["classes"],
+                    w,
+                    params["discrepancy"],
+                    params["bin_spacing"],
+                    params["filter"],
+                    params["estimator"],
+                    params["h"],
+                    params["p"],
+                )
+            except _Undetermined:
+                continue  # the observations decide no event of this level (top-k of partial rankings)
             name = f"{lv}{k}"
             results[name] = res
             records.append(
@@ -1461,7 +1492,9 @@ def report(
     n_bins: int | None = None,
 ) -> Report:
     """A default set of levels in one call: sub-2 and sub-3 and top-1 and top-2 (classwise), the full
-    ordering (top-label) and the position marginals; levels that do not exist for n_items are left out.
+    ordering (top-label) and the position marginals; levels that do not exist for n_items, or of which the
+    observations decide no event (the full ordering of top-2 observations), are left out. A level named in
+    ``levels`` is always computed (``ValueError`` when nothing decides it).
 
     ``levels`` names: ``sub<k>``, ``top<k>``, ``top<k>_set``, ``full``, ``positions``; ``kinds`` maps a level
     name to its kind (default classwise for sub/top, top_label for full and sets).
@@ -1482,39 +1515,35 @@ def report(
         chosen = tuple(lv for lv in DEFAULT_LEVELS if _level_exists(lv, n))
     out: dict[str, Any] = {}
     for name in chosen:
-        base, k = _parse_level(name, n)
-        if not _level_exists(name, n):
-            raise ValueError(f"level {name!r} does not exist for n_items={n}")
-        if base == "positions":
-            tables, skipped = _marginal_tables(data, 0, 15 if n_bins is None else _validation.n_bins(n_bins))
-            out[name] = _level_result(tables, skipped, kind="marginal")
-            continue
-        kind = _validation.option(
-            f"kinds[{name!r}]",
-            kinds.get(name, "top_label" if base in ("full", "top_set") else "classwise"),
-            KINDS,
-        )
-        if base == "top_set":
-            out[name] = _top_label(data, k, "set", 15 if n_bins is None else _validation.n_bins(n_bins))
-            continue
-        top = base in ("top", "full")
-        out[name] = _run_level(
-            data,
-            k,
-            top,
-            "top" if top else "sub",
-            kind,
-            n_bins,
-            "auto",
-            "uniform",
-            "abs",
-            "linear",
-            None,
-            "kernel",
-            1.0,
-            1.0,
-        )
+        try:
+            out[name] = _report_level(data, name, n, kinds, n_bins)
+        except _Undetermined:
+            if levels is not None:
+                raise
     return Report(out)
+
+
+def _report_level(data: _Data, name: str, n: int, kinds: dict[str, str], n_bins: int | None) -> Any:
+    """One level of :func:`report`."""
+    base, k = _parse_level(name, n)
+    if not _level_exists(name, n):
+        raise ValueError(f"level {name!r} does not exist for n_items={n}")
+    bins15 = 15 if n_bins is None else _validation.n_bins(n_bins)
+    if base == "positions":
+        tables, skipped = _marginal_tables(data, 0, bins15)
+        return _level_result(tables, skipped, kind="marginal")
+    kind = _validation.option(
+        f"kinds[{name!r}]",
+        kinds.get(name, "top_label" if base in ("full", "top_set") else "classwise"),
+        KINDS,
+    )
+    if base == "top_set":
+        return _top_label(data, k, "set", bins15)
+    top = base in ("top", "full")
+    return _run_level(
+        data, k, top, "top" if top else "sub", kind, n_bins, "auto", "uniform", "abs", "linear", None, "kernel",
+        1.0, 1.0,
+    )
 
 
 def _level_exists(name: str, n: int) -> bool:
