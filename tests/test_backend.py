@@ -162,15 +162,23 @@ def test_demo_writes_its_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--prompts", "400", "--items", "4", "--seed", "3"]) == 0
     doc = json.loads((out / "report.json").read_text())
-    assert set(doc["levels"]) == {"true_model", "over-confident", "under-confident"}
-    over, true = doc["levels"]["over-confident"], doc["levels"]["true_model"]
-    assert set(over) >= {"sub2", "sub3", "top1", "top2", "full", "positions", "temperature"}
-    assert over["temperature"]["beta"] < 1 < doc["levels"]["under-confident"]["temperature"]["beta"]
-    assert over["top1"]["ece"] > true["top1"]["ece"]
+    assert set(doc) == {"prefcal", "input", "models"}
+    assert set(doc["models"]) == {"true_model", "over-confident", "under-confident"}
+    over, true = doc["models"]["over-confident"], doc["models"]["true_model"]
+    assert set(over["levels"]) == {"sub2", "sub3", "top1", "top2", "full", "positions"}
+    assert over["temperature"]["beta"] < 1 < doc["models"]["under-confident"]["temperature"]["beta"]
+    assert over["levels"]["top1"]["ece"] > true["levels"]["top1"]["ece"]
     assert "| over-confident |" in (out / "report.md").read_text()
     assert len(list(out.glob("reliability_*.png"))) == 3
     assert "over-confident" in capsys.readouterr().out
     assert cli.main(["demo", "--items", "40"]) == 2
+    assert cli.main(["demo", "--seed", "-3"]) == 2
+    # two responses: the levels that exist (no sub3, top2); two prompts: no best temperature, said so
+    small = tmp_path / "small"
+    assert cli.main(["demo", "--out", str(small), "--prompts", "2", "--items", "2", "--seed", "1"]) == 0
+    doc = json.loads((small / "report.json").read_text())
+    assert set(doc["models"]["true_model"]["levels"]) == {"sub2", "top1", "full", "positions"}
+    assert "sub3" not in (small / "report.md").read_text()
 
 
 def test_bench_command(capsys):

@@ -160,6 +160,24 @@ def test_mixed_array_libraries():
         prefcal.ece(conf, torch.from_numpy(correct))
     with pytest.raises(TypeError, match=re.escape("confidence is torch.Tensor but weights is numpy.ndarray")):
         prefcal.ece(torch.from_numpy(conf), torch.from_numpy(correct), weights=np.ones(4))
+    with pytest.raises(TypeError, match=re.escape("confidence is list (read as numpy.ndarray) but correct is torch")):
+        prefcal.ece([0.1, 0.2], torch.tensor([0, 1]))
+    # the ranking levels too: a model and its observations from one library
+    s = np.zeros((2, 3))
+    r = np.array([[0, 1, 2], [2, 1, 0]])
+    from prefcal import metrics, ranking
+
+    for call in (
+        lambda: ranking.subranking_ece(s, torch.from_numpy(r)),
+        lambda: ranking.topk_ece(torch.from_numpy(s), r),
+        lambda: ranking.marginal_ece(ranking.PL(s), torch.from_numpy(r)),
+        lambda: ranking.report(s, observed_ranks=torch.from_numpy(r.astype(float))),
+        lambda: metrics.RankingCalibration().update(s, torch.from_numpy(r)),
+        lambda: ranking.PL(s, torch.ones(2, 3, dtype=torch.bool)),
+    ):
+        with pytest.raises(TypeError, match=r"(model|scores) is (numpy.ndarray|torch.Tensor) but"):
+            call()
+    assert ranking.subranking_ece(torch.from_numpy(s), torch.from_numpy(r)).ece == ranking.subranking_ece(s, r).ece
 
 
 def test_mixed_devices():

@@ -68,7 +68,8 @@ def where(x: object) -> Where:
     # (checked on the type: reading the property of a CuPy array would synchronise its stream)
     if hasattr(type(x), "__cuda_array_interface__"):
         raise TypeError(f"{_type_label(x)} is not supported; pass a CuPy array or a torch tensor")
-    return Where("numpy", "cpu", _type_label(x) if isinstance(x, np.ndarray) else "numpy.ndarray")
+    label = _type_label(x) if isinstance(x, np.ndarray) else f"{type(x).__name__} (read as numpy.ndarray)"
+    return Where("numpy", "cpu", label)
 
 
 def same_place(named: dict[str, tuple[object, Where]]) -> Where:

@@ -156,8 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from . import demo
 
-        if args.prompts < 2 or not 2 <= args.items <= 12:
-            print("prefcal demo: --prompts must be >= 2 and --items between 2 and 12", file=sys.stderr)
+        if args.prompts < 2 or not 2 <= args.items <= 12 or args.seed < 0:
+            print(
+                "prefcal demo: --prompts must be >= 2, --items between 2 and 12 and --seed >= 0", file=sys.stderr
+            )
             return 2
         try:
             demo.run(args.out, args.prompts, args.items, args.seed)

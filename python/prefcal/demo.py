@@ -44,18 +44,25 @@ def run(
     levels: dict[str, Any] = {}
     summary = []
     pictures = []
+    held_levels = ("sub2", "top1", "full")
     for name, scores in data["models"].items():
         rep = ranking.report(scores, obs)
-        beta = recalibrate.temperature(scores[:half], obs[:half])
-        before = ranking.report(scores[half:], obs[half:], levels=("sub2", "top1", "full"))
-        after = ranking.report(scores[half:] * beta, obs[half:], levels=("sub2", "top1", "full"))
         key = name.replace(" ", "_")
-        levels[key] = {lv: r.to_dict() for lv, r in rep.levels.items()}
-        levels[key]["temperature"] = {
-            "beta": beta,
-            "held_out_before": {lv: r.ece for lv, r in before.levels.items()},
-            "held_out_after": {lv: r.ece for lv, r in after.levels.items()},
-        }
+        try:
+            beta: float | None = recalibrate.temperature(scores[:half], obs[:half])
+        except ValueError as exc:  # a handful of prompts can leave no best temperature
+            beta, temp = None, {"beta": None, "error": str(exc)}
+            before = after = None
+        else:
+            before = ranking.report(scores[half:], obs[half:], levels=held_levels)
+            after = ranking.report(scores[half:] * beta, obs[half:], levels=held_levels)
+            temp = {
+                "beta": beta,
+                "held_out_before": {lv: r.ece for lv, r in before.levels.items()},
+                "held_out_after": {lv: r.ece for lv, r in after.levels.items()},
+            }
+        # each model's block has the layout of prefcal evaluate's report.json (levels by name)
+        levels[key] = {"levels": {lv: r.to_dict() for lv, r in rep.levels.items()}, "temperature": temp}
         png = os.path.join(out, f"reliability_{key}.png")
         if _report.figure(f"prefcal demo: {name}", rep.levels, png):
             pictures.append(png)
@@ -63,8 +70,9 @@ def run(
     doc = {
         "prefcal": __version__,
         "input": {"demo": True, "prompts": n_prompts, "items": n_items, "seed": seed},
-        "levels": levels,
+        "models": levels,
     }
+    shown = tuple(lv for lv in LEVELS if lv in summary[0][1])  # sub3 needs 3 items, top2 3
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(doc, f, indent=1, default=float)
     lines = [
@@ -74,14 +82,12 @@ def run(
         "true Plackett-Luce model. ECE per level (sub-k, top-k: rank-wise classwise ECE; full: top-label; "
         "positions: the position marginals as binary events).",
         "",
-        "| model | " + " | ".join(LEVELS) + " | temperature β | held-out top-1 ECE before → after |",
-        "|---" * (len(LEVELS) + 3) + "|",
+        "| model | " + " | ".join(shown) + " | temperature β | held-out top-1 ECE before → after |",
+        "|---" * (len(shown) + 3) + "|",
     ]
     for name, eces, beta, before, after in summary:
-        cells = " | ".join(f"{eces[lv]:.4f}" for lv in LEVELS)
-        lines.append(
-            f"| {name} | {cells} | {beta:.3f} | {before['top1'].ece:.4f} → {after['top1'].ece:.4f} |"
-        )
+        cells = " | ".join(f"{eces[lv]:.4f}" for lv in shown)
+        lines.append(f"| {name} | {cells} | {_beta_cells(beta, before, after, ' | ', ' → ')} |")
     lines += [
         "",
         "Reliability diagrams: " + ", ".join(os.path.basename(p) for p in pictures)
@@ -92,12 +98,13 @@ def run(
         f.write("\n".join(lines) + "\n")
     echo(f"prefcal demo: {n_prompts} prompts x {n_items} responses, seed {seed}")
     width = max(len(s[0]) for s in summary)
-    echo(f"{'model':{width}s}  " + "  ".join(f"{lv:>9s}" for lv in LEVELS) + "   beta    top1 ECE held out")
+    echo(f"{'model':{width}s}  " + "  ".join(f"{lv:>9s}" for lv in shown) + "   beta    top1 ECE held out")
     for name, eces, beta, before, after in summary:
         echo(
             f"{name:{width}s}  "
-            + "  ".join(f"{eces[lv]:9.4f}" for lv in LEVELS)
-            + f"  {beta:6.3f}  {before['top1'].ece:.4f} -> {after['top1'].ece:.4f}"
+            + "  ".join(f"{eces[lv]:9.4f}" for lv in shown)
+            + "  "
+            + _beta_cells(beta, before, after, "  ", " -> ")
         )
     echo(
         f"wrote {out}/report.md, {out}/report.json"
@@ -105,3 +112,10 @@ def run(
         + f" in {time.perf_counter() - t0:.1f} s"
     )
     return doc
+
+
+def _beta_cells(beta: float | None, before: Any, after: Any, sep: str, arrow: str) -> str:
+    """The temperature and the held-out top-1 ECE before and after it, or why there is none."""
+    if beta is None:
+        return f"{'none':>6s}{sep}(no best temperature on these prompts)"
+    return f"{beta:6.3f}{sep}{before.levels['top1'].ece:.4f}{arrow}{after.levels['top1'].ece:.4f}"

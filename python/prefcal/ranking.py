@@ -168,6 +168,7 @@ class PL:
     mask: Any = None
 
     def __post_init__(self) -> None:
+        _place(self, scores=self.scores, mask=self.mask)
         object.__setattr__(self, "_device", _on_gpu(self.scores, self.mask))
         s = _float_array("scores", self.scores)
         _validation.scores_shape(s.shape)
@@ -218,6 +219,7 @@ class Explicit:
     probs: Any
 
     def __post_init__(self) -> None:
+        _place(self, orderings=self.orderings, probs=self.probs)
         object.__setattr__(self, "_device", _on_gpu(self.orderings, self.probs))
         o = _int_array("orderings", self.orderings)
         p = _float_array("probs", self.probs)
@@ -274,6 +276,7 @@ class Empirical:
     samples: Any
 
     def __post_init__(self) -> None:
+        _place(self, samples=self.samples)
         object.__setattr__(self, "_device", _on_gpu(self.samples))
         s = _int_array("samples", self.samples)
         if s.ndim != 3 or 0 in s.shape:
@@ -293,6 +296,13 @@ class Empirical:
     @property
     def n_rows(self) -> int:
         return int(self.samples.shape[0])
+
+
+def _place(model: Any, **arrays: Any) -> None:
+    """Records where a model's arrays come from (one library and device, else TypeError), so that its
+    observations can be held to the same."""
+    named = {name: (x, _arrays.where(x)) for name, x in arrays.items() if x is not None}
+    object.__setattr__(model, "_where", _arrays.same_place(named))
 
 
 def _as_model(model: Any) -> PL | Explicit | Empirical:
@@ -340,6 +350,10 @@ def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
             "give the observations either as rankings= (orderings) or as observed_ranks=, not both"
         )
     mask = model.mask if isinstance(model, PL) else None
+    obs_name, obs = ("rankings", rankings) if rankings is not None else ("observed_ranks", observed_ranks)
+    model_where = getattr(model, "_where", None)
+    if model_where is not None:
+        _arrays.same_place({"model": (None, model_where), obs_name: (obs, _arrays.where(obs))})
     if rankings is not None:
         r = _int_array("rankings", rankings)
         n_rows, m = _validation.rankings_shape(r.shape, n)
