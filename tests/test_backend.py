@@ -193,3 +193,28 @@ def test_bench_command(capsys):
     except ImportError:
         assert cli.main(["bench", "--device", "cuda"]) == 1
         assert "needs CuPy" in capsys.readouterr().err
+
+
+def test_readme_python_blocks_run_verbatim(tmp_path, monkeypatch):
+    """Every Python block of the README, in order in one namespace (later blocks use the earlier ones' data),
+    as a reader would paste them; the Dask one writes its file into a temporary directory."""
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    pytest.importorskip("distributed")
+    pytest.importorskip("matplotlib").use("Agg")
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 6
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    try:
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"README.md python block {i}", "exec"), namespace)  # noqa: S102
+    finally:
+        client = namespace.get("client")
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            cluster.close()
