@@ -334,7 +334,7 @@ def test_bad_inputs_are_refused_before_any_task(rng, frames, no_cluster):
         pdk.ece(scores, rk[:, 0] >= 0)
     with pytest.raises(ValueError, match="rankings have 5 positions but there are only n_items=4"):
         pdk.subranking_ece(scores, da.concatenate([rk, rk[:, :1]], axis=1))
-    with pytest.raises(ValueError, match="either as rankings="):
+    with pytest.raises(ValueError, match="no observations: pass rankings="):
         pdk.subranking_ece(scores)
     with pytest.raises(TypeError, match="client must be a distributed.Client"):
         pdk.subranking_ece(scores, rk, client="tcp://localhost:8786")

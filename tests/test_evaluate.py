@@ -130,7 +130,11 @@ def test_mask_column(tmp_path, rng, fmt):
     path = _write(tmp_path, fmt, d)
     cols = evaluate.Columns(rankings="rankings", mask="mask")
     doc = evaluate.run(path, cols, chunk_rows=250, out=None, echo=lambda *a: None)
-    _same(doc, ranking.report(ranking.PL(d["scores"], d["mask"]), d["rankings"]))
+    want = ranking.report(ranking.PL(d["scores"], d["mask"]), d["rankings"])
+    _same(doc, want)
+    # a column named mask is the choice sets by default, as rankings / ranks are the observations
+    _same(evaluate.run(path, None, chunk_rows=250, out=None, echo=lambda *a: None), want)
+    _same(evaluate.run(path, evaluate.Columns(rankings="rankings"), out=None, echo=lambda *a: None), want)
 
 
 def test_options_levels_bins_kind(tmp_path, rng):

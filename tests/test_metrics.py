@@ -110,3 +110,12 @@ def test_undetermined_levels_raise_or_are_omitted(rng):
     assert out["sub2"].ece == pytest.approx(ranking.subranking_ece(s, obs, 2).ece, rel=1e-12)
     with pytest.raises(ValueError, match="undetermined"):
         st.compute(undetermined="skip")
+
+
+def test_ranking_state_checks_level_names_at_construction_and_prints_briefly():
+    with pytest.raises(ValueError, match="unknown level 'foo'"):
+        metrics.RankingCalibration(levels=("sub2", "foo"))
+    state = metrics.RankingCalibration(levels="top1")
+    assert repr(state) == "RankingCalibration(levels=('top1',), kind='classwise', no rows yet)"
+    state.update(np.zeros((2, 3)), np.array([[0, 1, 2], [2, 1, 0]]))
+    assert repr(state).endswith("n_items=3)")

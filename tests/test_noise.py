@@ -182,6 +182,13 @@ def test_em_property(p, init):
         ([[0.5]], {}, ValueError, r"p_model must be 1-dimensional"),
         (["x"], {}, TypeError, r"p_model must contain real numbers"),
         ([0.5, 0.5], {"annotators": np.array([0, -1])}, ValueError, r"annotators\[1\] = -1 is negative"),
+        ([0.5, 0.5], {"annotators": np.array([0, 10**12])}, ValueError, r"annotators\[1\] = 1000000000000 is too large"),
+        (
+            [0.5, 0.5],
+            {"annotators": np.array([0, 2**64 - 1], dtype=np.uint64)},
+            ValueError,
+            r"annotators\[1\] = 18446744073709551615 is too large",
+        ),
         ([0.5, 0.5], {"annotators": np.array([0, 1, 2])}, ValueError, r"different lengths: 2 vs 3"),
         ([0.5, 0.5], {"annotators": np.array([0.0, 1.0])}, TypeError, r"annotators must contain integers"),
         ([0.5, 0.5], {"annotators": np.array([True, False])}, TypeError, r"annotators must contain integers"),

@@ -786,6 +786,8 @@ def test_rejections(host):
         ranking.subranking_ece(np.zeros((3, 3)), obs, 2)
     with pytest.raises(ValueError, match="not both"):
         ranking.subranking_ece(s, obs, 2, observed_ranks=obs.astype(float))
+    with pytest.raises(ValueError, match="no observations: pass rankings="):
+        ranking.subranking_ece(s)
     with pytest.raises(ValueError, match=r"scores contains inf at \[1, 2\]"):
         ranking.subranking_ece(np.array([[0, 0, 0], [0, 0, np.inf]]), obs, 2)
     with pytest.raises(ValueError, match=r"probs\[0, 1\] = 1.5"):
@@ -828,3 +830,13 @@ def test_pairs_and_top1_calibration_are_different_properties(host, rng):
     assert ranking.topk_ece(ends, obs, 1).ece == pytest.approx(2 / 9, abs=se)
     assert ranking.topk_ece(cycles, obs, 1).ece < se
     assert ranking.subranking_ece(cycles, obs, 2).ece == pytest.approx(1 / 6, abs=se)
+
+
+def test_results_print_in_a_line_and_a_report_as_a_table():
+    s = np.array([[1.0, 0.0, -1.0], [0.5, 0.2, 0.1]])
+    rep = ranking.report(s, np.array([[0, 1, 2], [2, 1, 0]]))
+    assert repr(rep).startswith("Report(sub2=") and "\n" not in repr(rep) and "array" not in repr(rep)
+    assert str(rep) == rep.to_markdown()
+    rel = rep.levels["full"].reliability
+    assert repr(rel) == f"Reliability(15 uniform bins, total 2, ece={rel.ece():.6g})"
+    assert "array" not in repr(rep.levels["full"])

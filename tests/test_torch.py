@@ -127,3 +127,7 @@ def test_pl_nll_rejects_bad_rankings():
         prefcal.torch.pl_nll(torch.zeros(2, 3), torch.tensor([[0, 1, 2], [0, 0, 1]]))
     with pytest.raises(ValueError, match="reduction must be one of"):
         prefcal.torch.pl_nll(torch.zeros(2, 3), torch.tensor([[0, 1, 2], [0, 2, 1]]), reduction="avg")
+    with pytest.raises(TypeError, match="scores must be a torch.Tensor .* got ndarray"):
+        prefcal.torch.pl_nll(np.zeros((2, 3)), torch.tensor([[0, 1, 2], [0, 2, 1]]))
+    with pytest.raises(TypeError, match="rankings must be a torch.Tensor .* got list"):
+        prefcal.torch.pl_nll(torch.zeros(2, 3), [[0, 1, 2], [0, 2, 1]])

@@ -99,6 +99,14 @@ def test_zero_total_weight(backend: Backend):
         prefcal.ece(backend.array(conf), backend.array(correct), weights=backend.array(np.zeros(10)))
     with pytest.raises(ValueError, match="weights sum to zero"):
         prefcal.brier(backend.array(conf), backend.array(correct), weights=backend.array(np.zeros(10)))
+    # finite weights whose sum overflows float64: an error, not an ECE of 0 (inf / inf)
+    huge = backend.array(np.full(10, 1e308))
+    with pytest.raises(ValueError, match="weights sum to inf"):
+        prefcal.ece(backend.array(conf), backend.array(correct), weights=huge)
+    with pytest.raises(ValueError, match="weights sum to inf"):
+        prefcal.brier(backend.array(conf), backend.array(correct), weights=huge)
+    big = prefcal.ece(backend.array(conf), backend.array(correct), weights=backend.array(np.full(10, 1e300)))
+    assert big == pytest.approx(prefcal.ece(backend.array(conf), backend.array(correct)), rel=1e-12)
 
 
 def test_shapes(backend: Backend):
@@ -236,3 +244,13 @@ def test_backend_override_rejections(monkeypatch):
         prefcal.config.set_num_threads(-1)
     with pytest.raises(TypeError, match="n must be an integer or None"):
         prefcal.config.set_num_threads(2.0)
+
+
+def test_empty_lists_report_emptiness_not_their_dtype():
+    # np.asarray([]) is float64: an empty label list must not read as "labels must contain integers"
+    with pytest.raises(ValueError, match="probs is empty"):
+        prefcal.multiclass_ece(np.zeros((0, 3)), [])
+    with pytest.raises(ValueError, match="confidence is empty"):
+        prefcal.ece([], [])
+    with pytest.raises(TypeError, match="labels must contain integers"):
+        prefcal.multiclass_ece(np.full((1, 3), 1 / 3), [0.5])

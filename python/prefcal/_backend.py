@@ -126,6 +126,22 @@ def choose(on_gpu: bool) -> str:
     return choose(on_gpu=False)
 
 
+def _target(rule: Callable[[str, np.dtype], np.dtype], name: str, x: Any) -> np.dtype:
+    """The kernel dtype of an input by its rule; an empty input (an empty list reads as float64) takes any
+    dtype the rule accepts, so that the emptiness is what gets reported."""
+    try:
+        return rule(name, _arrays.dtype_of(x))
+    except TypeError:
+        if int(np.prod(_arrays.shape_of(x))) != 0:
+            raise
+        for alt in (np.int64, np.float64, np.bool_):
+            try:
+                return rule(name, np.dtype(alt))
+            except TypeError:
+                pass
+        raise
+
+
 def _unsigned_fits(name: str, x: np.ndarray, dtype: np.dtype) -> None:
     """Unsigned integers converted to a signed kernel dtype (uint64 -> int64) must not wrap around to
     negative values (-1 would read as padding): ValueError naming the first that does not fit."""
@@ -156,7 +172,7 @@ class Call:
         self.stream = 0
         self.arrays: dict[str, Any] = {}
         self._pointers: dict[str, _arrays.DevicePointer] = {}
-        targets = {name: dtypes[name](name, _arrays.dtype_of(x)) for name, (x, _) in present.items()}
+        targets = {name: _target(dtypes[name], name, x) for name, (x, _) in present.items()}
         for name, (x, w) in present.items():
             self.arrays[name] = (x, targets[name], w)
         self.shapes = {name: _arrays.shape_of(x) for name, (x, _, _) in self.arrays.items()}

@@ -135,7 +135,8 @@ def score_sums(conf, correct, weights, eps):
     w = np.ones_like(c) if weights is None else weights
     clipped = np.clip(c, eps, 1.0 - eps)
     log_loss = -(y * np.log(clipped) + (1.0 - y) * np.log1p(-clipped))
-    return np.array([w.sum(), (w * (c - y) ** 2).sum(), (w * log_loss).sum()]), NO_ERROR
+    with np.errstate(over="ignore"):  # float64 overflow of the sums, as the kernels: the caller reports it
+        return np.array([w.sum(), (w * (c - y) ** 2).sum(), (w * log_loss).sum()]), NO_ERROR
 
 
 # ================================================================================ Plackett-Luce (SPEC §2, §7)

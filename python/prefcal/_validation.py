@@ -121,6 +121,11 @@ def nonempty(name: str, n: int) -> None:
 def positive_total(total: float) -> None:
     if not total > 0:
         raise ValueError("weights sum to zero: at least one row needs a positive weight")
+    if not math.isfinite(total):
+        raise ValueError(
+            f"weights sum to {total} in float64 (past 1.8e308): scale them down (the results depend only on "
+            "their ratios)"
+        )
 
 
 # ----------------------------------------------------------------------------------------- rows
@@ -301,3 +306,11 @@ def ranking_row_message(row: int, ranking: np.ndarray, n: int, mask_row: np.ndar
         if msg:
             return msg
     return f"row {row} is invalid"  # unreachable when the kernel and this function agree
+
+
+def one_observation(rankings: object, observed_ranks: object) -> None:
+    """Exactly one of rankings= and observed_ranks= is given (ValueError naming which mistake)."""
+    if rankings is None and observed_ranks is None:
+        raise ValueError("no observations: pass rankings= (orderings) or observed_ranks= (ranks per item)")
+    if rankings is not None and observed_ranks is not None:
+        raise ValueError("give the observations either as rankings= (orderings) or as observed_ranks=, not both")

@@ -46,7 +46,8 @@ def calibration_error(
 ) -> float:
     """ECE / RMSCE / MCE of one table of bins (the one place where bins become a number)."""
     norm = _validation.norm(norm, debias)
-    total = float(np.sum(count))
+    with np.errstate(over="ignore"):  # an overflowing total is reported below
+        total = float(np.sum(count))
     _validation.positive_total(total)
     nonempty = count > 0
     n = count[nonempty]
@@ -164,6 +165,11 @@ class Reliability:
         if isinstance(other, int) and other == 0:  # sum() starts from 0
             return self
         return NotImplemented
+
+    def __repr__(self) -> str:  # the arrays are in the attributes and to_dict(); a line here
+        total = float(np.sum(self.count))
+        ece = f"{self.ece():.6g}" if total > 0 and math.isfinite(total) else "nan"
+        return f"Reliability({self.n_bins} {self.strategy} bins, total {total:.6g}, ece={ece})"
 
     def to_dict(self) -> dict[str, Any]:
         return {

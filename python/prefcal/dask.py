@@ -696,10 +696,7 @@ def _ranking_call(
     where: str,
 ) -> dict[str, Any]:
     _check_client(client)
-    if (rankings is None) == (observed_ranks is None):
-        raise ValueError(
-            "give the observations either as rankings= (orderings) or as observed_ranks=, not both"
-        )
+    _validation.one_observation(rankings, observed_ranks)
     obs_name = "rankings" if rankings is not None else "observed_ranks"
     obs = _data_argument(obs_name, rankings if rankings is not None else observed_ranks, data, where)
     template, inputs, n, model_rows = _model_inputs(model, data)

@@ -130,15 +130,19 @@ def run(
 
 
 def _default_columns(path: str, columns: Columns | None, fmt: str | None) -> Columns:
-    """Fills in the observations column when neither rankings nor ranks is named: ``rankings`` if the file
-    has it, else ``ranks``."""
+    """Fills in the columns not named: the observations ``rankings`` if the file has it, else ``ranks``; the
+    choice sets ``mask`` if the file has it (as the scores ``scores``)."""
     columns = columns or Columns()
-    if columns.rankings is not None or columns.ranks is not None:
+    named_obs = columns.rankings is not None or columns.ranks is not None
+    if named_obs and columns.mask is not None:
         return columns
     names = _io.column_names(path, fmt)
+    mask = columns.mask if columns.mask is not None else ("mask" if "mask" in names else None)
+    if named_obs:
+        return Columns(columns.scores, columns.rankings, columns.ranks, mask)
     for part in ("rankings", "ranks"):
         if part in names:
-            return Columns(columns.scores, **{part: part}, mask=columns.mask)
+            return Columns(columns.scores, **{part: part}, mask=mask)
     shown = ", ".join(sorted(names)) if names else "none found"
     raise InputError(
         f"{path}: no 'rankings' or 'ranks' column; name the observations with --rankings COL or --ranks COL "

@@ -118,13 +118,19 @@ class RankingCalibration:
         self.weighting = _validation.option("weighting", weighting, ranking.WEIGHTINGS)
         self.discrepancy = _validation.option("discrepancy", discrepancy, ranking.DISCREPANCIES)
         self.n_bins = None if n_bins is None else _validation.n_bins(n_bins)
-        self.level_names = tuple(levels)
+        self.level_names = (levels,) if isinstance(levels, str) else tuple(levels)
         if not self.level_names:
             raise ValueError("levels is empty: name at least one level, e.g. ('sub2', 'top1')")
+        for name in self.level_names:  # the names now; whether they exist for n_items once it is known
+            ranking._parse_level(name, 2)
         self.n_items = None if n_items is None else _validation.integer("n_items", n_items, 2)
         self._levels: dict[str, _Level] | None = None
         if self.n_items is not None:
             self._setup(self.n_items)
+
+    def __repr__(self) -> str:
+        rows = "no rows yet" if self._levels is None else f"n_items={self.n_items}"
+        return f"RankingCalibration(levels={self.level_names!r}, kind={self.kind!r}, {rows})"
 
     def _setup(self, n: int) -> None:
         levels = {}

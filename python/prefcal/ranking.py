@@ -345,10 +345,7 @@ class _Data:
 def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
     model = _as_model(model)
     n = model.n_items
-    if (rankings is None) == (observed_ranks is None):
-        raise ValueError(
-            "give the observations either as rankings= (orderings) or as observed_ranks=, not both"
-        )
+    _validation.one_observation(rankings, observed_ranks)
     mask = model.mask if isinstance(model, PL) else None
     obs_name, obs = ("rankings", rankings) if rankings is not None else ("observed_ranks", observed_ranks)
     model_where = getattr(model, "_where", None)
@@ -1475,6 +1472,13 @@ class Report:
 
     def __getitem__(self, name: str) -> Any:
         return self.levels[name]
+
+    def __repr__(self) -> str:  # one line; the levels' tables are in .levels and to_dict()
+        parts = ", ".join(f"{name}={r.ece:.6g} ({r.kind})" for name, r in self.levels.items())
+        return f"Report({parts})"
+
+    def __str__(self) -> str:
+        return self.to_markdown()
 
 
 #: Events per block of rows in marginal_ece (n^2 per row): bounds its memory to a few tens of MB.

@@ -57,6 +57,9 @@ def pl_nll(
     (1.791759, [[-0.6667, -0.1667, 0.8333]])
     """
     reduction = _validation.option("reduction", reduction, pl.REDUCTIONS)
+    for name, x in (("scores", scores), ("rankings", rankings), ("mask", mask)):
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (a loss for autograd), got {type(x).__name__}")
     if scores.dim() == 1:  # one global model: per-row gradients are needed to weight the rows
         scores = scores.unsqueeze(0).expand(rankings.shape[0], -1)
     nll = PLNegLogLikelihood.apply(scores, rankings, mask)
