@@ -254,3 +254,25 @@ def test_empty_lists_report_emptiness_not_their_dtype():
         prefcal.ece([], [])
     with pytest.raises(TypeError, match="labels must contain integers"):
         prefcal.multiclass_ece(np.full((1, 3), 1 / 3), [0.5])
+
+
+def test_swapped_binary_arguments_get_a_hint():
+    with pytest.raises(ValueError, match=re.escape("correct[0] = 0.1 is not 0 or 1 (the outcomes are the second")):
+        prefcal.ece(np.array([0, 1, 1]), np.array([0.1, 0.7, 0.8]))
+    with pytest.raises(ValueError, match=r"correct\[1\] = 3 is not 0 or 1$"):
+        prefcal.ece(np.array([0.5, 0.5]), np.array([1, 3]))
+
+
+def test_pandas_nullable_dtypes_read_as_their_numpy_dtypes():
+    pd = pytest.importorskip("pandas")
+    s = np.array([[0.3, -1.0, 2.0], [1.0, 0.5, 0.0]])
+    r = np.array([[0, 1, 2], [2, 1, 0]])
+    want = prefcal.pl.log_likelihood(s, r)
+    got = prefcal.pl.log_likelihood(pd.DataFrame(s).astype("Float64"), pd.DataFrame(r).astype("Int64"))
+    np.testing.assert_array_equal(got, want)
+    conf, correct = pd.Series([0.2, 0.9], dtype="Float64"), pd.Series([False, True], dtype="boolean")
+    assert prefcal.ece(conf, correct) == prefcal.ece(np.array([0.2, 0.9]), np.array([False, True]))
+    holed = pd.DataFrame(r).astype("Int64")
+    holed.iloc[1, 2] = pd.NA
+    with pytest.raises(ValueError, match=r"missing value \(pd.NA\) at \(1, 2\)"):
+        prefcal.pl.log_likelihood(s, holed)

@@ -89,7 +89,28 @@ def to_numpy_input(x: object) -> np.ndarray:
         if str(t.dtype).removeprefix("torch.") not in _TORCH_DTYPES:
             t = t.float()  # bfloat16 and the like
         return np.from_dlpack(t)
-    return np.asarray(x)
+    a = np.asarray(x)
+    if a.dtype == object and type(x).__module__.split(".")[0] == "pandas":
+        return _pandas_values(x, a)
+    return a
+
+
+def _pandas_values(x: Any, a: np.ndarray) -> np.ndarray:
+    """The values of a pandas object of nullable extension dtypes (Int64, Float64, boolean: NumPy reads a
+    DataFrame of them as objects) in the NumPy dtype they stand for; ValueError for a missing value."""
+    kinds = {getattr(d, "kind", "O") for d in (x.dtypes if hasattr(x, "columns") else [x.dtype])}
+    if kinds <= {"b"}:
+        dtype: Any = np.bool_
+    elif kinds <= {"i", "u"}:
+        dtype = np.int64
+    elif kinds <= {"i", "u", "f"}:
+        dtype = np.float64
+    else:
+        return a
+    if bool(x.isna().to_numpy().any()):
+        at = np.argwhere(np.asarray(x.isna()))[0]
+        raise ValueError(f"the pandas input has a missing value (pd.NA) at {tuple(int(i) for i in at)}: fill it first")
+    return x.to_numpy(dtype=dtype)
 
 
 def dtype_of(x: object) -> np.dtype:

@@ -168,7 +168,10 @@ def binary_row_message(row: int, confidence: np.generic, correct: np.generic, we
         return msg
     c = float(correct)
     if not (c == 0.0 or c == 1.0):
-        return f"correct[{row}] = {correct} is not 0 or 1"
+        hint = ""
+        if 0.0 < c < 1.0 and float(confidence) in (0.0, 1.0):  # a probability where the outcome goes, and back
+            hint = " (the outcomes are the second argument: are confidence and correct swapped?)"
+        return f"correct[{row}] = {correct} is not 0 or 1{hint}"
     if weight is not None:
         msg = weight_problem(row, weight)
         if msg:
