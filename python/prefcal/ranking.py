@@ -31,7 +31,9 @@ better, equal values are ties, ``+inf`` a rank after every finite one, negative 
 item of A has a known place and no two of them tie; otherwise every class of A skips the row. A top-k event
 is decided when the observed top-k prefix is (no unknown item, the k best strictly ordered and strictly
 above the rest). Items outside a row's choice set (the PL model's ``mask``) take part in no event of that
-row. Skipped events are counted in ``n_skipped``.
+row. Skipped events are counted in ``n_skipped``: at the sub-k and top-k levels (a fixed set of classes per
+row) that includes the events of classes with an item outside the row's choice set; the position level has
+events for the available items only, so a mask does not add to its ``n_skipped``.
 
 Backends: PL models run the fused kernels, C++ or CUDA (every event probability computed on the fly inside
 the binning loop; no (N x classes) array), as does the canonical kind's kernel estimator. :class:`Explicit`
