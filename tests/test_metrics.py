@@ -119,3 +119,16 @@ def test_ranking_state_checks_level_names_at_construction_and_prints_briefly():
     assert repr(state) == "RankingCalibration(levels=('top1',), kind='classwise', no rows yet)"
     state.update(np.zeros((2, 3)), np.array([[0, 1, 2], [2, 1, 0]]))
     assert repr(state).endswith("n_items=3)")
+
+
+def test_streaming_level_that_nothing_decides_raises_like_one_call():
+    s = np.random.default_rng(0).normal(size=(5, 4))
+    obs = np.array([[0, -1, -1, -1]] * 5)  # top-1 observations decide no top-2 prefix
+    for kind in ("classwise", "top_label"):
+        with pytest.raises(ValueError, match="undetermined"):
+            ranking.topk_ece(s, obs, k=2, kind=kind)
+        state = metrics.RankingCalibration(("top2", "top1"), kind=kind)
+        state.update(s, obs)
+        with pytest.raises(ValueError, match="undetermined"):
+            state.compute()
+        assert list(state.compute(undetermined="omit")) == ["top1"]

@@ -1377,3 +1377,33 @@ def test_one_model_with_per_row_choice_sets_is_the_tiled_model(backend: Backend,
         backend.numpy(prefcal.marginals.positions(T, mask=M)),
         rtol=1e-12,
     )
+
+
+def test_temperature_with_scores_of_mixed_scales_and_any_scale(rng):
+    """Rows whose rankings follow scores of 1e4 beside rows drawn from PL(2000 * s) with s ~ 1e-3: the large
+    rows' curvature vanishes long before the small rows' does, and a finite beta (~2e3) is best; and scaling
+    the scores by c scales the temperature by 1 / c (no cap on beta)."""
+    big = np.array([[1e4, 0.0, -1e4]] * 20)
+    small = rng.normal(size=(200, 3)) * 1e-3
+    r_small = np.argsort(-(2000.0 * small + rng.gumbel(size=small.shape)), axis=1)
+    s, r = np.vstack([big, small]), np.vstack([np.argsort(-big, axis=1), r_small])
+    beta = prefcal.recalibrate.temperature(s, r)
+    _, d1, d2 = _reference.pl_temperature(s, r, None, beta)[0]
+    assert abs(d1) < 1e-6 * abs(d2) * beta and d2 < 0  # the stationary point of a concave function
+    s2 = rng.normal(size=(2000, 4))
+    r2 = pl.sample(2.0 * s2, seed=1)[:, 0]
+    b1 = prefcal.recalibrate.temperature(s2, r2)
+    for c in (1e-8, 1e-3, 1e3):
+        assert prefcal.recalibrate.temperature(c * s2, r2) * c == pytest.approx(b1, rel=1e-9)
+    # max_iter ends the search with its last estimate (not a claim that no beta is best)
+    assert 1.0 < prefcal.recalibrate.temperature(s2, r2, max_iter=2) < 2.5
+
+
+def test_fit_with_huge_weights(rng):
+    r = np.array([[0, 1, 2], [1, 0, 2], [2, 0, 1]])
+    for w in (1e150, 1e200):  # the pseudo-comparisons' curvature rounds away next to the data's
+        for method in ("mm", "newton"):
+            got = pl.fit(r, 3, weights=np.full(3, w), alpha=0.5, method=method).scores
+            np.testing.assert_allclose(got, pl.fit(r, 3, alpha=0.5 / w, method="mm").scores, atol=1e-7)
+    with pytest.raises(ValueError, match="weighted counts of the rankings sum to inf"):
+        pl.fit(r, 3, weights=np.full(3, 1e308))

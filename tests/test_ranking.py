@@ -466,6 +466,17 @@ def test_levels_that_nothing_decides(host, rng):
     assert [(r["level"], r["k"]) for r in ranking.sweep(s, top2).records] == [
         ("sub", 2), ("sub", 3), ("top", 1), ("top", 2)
     ]
+    # nothing decided at any level (every rank unknown): an error, not an empty report
+    unknown = np.full((30, 4), np.nan)
+    for call in (lambda: ranking.report(s, observed_ranks=unknown), lambda: ranking.sweep(s, observed_ranks=unknown)):
+        with pytest.raises(ValueError, match="every event of every level is undetermined"):
+            call()
+    # uint64 items past int64 would read as -1 (padding): refused here too
+    big = np.argsort(-s, axis=1).astype(np.uint64)
+    big[3, 1] = 2**64 - 1
+    for call in (lambda: ranking.subranking_ece(s, big, 2), lambda: ranking.report(s, big)):
+        with pytest.raises(ValueError, match=r"rankings\[3, 1\] = 18446744073709551615 is out of range"):
+            call()
 
 
 def test_options_are_checked_whatever_the_kind(host, rng):

@@ -142,18 +142,6 @@ def _target(rule: Callable[[str, np.dtype], np.dtype], name: str, x: Any) -> np.
         raise
 
 
-def _unsigned_fits(name: str, x: np.ndarray, dtype: np.dtype) -> None:
-    """Unsigned integers converted to a signed kernel dtype (uint64 -> int64) must not wrap around to
-    negative values (-1 would read as padding): ValueError naming the first that does not fit."""
-    if x.dtype.kind != "u" or dtype.kind != "i" or x.dtype.itemsize < dtype.itemsize or x.size == 0:
-        return
-    big = np.asarray(x) > np.iinfo(dtype).max
-    if big.any():
-        at = np.unravel_index(int(np.argmax(big)), big.shape)
-        where = ", ".join(str(int(i)) for i in at)
-        raise ValueError(f"{name}[{where}] = {int(np.asarray(x)[at])} is out of range (too large for an index)")
-
-
 class Call:
     """The inputs of one call, checked, converted to the kernel dtypes and placed for its backend."""
 
@@ -191,7 +179,7 @@ class Call:
                     self.stream = _arrays.current_stream(x, self.device)
                 self._pointers[name] = _arrays.device_pointer(x, cuda_module())
             elif cuda:
-                _unsigned_fits(name, x, dtype)
+                _validation.unsigned_fits(name, x, dtype)
                 host = np.ascontiguousarray(x, dtype=dtype)
                 staged = cuda_module().DeviceArray(host, self.device)
                 self._pointers[name] = _arrays.DevicePointer(staged.ptr, "|" + host.dtype.str[1:], (staged, host))
@@ -199,7 +187,7 @@ class Call:
             else:
                 if w.on_gpu:
                     x = _arrays.host_copy(x)
-                _unsigned_fits(name, x, dtype)
+                _validation.unsigned_fits(name, x, dtype)
                 x = np.ascontiguousarray(x, dtype=dtype)
             self.arrays[name] = (x, dtype, w)
 

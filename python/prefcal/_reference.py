@@ -400,6 +400,27 @@ def pl_temperature(scores, rankings, mask, beta):
     return np.array([f, d1, d2]), NO_ERROR
 
 
+def pl_follows_scores(scores, rankings, mask):
+    """Whether every counted choice picks an item of the highest score among the remaining available ones
+    (ties allowed): then the log-likelihood of beta * scores rises with beta to its limit (its slope at
+    beta -> inf, sum of s_chosen - mean of the top scores, is 0), else that slope is negative and a finite
+    temperature is best. Valid rankings (checked by the caller's pass); in row chunks."""
+    n_rows, m = rankings.shape
+    for sl in _chunks(n_rows, max(m, 1) * scores.shape[-1]):
+        rows = np.arange(sl.stop - sl.start)
+        s = np.asarray(_rows(scores, n_rows)[sl], dtype=np.float64)
+        avail = _avail(None if mask is None else (mask if mask.ndim == 1 else mask[sl]), len(rows), s.shape[1])
+        listed, items, _, _ = parse_rankings(rankings[sl], avail)
+        counted = _stages(listed, avail)
+        remaining = avail.copy()
+        for j in range(m):
+            top = np.max(np.where(remaining, s, -np.inf), axis=1)
+            if (counted[:, j] & (s[rows, items[:, j]] < top)).any():
+                return False
+            remaining[rows[listed[:, j]], items[listed[:, j], j]] = False
+    return True
+
+
 # ----------------------------------------------------------------------------------------- marginals (SPEC §3)
 #
 # Every method works on one context's available items sorted by decreasing score (ties: lower item first), so

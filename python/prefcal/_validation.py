@@ -317,3 +317,15 @@ def one_observation(rankings: object, observed_ranks: object) -> None:
         raise ValueError("no observations: pass rankings= (orderings) or observed_ranks= (ranks per item)")
     if rankings is not None and observed_ranks is not None:
         raise ValueError("give the observations either as rankings= (orderings) or as observed_ranks=, not both")
+
+
+def unsigned_fits(name: str, x: np.ndarray, dtype: np.dtype) -> None:
+    """Unsigned integers converted to a signed kernel dtype (uint64 -> int64) must not wrap around to
+    negative values (-1 would read as padding): ValueError naming the first that does not fit."""
+    if x.dtype.kind != "u" or dtype.kind != "i" or x.dtype.itemsize < dtype.itemsize or x.size == 0:
+        return
+    big = np.asarray(x) > np.iinfo(dtype).max
+    if big.any():
+        at = np.unravel_index(int(np.argmax(big)), big.shape)
+        where = ", ".join(str(int(i)) for i in at)
+        raise ValueError(f"{name}[{where}] = {int(np.asarray(x)[at])} is out of range (too large for an index)")

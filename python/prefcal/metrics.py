@@ -226,8 +226,10 @@ class RankingCalibration:
             raise ValueError("RankingCalibration.compute() before any update(): nothing to compute")
         out: dict[str, Any] = {}
         for name, lv in self._levels.items():
-            if undetermined == "omit" and not lv.tables[..., 0, :].any():
-                continue
+            if not lv.tables[..., 0, :].any():  # no event of the level decided
+                if undetermined == "omit":
+                    continue
+                raise ranking._Undetermined()  # as the one-call functions (the kinds alike)
             if lv.kind != "classwise":
                 out[name] = ranking._level_result(lv.tables, lv.skipped, lv.kind)
                 continue

@@ -547,6 +547,13 @@ def fit(
     tol = _validation.real("tol", tol, positive=True)
     data = _FitData(rankings, n, mask, weights)
     wins, edges, first = data.setup()
+    with np.errstate(over="ignore"):
+        total = float(np.sum(wins))
+    if not math.isfinite(total):
+        raise ValueError(
+            f"the weighted counts of the rankings sum to {total} in float64 (past 1.8e308): scale the weights "
+            "down (with alpha, scale it alike)"
+        )
     if alpha == 0.0 and n > 1:
         why = _disconnection(edges)
         if why is not None:
@@ -694,7 +701,12 @@ def _newton_step(data: _FitData, theta: np.ndarray, wins: np.ndarray, alpha: flo
     neg = -hess
     if alpha == 0.0:
         neg = neg + np.full_like(neg, np.trace(neg) / len(theta) ** 2)  # the gauge direction (all ones)
-    delta = np.linalg.solve(neg, grad)
+    try:
+        delta = np.linalg.solve(neg, grad)
+    except np.linalg.LinAlgError:
+        # alpha > 0 with weights so large (~1e150) that the pseudo-comparisons' curvature rounds away next to
+        # the data's: singular in the gauge direction, which the least-squares step leaves alone
+        delta = np.linalg.lstsq(neg, grad, rcond=None)[0]
     current = ll_data + ll_p
     for _ in range(60):
         cand = theta + delta

@@ -124,6 +124,7 @@ def _int_array(name: str, x: Any) -> np.ndarray:
     a = _host(name, x)
     if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
         raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    _validation.unsigned_fits(name, a, np.dtype(np.int64))  # uint64 past int64 would wrap to -1 (padding)
     return a.astype(np.int64, copy=False)
 
 
@@ -421,8 +422,8 @@ def _finite_ranks(keys: np.ndarray) -> np.ndarray:
 class _Undetermined(ValueError):
     """No event of a level is decided by the observations (report leaves such default levels out)."""
 
-    def __init__(self) -> None:
-        super().__init__("every event of this level is undetermined by the observations: nothing to calibrate")
+    def __init__(self, what: str = "every event of this level is") -> None:
+        super().__init__(f"{what} undetermined by the observations: nothing to calibrate")
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -1441,6 +1442,8 @@ def sweep(
                     "n_events": res.n_events,
                 }
             )
+    if not records:  # not one event of any level decided
+        raise _Undetermined("every event of every level is")
     return SweepTable(records, results)
 
 
@@ -1540,6 +1543,8 @@ def report(
         except _Undetermined:
             if levels is not None:
                 raise
+    if not out:  # not one event of any level decided (every rank unknown or tied)
+        raise _Undetermined("every event of every level is")
     return Report(out)
 
 

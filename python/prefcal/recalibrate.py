@@ -13,13 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _validation
+from . import _arrays, _reference, _validation
 from .pl import _raise_row, _row_call
 
 __all__ = ["temperature", "apply_temperature"]
-
-_MAX_BETA = 1e8
-
 
 def _moments(call: Any, beta: float) -> np.ndarray:
     mod = call.module()
@@ -77,40 +74,50 @@ def temperature(
             "rankings do not follow the scores' order (f'(0) = sum of s_chosen - mean s = "
             f"{d1:.6g} <= 0), so no beta > 0 is best"
         )
-    # f'' is computed as E[s^2] - E[s]^2, which leaves rounding noise of ~1e-16 of the scores' squares once the
-    # weights of every choice set sit on its top scores (a large beta); a curvature below this fraction of the
-    # one at beta = 0 is taken for that (a true maximiser so flat needs score gaps ~10^13 apart)
+    # f'' is computed as E[s^2] - E[s]^2, rounding noise of ~1e-16 of the scores' squares once the weights of
+    # every choice set sit on its top scores (a large beta). A curvature below this fraction of f''(0) makes
+    # the search ask, once, whether the rankings follow the scores everywhere (then f rises to its limit as
+    # beta grows, and no finite beta is best); if not, the search goes on (scores of mixed scales).
     flat = 1e-13 * -d2
+    follows: bool | None = None
     lo, hi = 0.0, math.inf  # f' > 0 at lo, f' < 0 at hi
     beta = 1.0
     for _ in range(max_iter):
         _, d1, d2 = _moments(call, beta)
-        collapsed = not d2 < -flat
         if d1 < 0.0:
             hi = beta
-        elif collapsed:
-            # f' >= 0 where every choice set's weights sit on its top scores: the chosen items are top-scored
-            # everywhere (f' > 0 below here), f creeps up to its limit as beta grows
-            lo, hi = beta, math.inf
-            break
-        elif d1 > 0.0:
-            lo = beta
-        else:
+        elif d2 < -flat and d1 == 0.0:
             return float(beta)  # f' = 0 where f is strictly concave
-        cand = math.nan if collapsed else beta - d1 / d2  # Newton, inside the bracket
+        else:
+            if not d2 < -flat:
+                if follows is None:
+                    follows = _follows_scores(call)
+                if follows:
+                    break
+            lo = beta
+        cand = beta - d1 / d2 if d2 < 0.0 else math.nan  # Newton, inside the bracket
         if not lo < cand < hi:
             cand = 2.0 * beta if math.isinf(hi) else (lo + hi) / 2.0 if lo > 0.0 else hi / 4.0
         if abs(cand - beta) <= tol * beta or hi - lo <= tol * lo:
             return float(cand)
         beta = cand
-        if lo > _MAX_BETA:
-            break
-    if math.isinf(hi):
+    if math.isinf(hi) and (follows if follows is not None else _follows_scores(call)):
         raise ValueError(
             "the likelihood increases as the temperature grows, up to beta = "
             f"{lo:.3g} and beyond: the rankings follow the scores' order everywhere, so no finite beta is best"
         )
-    return float(beta)
+    return float(beta)  # max_iter reached: the last estimate
+
+
+def _follows_scores(call: Any) -> bool:
+    """Whether every counted choice of the call's rankings is a top-scored remaining item (host copies)."""
+    arrays = {}
+    for name in ("scores", "rankings", "mask"):
+        x = call.host(name)
+        if x is not None and _arrays.where(x).on_gpu:
+            x = _arrays.host_copy(x)
+        arrays[name] = None if x is None else np.asarray(x)
+    return bool(_reference.pl_follows_scores(arrays["scores"], arrays["rankings"], arrays["mask"]))
 
 
 def apply_temperature(scores: Any, beta: float) -> Any:
