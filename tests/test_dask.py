@@ -199,6 +199,29 @@ def test_report_on_arrays(client, rng):
     )
 
 
+def test_report_defaults_leave_out_undecided_levels_as_in_memory(client, rng, frames):
+    s, obs = ranking_data(rng, n_rows=120, n=4)
+    obs[:, 1:] = -1  # top-1 observations: the full ordering and top-2 are decided by no row
+    scores, rk = da.from_array(s, chunks=(50, 4)), da.from_array(obs, chunks=(50, 4))
+    want = ranking.report(s, obs)
+    got = pdk.report(scores, rk, client=client)
+    assert list(got.levels) == list(want.levels) == ["sub2", "top1", "positions"]
+    check_report(got, want)
+    with pytest.raises(ValueError, match="undetermined"):
+        pdk.report(scores, rk, levels=("sub2", "full"), client=client)
+    # one column per position: a column with gaps is float64 in pandas; the gaps are -1 (padding)
+    dd, pd, _ = frames
+    part = np.asarray(prefcal.pl.sample(s, seed=5))[:, 0, :2].astype(np.int64)
+    part[::3, 1] = -1  # top-1 in every third row, top-2 in the others
+    cols = {f"s{i}": s[:, i] for i in range(4)}
+    cols |= {"r0": part[:, 0], "r1": np.where(part[:, 1] < 0, np.nan, part[:, 1].astype(float))}
+    df = dd.from_pandas(pd.DataFrame(cols), npartitions=3)
+    same(
+        pdk.subranking_ece([f"s{i}" for i in range(4)], ["r0", "r1"], k=2, data=df, client=client),
+        ranking.subranking_ece(s, part, 2),
+    )
+
+
 def test_in_memory_models(client, rng):
     s, obs = ranking_data(rng, n_rows=300, n=4)
     rk = da.from_array(obs, chunks=(uneven(rng, 300, 4), 4))

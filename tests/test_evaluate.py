@@ -433,3 +433,30 @@ def test_device_cuda_without_cupy_is_a_clear_error(tmp_path, rng, capsys, monkey
     monkeypatch.setitem(sys.modules, "cupy", None)  # as on a machine without CuPy
     path = _write(tmp_path, "npz", _data(rng, 50, 4))
     _fails(capsys, [path, "--device", "cuda"], "--device cuda needs CuPy and a CUDA device", code=2)
+
+
+def test_integers_too_large_for_the_arrays(tmp_path, capsys):
+    """uint64 items past int64 would wrap to -1 (padding) and be accepted; JSON integers past int64 (or
+    float64, for scores) used to end in an OverflowError naming no line."""
+    s = np.zeros((3, 3))
+    r = np.array([[0, 1, 2], [2, 1, 0], [1, 2**64 - 1, 0]], dtype=np.uint64)
+    npz = str(tmp_path / "u.npz")
+    np.savez(npz, scores=s, rankings=r)
+    _fails(capsys, [npz, "--out", str(tmp_path / "o")], "row 2", "18446744073709551615, out of range")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = str(tmp_path / "u.parquet")
+    pq.write_table(
+        pa.table({"scores": pa.array(s.tolist()), "rankings": pa.array(r.tolist(), type=pa.list_(pa.uint64()))}), path
+    )
+    _fails(capsys, [path, "--out", str(tmp_path / "o")], "row 2", "18446744073709551615, out of range")
+    js = tmp_path / "big.jsonl"
+    js.write_text(
+        '{"scores": [0, 1, 2], "rankings": [0, 1, 2]}\n'
+        '{"scores": [1e20, 0, 100000000000000000000], "rankings": [2, 1, 0]}\n'
+        '{"scores": [0, 1, 2], "rankings": [0, 18446744073709551616]}\n'
+    )
+    _fails(capsys, [str(js), "--out", str(tmp_path / "o")], "line 3", "18446744073709551616, out of range")
+    js.write_text('{"scores": [0, 1, 2], "rankings": [0, 1, 2]}\n{"scores": [0, 1, ' + "9" * 400 + '], "rankings": [0]}\n')
+    _fails(capsys, [str(js), "--out", str(tmp_path / "o")], "line 2", "(400 digits), out of range")
+

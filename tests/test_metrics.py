@@ -132,3 +132,20 @@ def test_streaming_level_that_nothing_decides_raises_like_one_call():
         with pytest.raises(ValueError, match="undetermined"):
             state.compute()
         assert list(state.compute(undetermined="omit")) == ["top1"]
+
+
+def test_empty_pieces_of_a_split_are_nothing_to_add(rng):
+    conf, y = rng.random(50), rng.random(50) < 0.5
+    a = metrics.Calibration()
+    a.update(conf[:0], y[:0])
+    a.update(conf, y)
+    a.update([], [])
+    assert a.compute().count.tolist() == prefcal.reliability(conf, y).count.tolist()
+    s = rng.normal(size=(40, 3))
+    obs = np.argsort(-s, axis=1)
+    b = metrics.RankingCalibration()
+    b.update(s[:0], obs[:0])
+    b.update(s, obs)
+    b.update(np.zeros((0, 3)), observed_ranks=np.zeros((0, 3)))
+    assert b.compute()["sub2"].ece == ranking.subranking_ece(s, obs, 2).ece
+

@@ -278,6 +278,10 @@ def _list_to_2d(arr: Any, n: int, part: str, col: str, start: int, reader: Reade
     else:
         flat = values.to_numpy(zero_copy_only=False)
     dtype = {"float": np.float64, "int": np.int64, "bool": np.bool_}[kind]
+    if flat.dtype.kind == "u" and dtype == np.int64 and flat.size and (flat > np.iinfo(np.int64).max).any():
+        at = int(np.argmax(flat > np.iinfo(np.int64).max))
+        row = int(np.searchsorted(np.cumsum(lengths), at, side="right"))
+        raise reader._fail(f"{reader.where(start + row)}: column {col!r} ({part}) holds {int(flat[at])}, out of range")
     flat = flat.astype(dtype, copy=False)
     if part != "rankings" or (lengths == n).all():
         return flat.reshape(rows, n)
@@ -394,6 +398,9 @@ class NpzReader(Reader):
                 scores = parts["scores"].astype(np.float64)
                 r = parts.get("rankings")
                 if r is not None:
+                    if r.dtype.kind == "u" and r.size and (r > np.iinfo(np.int64).max).any():
+                        row = int(np.argmax((r > np.iinfo(np.int64).max).any(axis=1)))
+                        raise self._fail(f"{self.where(start + row)}: rankings hold {int(r.max())}, out of range")
                     r = r.astype(np.int64)
                     if r.shape[1] < self.n_items:
                         r = np.concatenate(
@@ -471,6 +478,11 @@ class JsonlReader(Reader):
             kind = _KINDS[part]
             if not isinstance(v, list) or not all(_json_ok(x, kind, part) for x in v):
                 raise self._fail(f"line {lineno}: field {col!r} ({part}) must be a list of {_NOUNS[kind]}")
+            limit = _INT64 if kind == "int" else 1 << 1024  # what an int64 / a float64 can hold
+            big = next((x for x in v if isinstance(x, int) and not -limit <= x < limit), None)
+            if big is not None:
+                shown = str(big) if len(str(big)) <= 24 else f"{str(big)[:12]}... ({len(str(big))} digits)"
+                raise self._fail(f"line {lineno}: field {col!r} ({part}) holds {shown}, out of range")
             out[part] = v
         return out
 
@@ -524,6 +536,9 @@ class JsonlReader(Reader):
         if "mask" in rows[0]:
             mask = np.array([r["mask"] for r in rows], dtype=np.bool_)
         return Chunk(start, scores, rankings, ranks, mask)
+
+
+_INT64 = 1 << 63
 
 
 def _json_ok(x: Any, kind: str, part: str) -> bool:

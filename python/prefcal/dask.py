@@ -211,7 +211,13 @@ def _check_frame(data: Any, columns: dict[str, str | tuple[str, ...]]) -> None:
 def _scalar_column(series: Any, column: str, missing: float) -> np.ndarray:
     dtype = series.dtype
     if isinstance(dtype, np.dtype) and dtype != np.dtype(object):
-        return series.to_numpy()
+        values = series.to_numpy()
+        if missing == -1 and dtype.kind == "f":  # an integer column with gaps, as pandas stores one
+            with np.errstate(invalid="ignore"):
+                whole = np.isnan(values) | (np.isfinite(values) & (values == np.round(values)))
+            if whole.all():
+                return np.where(np.isnan(values), -1, values).astype(np.int64)
+        return values
     numpy_dtype = getattr(dtype, "numpy_dtype", None)
     if numpy_dtype is None or numpy_dtype.kind not in "biuf":
         raise TypeError(f"data[{column!r}] has dtype {dtype}: a column of numbers is needed")
@@ -588,16 +594,21 @@ class _Levels:
         for kind in dict.fromkeys(kind for _, _, kind in plan):
             names = tuple(dict.fromkeys(level for _, level, g in plan if g == kind))
             groups[kind] = metrics.RankingCalibration(names, kind, n_items=n, **self.options)
-        return _RankingState(n, plan, groups)
+        # report's default levels leave out those the observations decide nothing of, as in memory
+        return _RankingState(n, plan, groups, omit=self.what == "report" and self.levels is None)
 
 
 class _RankingState:
     """One RankingCalibration per kind, and which of its levels each result name reads."""
 
     def __init__(
-        self, n: int, plan: list[tuple[str, str, str]], groups: dict[str, metrics.RankingCalibration]
+        self,
+        n: int,
+        plan: list[tuple[str, str, str]],
+        groups: dict[str, metrics.RankingCalibration],
+        omit: bool = False,
     ):
-        self.n, self.plan, self.groups = n, plan, groups
+        self.n, self.plan, self.groups, self.omit = n, plan, groups, omit
 
     def merge(self, other: _RankingState) -> _RankingState:
         if other.n != self.n:
@@ -605,11 +616,16 @@ class _RankingState:
                 f"the rows have different numbers of items: {self.n} in some blocks, {other.n} in others; "
                 "every row needs one score per item"
             )
-        return _RankingState(self.n, self.plan, {k: g.merge(other.groups[k]) for k, g in self.groups.items()})
+        groups = {k: g.merge(other.groups[k]) for k, g in self.groups.items()}
+        return _RankingState(self.n, self.plan, groups, self.omit)
 
     def compute(self) -> dict[str, Any]:
-        done = {k: g.compute() for k, g in self.groups.items()}
-        return {name: done[kind][level] for name, level, kind in self.plan}
+        how = "omit" if self.omit else "raise"
+        done = {k: g.compute(undetermined=how) for k, g in self.groups.items()}
+        out = {name: done[kind][level] for name, level, kind in self.plan if level in done[kind]}
+        if not out:
+            raise ranking._Undetermined("every event of every level is")
+        return out
 
 
 class _RankingBuild:

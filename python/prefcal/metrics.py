@@ -46,6 +46,8 @@ class Calibration:
         self.n_bins = _validation.n_bins(self.n_bins)
 
     def update(self, confidence: Any, correct: Any, weights: Any = None) -> None:
+        if _rows_of(confidence) == 0 and _rows_of(correct) == 0:  # an empty piece of a split: nothing to add
+            return
         part = calibration.reliability(confidence, correct, n_bins=self.n_bins, weights=weights)
         self._table = part if self._table is None else self._table + part
 
@@ -63,6 +65,17 @@ class Calibration:
         if self._table is None:
             raise ValueError("Calibration.compute() before any update(): nothing to compute")
         return self._table
+
+
+def _rows_of(x: Any) -> int | None:
+    """The number of rows of an input (None when it has no length)."""
+    shape = getattr(x, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else None
+    try:
+        return len(x)
+    except TypeError:
+        return None
 
 
 @dataclass
@@ -161,6 +174,9 @@ class RankingCalibration:
         self._levels = levels
 
     def update(self, model_or_scores: Any, rankings: Any = None, observed_ranks: Any = None) -> None:
+        _validation.one_observation(rankings, observed_ranks)
+        if _rows_of(rankings if rankings is not None else observed_ranks) == 0:
+            return  # an empty piece of a split: nothing to add
         data = ranking._prepare(model_or_scores, rankings, observed_ranks)
         if self._levels is None:
             self._setup(data.n)
