@@ -447,7 +447,10 @@ def test_integers_too_large_for_the_arrays(tmp_path, capsys):
     pq = pytest.importorskip("pyarrow.parquet")
     path = str(tmp_path / "u.parquet")
     pq.write_table(
-        pa.table({"scores": pa.array(s.tolist()), "rankings": pa.array(r.tolist(), type=pa.list_(pa.uint64()))}), path
+        pa.table(
+            {"scores": pa.array(s.tolist()), "rankings": pa.array(r.tolist(), type=pa.list_(pa.uint64()))}
+        ),
+        path,
     )
     _fails(capsys, [path, "--out", str(tmp_path / "o")], "row 2", "18446744073709551615, out of range")
     js = tmp_path / "big.jsonl"
@@ -457,6 +460,7 @@ def test_integers_too_large_for_the_arrays(tmp_path, capsys):
         '{"scores": [0, 1, 2], "rankings": [0, 18446744073709551616]}\n'
     )
     _fails(capsys, [str(js), "--out", str(tmp_path / "o")], "line 3", "18446744073709551616, out of range")
-    js.write_text('{"scores": [0, 1, 2], "rankings": [0, 1, 2]}\n{"scores": [0, 1, ' + "9" * 400 + '], "rankings": [0]}\n')
+    first = '{"scores": [0, 1, 2], "rankings": [0, 1, 2]}\n'
+    js.write_text(first + '{"scores": [0, 1, ' + "9" * 400 + '], "rankings": [0]}\n')
     _fails(capsys, [str(js), "--out", str(tmp_path / "o")], "line 2", "(400 digits), out of range")
 

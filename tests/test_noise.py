@@ -182,7 +182,12 @@ def test_em_property(p, init):
         ([[0.5]], {}, ValueError, r"p_model must be 1-dimensional"),
         (["x"], {}, TypeError, r"p_model must contain real numbers"),
         ([0.5, 0.5], {"annotators": np.array([0, -1])}, ValueError, r"annotators\[1\] = -1 is negative"),
-        ([0.5, 0.5], {"annotators": np.array([0, 10**12])}, ValueError, r"annotators\[1\] = 1000000000000 is too large"),
+        (
+            [0.5, 0.5],
+            {"annotators": np.array([0, 10**12])},
+            ValueError,
+            r"annotators\[1\] = 1000000000000 is too large",
+        ),
         (
             [0.5, 0.5],
             {"annotators": np.array([0, 2**64 - 1], dtype=np.uint64)},

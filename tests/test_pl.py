@@ -986,7 +986,7 @@ def test_fit_matches_choix(rng, method):
 def test_fit_disconnected_needs_alpha():
     # items {0, 1} always beat {2, 3}: no maximum-likelihood estimate
     rankings = np.array([[0, 1, 2, 3], [1, 0, 3, 2], [0, 1, 3, 2]])
-    with pytest.raises(ValueError, match="not strongly connected: items 0, 1 are never ranked below items 2, 3.*alpha > 0"):
+    with pytest.raises(ValueError, match="items 0, 1 are never ranked below items 2, 3.*alpha > 0"):
         pl.fit(rankings, 4)
     with pytest.raises(ValueError, match="item 0 is never ranked below items 1, 2 "):
         pl.fit(np.array([[0, 1, 2], [0, 2, 1]]), 3)
@@ -1142,8 +1142,8 @@ def test_temperature_rejects_unidentifiable_data():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_temperature_with_curvature_that_underflows(dtype):
-    """Score gaps of 10^3 in every choice set: at beta = 1 the variances (f'') underflow to 0 and Newton has no
-    step; the bracket by the sign of f' must still walk down to the maximiser (~2.5e-4 here: f' = 0 there)."""
+    """Score gaps of 10^3 in every choice set: at beta = 1 the variances (f'') underflow to 0 and Newton has
+    no step; the bracket by the sign of f' must still walk down to the maximiser (~2.5e-4 here)."""
     d = np.array([800.0, 1000.0, 1200.0, 1500.0, 2000.0, 900.0, 1100.0, 1300.0])
     s = np.stack([d, np.zeros_like(d)], axis=1).astype(dtype)
     r = np.array([[0, 1], [1, 0], [0, 1], [0, 1], [1, 0], [0, 1], [1, 0], [0, 1]])
@@ -1329,7 +1329,7 @@ def test_unsigned_rankings_that_do_not_fit_an_index_are_rejected():
     s = np.array([[0.5, 1.0, -1.0]])
     for big in (2**64 - 1, 2**63):
         r = np.array([[0, 1], [2, big]], dtype=np.uint64)
-        for call in (lambda: pl.log_likelihood(s[[0, 0]], r), lambda: pl.fit(r, 3, alpha=0.1)):
+        for call in (lambda r=r: pl.log_likelihood(s[[0, 0]], r), lambda r=r: pl.fit(r, 3, alpha=0.1)):
             with pytest.raises(ValueError, match=rf"rankings\[1, 1\] = {big} is out of range"):
                 call()
     ok = np.array([[0, 1, 2]], dtype=np.uint64)

@@ -410,13 +410,14 @@ def test_canonical_kernel_matches_loops(host, rng):
 
 
 def test_one_model_with_per_row_choice_sets(host, rng):
-    """ranking.PL(scores (n,), mask (N, n)): every level, positions included, as the scores tiled to (N, n)."""
+    """ranking.PL(scores (n,), mask (N, n)): every level, positions included, as the scores tiled."""
     g = rng.normal(size=5)
     mask = rng.random((40, 5)) < 0.8
     mask[:, :2] = True
     obs = pl_sample_rows(g, mask, rng)
     one, tiled = ranking.PL(g, mask), ranking.PL(np.tile(g, (40, 1)), mask)
-    assert ranking.marginal_ece(one, obs).ece == pytest.approx(ranking.marginal_ece(tiled, obs).ece, rel=1e-12)
+    want = ranking.marginal_ece(tiled, obs).ece
+    assert ranking.marginal_ece(one, obs).ece == pytest.approx(want, rel=1e-12)
     assert ranking.marginal_ece(one, obs, k=2).ece == pytest.approx(
         ranking.marginal_ece(tiled, obs, k=2).ece, rel=1e-12
     )
@@ -427,7 +428,8 @@ def test_one_model_with_per_row_choice_sets(host, rng):
 
 
 def pl_sample_rows(g, mask, rng):
-    return np.asarray(prefcal.pl.sample(np.tile(g, (mask.shape[0], 1)), mask=mask, seed=int(rng.integers(1 << 30)))[:, 0])
+    seed = int(rng.integers(1 << 30))
+    return np.asarray(prefcal.pl.sample(np.tile(g, (mask.shape[0], 1)), mask=mask, seed=seed)[:, 0])
 
 
 def test_infinite_observed_rank_is_a_rank(host, rng):
@@ -441,9 +443,9 @@ def test_infinite_observed_rank_is_a_rank(host, rng):
     mask = rng.random((60, 4)) < 0.9
     for model in (s, ranking.PL(s, mask)):
         for fn in (
-            lambda o: ranking.subranking_ece(model, observed_ranks=o, k=2),
-            lambda o: ranking.topk_ece(model, observed_ranks=o, k=1),
-            lambda o: ranking.marginal_ece(model, observed_ranks=o),
+            lambda o, model=model: ranking.subranking_ece(model, observed_ranks=o, k=2),
+            lambda o, model=model: ranking.topk_ece(model, observed_ranks=o, k=1),
+            lambda o, model=model: ranking.marginal_ece(model, observed_ranks=o),
         ):
             a, b = fn(big), fn(finite)
             assert a.ece == b.ece and a.n_skipped == b.n_skipped and a.n_events == b.n_events
@@ -468,7 +470,10 @@ def test_levels_that_nothing_decides(host, rng):
     ]
     # nothing decided at any level (every rank unknown): an error, not an empty report
     unknown = np.full((30, 4), np.nan)
-    for call in (lambda: ranking.report(s, observed_ranks=unknown), lambda: ranking.sweep(s, observed_ranks=unknown)):
+    for call in (
+        lambda: ranking.report(s, observed_ranks=unknown),
+        lambda: ranking.sweep(s, observed_ranks=unknown),
+    ):
         with pytest.raises(ValueError, match="every event of every level is undetermined"):
             call()
     # uint64 items past int64 would read as -1 (padding): refused here too
@@ -498,13 +503,15 @@ def test_canonical_kernel_with_one_decided_row_is_undefined(host):
     with pytest.raises(ValueError, match="undetermined"):
         ranking.subranking_ece(np.array([[1.0, 0.0, -1.0]]), np.array([[0, 1, 2]]), 2, kind="canonical")
     s = np.array([[1.0, 0.0, -1.0], [0.5, 0.2, 0.1]])
-    got = ranking.subranking_ece(s, observed_ranks=np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 1.0]]), k=2, kind="canonical")
+    ranks = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 1.0]])
+    got = ranking.subranking_ece(s, observed_ranks=ranks, k=2, kind="canonical")
     assert math.isnan(got.per_subset[(0, 1)])  # the tie leaves one decided row
     finite = [v for v in got.per_subset.values() if not math.isnan(v)]
     assert len(finite) == 2 and got.ece == pytest.approx(np.mean(finite), rel=1e-12)
     for a in ((0, 2), (1, 2)):
         p = 1 / (1 + np.exp(s[:, a[1]] - s[:, a[0]]))
-        assert got.per_subset[a] == pytest.approx(brute_kernel(np.stack([p, 1 - p], axis=1), np.zeros(2, int)))
+        want = brute_kernel(np.stack([p, 1 - p], axis=1), np.zeros(2, int))
+        assert got.per_subset[a] == pytest.approx(want)
 
 
 def test_canonical_binning(host, rng):

@@ -109,7 +109,8 @@ def _pandas_values(x: Any, a: np.ndarray) -> np.ndarray:
         return a
     if bool(x.isna().to_numpy().any()):
         at = np.argwhere(np.asarray(x.isna()))[0]
-        raise ValueError(f"the pandas input has a missing value (pd.NA) at {tuple(int(i) for i in at)}: fill it first")
+        where = tuple(int(i) for i in at)
+        raise ValueError(f"the pandas input has a missing value (pd.NA) at {where}: fill it first")
     return x.to_numpy(dtype=dtype)
 
 

@@ -281,7 +281,9 @@ def _list_to_2d(arr: Any, n: int, part: str, col: str, start: int, reader: Reade
     if flat.dtype.kind == "u" and dtype == np.int64 and flat.size and (flat > np.iinfo(np.int64).max).any():
         at = int(np.argmax(flat > np.iinfo(np.int64).max))
         row = int(np.searchsorted(np.cumsum(lengths), at, side="right"))
-        raise reader._fail(f"{reader.where(start + row)}: column {col!r} ({part}) holds {int(flat[at])}, out of range")
+        raise reader._fail(
+            f"{reader.where(start + row)}: column {col!r} ({part}) holds {int(flat[at])}, out of range"
+        )
     flat = flat.astype(dtype, copy=False)
     if part != "rankings" or (lengths == n).all():
         return flat.reshape(rows, n)
@@ -400,7 +402,8 @@ class NpzReader(Reader):
                 if r is not None:
                     if r.dtype.kind == "u" and r.size and (r > np.iinfo(np.int64).max).any():
                         row = int(np.argmax((r > np.iinfo(np.int64).max).any(axis=1)))
-                        raise self._fail(f"{self.where(start + row)}: rankings hold {int(r.max())}, out of range")
+                        where = self.where(start + row)
+                        raise self._fail(f"{where}: rankings hold {int(r.max())}, out of range")
                     r = r.astype(np.int64)
                     if r.shape[1] < self.n_items:
                         r = np.concatenate(

@@ -409,7 +409,8 @@ def pl_follows_scores(scores, rankings, mask):
     for sl in _chunks(n_rows, max(m, 1) * scores.shape[-1]):
         rows = np.arange(sl.stop - sl.start)
         s = np.asarray(_rows(scores, n_rows)[sl], dtype=np.float64)
-        avail = _avail(None if mask is None else (mask if mask.ndim == 1 else mask[sl]), len(rows), s.shape[1])
+        row_mask = None if mask is None else (mask if mask.ndim == 1 else mask[sl])
+        avail = _avail(row_mask, len(rows), s.shape[1])
         listed, items, _, _ = parse_rankings(rankings[sl], avail)
         counted = _stages(listed, avail)
         remaining = avail.copy()

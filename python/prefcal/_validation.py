@@ -169,7 +169,7 @@ def binary_row_message(row: int, confidence: np.generic, correct: np.generic, we
     c = float(correct)
     if not (c == 0.0 or c == 1.0):
         hint = ""
-        if 0.0 < c < 1.0 and float(confidence) in (0.0, 1.0):  # a probability where the outcome goes, and back
+        if 0.0 < c < 1.0 and float(confidence) in (0.0, 1.0):  # a probability where the outcome goes
             hint = " (the outcomes are the second argument: are confidence and correct swapped?)"
         return f"correct[{row}] = {correct} is not 0 or 1{hint}"
     if weight is not None:
@@ -316,7 +316,9 @@ def one_observation(rankings: object, observed_ranks: object) -> None:
     if rankings is None and observed_ranks is None:
         raise ValueError("no observations: pass rankings= (orderings) or observed_ranks= (ranks per item)")
     if rankings is not None and observed_ranks is not None:
-        raise ValueError("give the observations either as rankings= (orderings) or as observed_ranks=, not both")
+        raise ValueError(
+            "give the observations either as rankings= (orderings) or as observed_ranks=, not both"
+        )
 
 
 def unsigned_fits(name: str, x: np.ndarray, dtype: np.dtype) -> None:
@@ -328,4 +330,5 @@ def unsigned_fits(name: str, x: np.ndarray, dtype: np.dtype) -> None:
     if big.any():
         at = np.unravel_index(int(np.argmax(big)), big.shape)
         where = ", ".join(str(int(i)) for i in at)
-        raise ValueError(f"{name}[{where}] = {int(np.asarray(x)[at])} is out of range (too large for an index)")
+        value = int(np.asarray(x)[at])
+        raise ValueError(f"{name}[{where}] = {value} is out of range (too large for an index)")

@@ -116,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     obs = p_eval.add_mutually_exclusive_group()
     obs.add_argument("--rankings", metavar="COL", help="orderings column (default: rankings, if present)")
     obs.add_argument("--ranks", metavar="COL", help="per-item ranks column (default: ranks, if present)")
-    p_eval.add_argument("--mask", metavar="COL", help="boolean availability column (default: mask, if present)")
+    p_eval.add_argument(
+        "--mask", metavar="COL", help="boolean availability column (default: mask, if present)"
+    )
     p_eval.add_argument("--levels", nargs="+", metavar="LEVEL",
                         help="levels: sub<k>, top<k>, top<k>_set, full, positions "
                         "(default: sub2 sub3 top1 top2 full positions, those that exist)")
@@ -158,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.prompts < 2 or not 2 <= args.items <= 12 or args.seed < 0:
             print(
-                "prefcal demo: --prompts must be >= 2, --items between 2 and 12 and --seed >= 0", file=sys.stderr
+                "prefcal demo: --prompts must be >= 2, --items between 2 and 12 and --seed >= 0",
+                file=sys.stderr,
             )
             return 2
         try:

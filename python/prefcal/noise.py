@@ -96,8 +96,9 @@ def _probabilities(p_model: Any, annotators: Any) -> tuple[np.ndarray, np.ndarra
         if a.size and (a >= limit).any():
             i = int(np.argmax(a >= limit))
             raise ValueError(
-                f"annotators[{i}] = {int(a[i])} is too large: annotator ids index the returned rates (max id + 1 "
-                "entries), so they should be 0 .. K-1; map other ids with np.unique(ids, return_inverse=True)"
+                f"annotators[{i}] = {int(a[i])} is too large: annotator ids index the returned rates (max "
+                "id + 1 entries), so they should be 0 .. K-1; map other ids with "
+                "np.unique(ids, return_inverse=True)"
             )
         ids = np.asarray(a, dtype=np.intp)
     return p, ids, out_dtype, place

@@ -283,8 +283,8 @@ def sample(
 def mode(scores: Any, *, k: int | None = None, mask: Any = None) -> Any:
     """The most probable ordering (top-k prefix): items by decreasing score, lower index first on ties.
 
-    Returns int32 ``(N, k)`` (``(k,)`` for a 1-D ``scores`` with no 2-D ``mask``); positions past the available
-    items are ``-1``.
+    Returns int32 ``(N, k)`` (``(k,)`` for a 1-D ``scores`` with no 2-D ``mask``); positions past the
+    available items are ``-1``.
 
     Examples
     --------
@@ -443,9 +443,10 @@ class _FitData:
         if want_ll and not (
             math.isfinite(ll) and np.isfinite(denom).all() and (q is None or np.isfinite(q).all())
         ):
-            # a step far out (one item hundreds above the rest): the worths exp(theta - max theta) of the items
-            # below it underflow, and the log-likelihood (log 0), the denominators or Q (1 / D^2) overflow;
-            # no better than -inf for the steps that compare it, which then go back towards the last good point
+            # a step far out (one item hundreds above the rest): the worths exp(theta - max theta) of the
+            # items below it underflow, and the log-likelihood (log 0), the denominators or Q (1 / D^2)
+            # overflow; no better than -inf for the steps that compare it, which go back towards the last
+            # good point
             return denom, q, -math.inf
         if q is not None:
             q = q + q.T - np.diag(np.diag(q))
@@ -551,8 +552,8 @@ def fit(
         total = float(np.sum(wins))
     if not math.isfinite(total):
         raise ValueError(
-            f"the weighted counts of the rankings sum to {total} in float64 (past 1.8e308): scale the weights "
-            "down (with alpha, scale it alike)"
+            f"the weighted counts of the rankings sum to {total} in float64 (past 1.8e308): scale the "
+            "weights down (with alpha, scale it alike)"
         )
     if alpha == 0.0 and n > 1:
         why = _disconnection(edges)

@@ -27,8 +27,9 @@ Observations and undetermined events
 ------------------------------------
 ``rankings=`` (N, m) orderings, ``-1``-padded (SPEC §1: listed items are the top of the available items, in
 order; unlisted available items are below them in unknown order), or ``observed_ranks=`` (N, n) (smaller is
-better, equal values are ties, ``+inf`` a rank after every finite one, negative or NaN = unknown). A sub-k event of subset A is decided when every
-item of A has a known place and no two of them tie; otherwise every class of A skips the row. A top-k event
+better, equal values are ties, ``+inf`` a rank after every finite one, negative or NaN = unknown). A sub-k
+event of subset A is decided when every item of A has a known place and no two of them tie; otherwise every
+class of A skips the row. A top-k event
 is decided when the observed top-k prefix is (no unknown item, the k best strictly ordered and strictly
 above the rest). Items outside a row's choice set (the PL model's ``mask``) take part in no event of that
 row. Skipped events are counted in ``n_skipped``: at the sub-k and top-k levels (a fixed set of classes per
@@ -402,8 +403,9 @@ def _prepare(model: Any, rankings: Any, observed_ranks: Any) -> _Data:
 
 
 def _finite_ranks(keys: np.ndarray) -> np.ndarray:
-    """Observed ranks with +inf (ranked, after every finite rank: +inf is the keys' code for an unavailable item)
-    as the dense ranks 0, 1, ... of their rows, which keep every order and tie; other rows as they are."""
+    """Observed ranks with +inf (a rank after every finite one; +inf is the keys' code for an unavailable
+    item) as the dense ranks 0, 1, ... of their rows, which keep every order and tie; other rows as they
+    are."""
     rows = np.isposinf(keys).any(axis=1)
     if not rows.any():
         return keys
@@ -1565,9 +1567,9 @@ def _report_level(data: _Data, name: str, n: int, kinds: dict[str, str], n_bins:
     if base == "top_set":
         return _top_label(data, k, "set", bins15)
     top = base in ("top", "full")
+    level = "top" if top else "sub"
     return _run_level(
-        data, k, top, "top" if top else "sub", kind, n_bins, "auto", "uniform", "abs", "linear", None, "kernel",
-        1.0, 1.0,
+        data, k, top, level, kind, n_bins, "auto", "uniform", "abs", "linear", None, "kernel", 1.0, 1.0
     )
 
 

@@ -18,6 +18,7 @@ from .pl import _raise_row, _row_call
 
 __all__ = ["temperature", "apply_temperature"]
 
+
 def _moments(call: Any, beta: float) -> np.ndarray:
     mod = call.module()
     n = call.shapes["scores"][-1]
@@ -61,8 +62,8 @@ def temperature(
     max_iter = _validation.integer("max_iter", max_iter, 1)
     tol = _validation.real("tol", tol, positive=True)
     call = _row_call(scores, rankings, mask)
-    # at beta = 0 (the uniform model): f' = sum of s_chosen - mean of the remaining scores, f'' = -sum of their
-    # variances; f' <= 0 there means f falls on all of (0, inf) (concavity)
+    # at beta = 0 (the uniform model): f' = sum of s_chosen - mean of the remaining scores, f'' = -sum of
+    # their variances; f' <= 0 there means f falls on all of (0, inf) (concavity)
     _, d1, d2 = _moments(call, 0.0)
     if d2 == 0.0:
         raise ValueError(
@@ -103,8 +104,8 @@ def temperature(
         beta = cand
     if math.isinf(hi) and (follows if follows is not None else _follows_scores(call)):
         raise ValueError(
-            "the likelihood increases as the temperature grows, up to beta = "
-            f"{lo:.3g} and beyond: the rankings follow the scores' order everywhere, so no finite beta is best"
+            f"the likelihood increases as the temperature grows, up to beta = {lo:.3g} and beyond: the "
+            "rankings follow the scores' order everywhere, so no finite beta is best"
         )
     return float(beta)  # max_iter reached: the last estimate
 
