@@ -410,9 +410,8 @@ __device__ __forceinline__ void integral_context(double* rel, double* w, double*
                                                  double* poly, int64_t pitch, double* pt, int64_t na,
                                                  int64_t layers) {
   const int64_t B = blockDim.x, tid = threadIdx.x;
-  const double top = rel[0];
-  __syncthreads();  // every thread has read rel[0]
-  for (int64_t i = tid; i < na; i += B) rel[i] = rel[i] - top;
+  __syncthreads();  // the sorted scores are in rel
+  if (tid == 0) marg::relative_scores(rel, na);  // sequential: O(na), beside the O(na^2) of each node
   __syncthreads();
   // x_l = w_l e^y with w_l = e^{rel_l} when no worth underflows, else e^{rel_l + y} item by item (as the CPU).
   const bool scaled = rel[na - 1] > -600.0;

@@ -144,6 +144,19 @@ def test_integral_within_1e6_of_exact(rng, n, spread):
     assert np.abs(integral - exact).max() <= 1e-9  # the measured margin (documented: <= 3e-11)
 
 
+def test_integral_with_huge_score_gaps(backend: Backend, rng):
+    """Tiers of items 1e3 .. 1e16 apart (worth ratios across them are 0 in float64): the integral equals the
+    exact DP (the node loop never ended at a gap of 1e16: k + 1 == k), and stays fast for wide score ranges."""
+    tiers = np.array([0.0, 0.4, -1.3, -1e3 - 5.0, -1e3 - 5.2, -1e9, -1e9 + 0.7, -3e12, -1e16, -1e16 - 4.0])
+    scores = np.stack([rng.permutation(tiers) for _ in range(3)])
+    scores[2, :2] = [1e16, -1e16]
+    got = backend.numpy(marginals.positions(backend.array(scores), method="integral"))
+    np.testing.assert_allclose(got, marginals.positions(scores, method="exact"), atol=1e-9)
+    wide = np.linspace(0.0, -2e5, 40)[None]
+    np.testing.assert_allclose(backend.numpy(marginals.positions(backend.array(wide), method="auto"))[0],
+                               np.eye(40), atol=1e-9)
+
+
 def test_reference_integral_and_exact_agree_with_the_kernels(rng):
     scores = rng.normal(size=(13, 11)) * 4
     mask = make_mask(rng, "row", 13, 11)

@@ -403,7 +403,8 @@ int64_t marg_integral(const T* s, int64_t rows, int64_t n, const uint8_t* mask, 
       const int64_t layers = topk == 0 ? na : std::min(topk, na);
       std::fill(pt.begin(), pt.begin() + na * layers, 0.0);
       if (na > 0) {
-        for (int64_t i = 0; i < na; ++i) rel[i] = ss[i] - ss[0];
+        std::copy(ss.begin(), ss.begin() + na, rel.begin());
+        marg::relative_scores(rel.data(), na);
         // x_l = w_l e^y with w_l = e^{rel_l} when no worth underflows, else e^{rel_l + y} item by item.
         const bool scaled = rel[na - 1] > -600.0;
         for (int64_t i = 0; i < na; ++i) w[i] = std::exp(rel[i]);

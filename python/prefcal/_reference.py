@@ -429,6 +429,7 @@ def pl_follows_scores(scores, rankings, mask):
 # E[a, b] = exp(s_b - s_a) (a before b) are at most 1 and no sum of worths under- or overflows, whatever the
 # score range.
 
+GAP_CAP = 1000.0  # marg::kGapCap
 INTEGRAL_WINDOW = (27.0, 4.0)  # item i's density lives on y in [-s_i - 27, -s_i + 4] (scores minus the max)
 
 
@@ -513,14 +514,24 @@ def _integral_context(s: np.ndarray) -> np.ndarray:
     trapezoidal rule converges exponentially; the product over l != i is the full product divided by
     (a_i z + b_i), from the low end when b_i >= a_i and from the high end otherwise (division by >= 1/2)."""
     n = len(s)
-    s = s - s[0]
+    # relative to the first; past the first gap above GAP_CAP, each gap capped at it and taken from the scores
+    # themselves (worth ratios across such a gap are 0 in float64 either way; the nodes stay within GAP_CAP * n,
+    # where a gap of 1e16 asked for an arange of 1e16 nodes), as marg::relative_scores
+    gaps = s[:-1] - s[1:]
+    rel = s - s[0]
+    if (gaps > GAP_CAP).any():
+        first = int(np.argmax(gaps > GAP_CAP))
+        steps = np.concatenate([[rel[first]], np.minimum(gaps[first:], GAP_CAP)])
+        rel[first:] = np.subtract.accumulate(steps)
+    s = rel
     h = integral_spacing(n)
     lo, hi = INTEGRAL_WINDOW
     k = np.arange(np.floor((-s[0] - lo) / h), np.ceil((-s[-1] + hi) / h) + 1)
     y = k * h
     inside = (y[:, None] >= -s[None, :] - lo) & (y[:, None] <= -s[None, :] + hi)
     y, inside = y[inside.any(axis=1)], inside[inside.any(axis=1)]
-    x = np.exp(s[None, :] + y[:, None])  # w_l t, (Q, n)
+    with np.errstate(over="ignore"):  # an item far above a node's window has fired there: b = 0
+        x = np.exp(s[None, :] + y[:, None])  # w_l t, (Q, n)
     b = np.exp(-x)
     a = -np.expm1(-x)
     q = len(y)

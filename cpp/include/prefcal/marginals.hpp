@@ -57,6 +57,30 @@ PREFCAL_HD int highbit32(uint32_t x) {
 #endif
 }
 
+// Gaps between consecutive sorted scores beyond kGapCap make the worth ratios across them underflow to 0 in
+// double either way (e^-745 does), so the integral caps each gap at kGapCap: the same probabilities to within
+// e^-kGapCap, and every node y = -rel within kGapCap * n, where a double resolves the node spacing (a gap of
+// 1e16 made k + 1 == k in the node loop, which then never ended).
+constexpr double kGapCap = 1000.0;
+
+// In place, scores sorted decreasing to scores relative to the first: s_i - s_0 up to the first gap above
+// kGapCap, and from there each next one kGapCap (or its own gap, when smaller) below the previous, the gaps
+// taken from the scores themselves (a tier far below keeps its own differences, which s_i - s_0 would round
+// away).
+PREFCAL_HD void relative_scores(double* s, int64_t n) {
+  if (n <= 0) return;
+  const double top = s[0];
+  double prev = top;  // the previous score as given
+  bool capped = false;
+  s[0] = 0.0;
+  for (int64_t i = 1; i < n; ++i) {
+    const double cur = s[i], gap = prev - cur;
+    capped = capped || gap > kGapCap;
+    s[i] = capped ? s[i - 1] - (gap > kGapCap ? kGapCap : gap) : cur - top;
+    prev = cur;
+  }
+}
+
 PREFCAL_HD double integral_spacing(int64_t n) {
   const double h = 1.0 / sqrt(static_cast<double>(n > 1 ? n : 1));
   return h < 0.25 ? h : 0.25;
