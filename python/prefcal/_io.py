@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from . import _validation
+
 FORMATS = ("parquet", "npz", "jsonl")
 _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".npz": "npz", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: What each field must hold: "float" (numbers), "int" (integers) or "bool".
@@ -278,8 +280,9 @@ def _list_to_2d(arr: Any, n: int, part: str, col: str, start: int, reader: Reade
     else:
         flat = values.to_numpy(zero_copy_only=False)
     dtype = {"float": np.float64, "int": np.int64, "bool": np.bool_}[kind]
-    if flat.dtype.kind == "u" and dtype == np.int64 and flat.size and (flat > np.iinfo(np.int64).max).any():
-        at = int(np.argmax(flat > np.iinfo(np.int64).max))
+    big = _validation.first_too_large(flat, np.dtype(dtype))
+    if big is not None:
+        at = big[0]
         row = int(np.searchsorted(np.cumsum(lengths), at, side="right"))
         raise reader._fail(
             f"{reader.where(start + row)}: column {col!r} ({part}) holds {int(flat[at])}, out of range"
@@ -400,10 +403,10 @@ class NpzReader(Reader):
                 scores = parts["scores"].astype(np.float64)
                 r = parts.get("rankings")
                 if r is not None:
-                    if r.dtype.kind == "u" and r.size and (r > np.iinfo(np.int64).max).any():
-                        row = int(np.argmax((r > np.iinfo(np.int64).max).any(axis=1)))
-                        where = self.where(start + row)
-                        raise self._fail(f"{where}: rankings hold {int(r.max())}, out of range")
+                    big = _validation.first_too_large(r, np.dtype(np.int64))
+                    if big is not None:
+                        where = self.where(start + big[0])
+                        raise self._fail(f"{where}: rankings hold {int(r[big])}, out of range")
                     r = r.astype(np.int64)
                     if r.shape[1] < self.n_items:
                         r = np.concatenate(

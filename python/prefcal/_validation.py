@@ -321,14 +321,22 @@ def one_observation(rankings: object, observed_ranks: object) -> None:
         )
 
 
-def unsigned_fits(name: str, x: np.ndarray, dtype: np.dtype) -> None:
-    """Unsigned integers converted to a signed kernel dtype (uint64 -> int64) must not wrap around to
-    negative values (-1 would read as padding): ValueError naming the first that does not fit."""
+def first_too_large(x: np.ndarray, dtype: np.dtype) -> tuple[int, ...] | None:
+    """The index of the first value of an unsigned array that a signed ``dtype`` cannot hold (uint64 past
+    int64 would wrap to negative values, -1 reading as padding), or None."""
+    x = np.asarray(x)
     if x.dtype.kind != "u" or dtype.kind != "i" or x.dtype.itemsize < dtype.itemsize or x.size == 0:
-        return
-    big = np.asarray(x) > np.iinfo(dtype).max
-    if big.any():
-        at = np.unravel_index(int(np.argmax(big)), big.shape)
-        where = ", ".join(str(int(i)) for i in at)
+        return None
+    big = x > np.iinfo(dtype).max
+    if not big.any():
+        return None
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(big)), big.shape))
+
+
+def unsigned_fits(name: str, x: np.ndarray, dtype: np.dtype) -> None:
+    """ValueError naming the first unsigned value that ``dtype`` cannot hold (see first_too_large)."""
+    at = first_too_large(x, dtype)
+    if at is not None:
+        where = ", ".join(str(i) for i in at)
         value = int(np.asarray(x)[at])
         raise ValueError(f"{name}[{where}] = {value} is out of range (too large for an index)")
