@@ -196,6 +196,85 @@ def test_torch_tensors_are_accepted(rng):
         reward.pairwise_metrics(torch.from_numpy(chosen), rejected)
 
 
+def ref_quantile_table(chosen, rejected, beta, n_bins):
+    """Quantile table of the pairs (one row each, a tie half correct): stable sort by confidence, bin b
+    holds sort ranks [floor(b N / B), floor((b + 1) N / B))."""
+    rows = []
+    for c, r in zip(chosen.tolist(), rejected.tolist(), strict=True):
+        d = c - r
+        rows.append((sig(beta * abs(d)), 1.0 if d > 0 else (0.5 if d == 0 else 0.0)))
+    order = sorted(range(len(rows)), key=lambda i: rows[i][0])
+    count, s_conf, s_hit = [0.0] * n_bins, [0.0] * n_bins, [0.0] * n_bins
+    for rank, i in enumerate(order):
+        b = max(j for j in range(n_bins) if (j * len(rows)) // n_bins <= rank)
+        count[b] += 1
+        s_conf[b] += rows[i][0]
+        s_hit[b] += rows[i][1]
+    return count, s_conf, s_hit
+
+
+@pytest.mark.parametrize("n_bins", [2, 5, 16])
+def test_pairwise_quantile_bins_count_a_tie_once(rng, n_bins):
+    chosen, rejected = ties_data(rng, 97)
+    m = reward.pairwise_metrics(chosen, rejected, beta=0.8, n_bins=n_bins, strategy="quantile")
+    count, s_conf, s_hit = ref_quantile_table(chosen, rejected, 0.8, n_bins)
+    np.testing.assert_allclose(m.reliability.count, count, rtol=1e-12)
+    np.testing.assert_allclose(m.reliability.sum_confidence, s_conf, rtol=1e-12)
+    np.testing.assert_allclose(m.reliability.sum_correct, s_hit, rtol=1e-12)
+    assert (m.ece, m.rmsce, m.mce) == pytest.approx(ref_errors(count, s_conf, s_hit), abs=1e-12)
+    # a tie is calibrated at confidence 1/2 in either strategy (two half events split by a quantile edge
+    # gave 0.5)
+    for strategy in ("uniform", "quantile"):
+        assert reward.pairwise_metrics([0.0], [0.0], n_bins=2, strategy=strategy).mce == 0.0
+
+
+def test_pairwise_small_beta_brings_overflowing_differences_back():
+    # beta (chosen - rejected) = 2 although chosen - rejected overflows
+    m = reward.pairwise_metrics([1e308], [-1e308], beta=1e-308)
+    assert m.nll == pytest.approx(math.log1p(math.exp(-2.0)), rel=1e-12)
+    assert m.reliability.sum_confidence.sum() == pytest.approx(sig(2.0), rel=1e-12)
+    k = reward.best_of_k_metrics(np.array([1e308]), np.array([[-1e308]]), beta=1e-308)
+    assert k.mean_p_chosen == pytest.approx(sig(2.0), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [  # the first offending row over all inputs, whichever input it is in
+        (
+            lambda: reward.pairwise_metrics([0.0, 0.0, np.nan], [0.0, np.inf, 0.0]),
+            r"rejected contains inf at index 1$",
+        ),
+        (
+            lambda: reward.best_of_k_metrics(
+                np.array([0.0, 0.0, np.nan]), np.array([[0.0], [-np.inf], [0.0]])
+            ),
+            r"rejected contains -inf at \[1, 0\]$",
+        ),
+        (
+            lambda: reward.accuracy_variants(
+                np.array([[0.0, 0.0], [0.0, np.inf]]), np.array([[0.0, -np.inf], [0.0, 1.0]])
+            ),
+            r"gold contains -inf at \[0, 1\]$",
+        ),
+        (
+            lambda: reward.best_of_n(
+                np.array([[0.0, 0.0], [0.0, np.nan]]), np.array([[0.0, np.nan], [0.0, 1.0]])
+            ),
+            r"gold contains NaN at \[0, 1\]$",
+        ),
+        (
+            lambda: reward.best_of_n(
+                np.array([[0.0, np.nan], [0.0, 0.0]]), np.array([[0.0, np.nan], [0.0, 1.0]])
+            ),
+            r"proxy contains NaN at \[0, 1\]$",  # same row: the inputs in argument order
+        ),
+    ],
+)
+def test_errors_name_the_first_offending_row_over_all_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
 @pytest.mark.parametrize(
     ("chosen", "rejected", "kwargs", "error", "match"),
     [
@@ -587,3 +666,71 @@ def test_best_of_n_default_ns_keep_those_that_fit():
     assert np.asarray(res.ns).tolist() == [1, 2, 4]
     with pytest.raises(ValueError, match="K=5"):
         reward.best_of_n(proxy, gold, ns=(1, 8))
+
+
+def test_best_of_n_gold_near_the_float_maximum():
+    curve = reward.best_of_n([[0.0, 0.0], [1.0, 0.0]], [[1e308, 1e308], [1.5e308, -1e308]], ns=[1, 2])
+    np.testing.assert_allclose(curve.proxy, [0.5e308 + 0.125e308, 0.5e308 + 0.75e308], rtol=1e-12)
+    np.testing.assert_allclose(curve.oracle, curve.proxy, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- ranking_metrics
+
+
+def _ranking_data(rng, n=40, k=4):
+    rewards = rng.normal(size=(n, k))
+    rankings = np.argsort(-(rewards + rng.gumbel(size=(n, k))), axis=1)
+    return rewards, rankings
+
+
+def test_ranking_metrics_is_the_report_of_the_scaled_model(rng):
+    from prefcal import ranking
+
+    rewards, rankings = _ranking_data(rng)
+    got = reward.ranking_metrics(rewards, rankings, beta=1.7, levels=("sub2", "top1", "full"))
+    want = ranking.report(ranking.PL(rewards * 1.7), rankings, levels=("sub2", "top1", "full"))
+    assert got.to_dict() == want.to_dict()
+    ranks = np.argsort(rankings, axis=1).astype(np.float64)
+    got = reward.ranking_metrics(rewards, observed_ranks=ranks, levels=("sub2",))
+    assert (
+        got.to_dict() == ranking.report(ranking.PL(rewards), observed_ranks=ranks, levels=("sub2",)).to_dict()
+    )
+
+
+def test_ranking_metrics_takes_torch_tensors(rng):
+    torch = pytest.importorskip("torch")
+    rewards, rankings = _ranking_data(rng)
+    want = reward.ranking_metrics(rewards, rankings, levels=("sub2", "top1")).to_dict()
+    got = reward.ranking_metrics(
+        torch.from_numpy(rewards), torch.from_numpy(rankings), levels=("sub2", "top1")
+    )
+    assert got.to_dict() == want
+    mask = torch.ones(rewards.shape, dtype=torch.bool)
+    got = reward.ranking_metrics(
+        torch.from_numpy(rewards), torch.from_numpy(rankings), mask=mask, levels=("sub2", "top1")
+    )
+    assert got.to_dict() == want
+    with pytest.raises(TypeError, match="rewards is torch.Tensor but rankings is numpy.ndarray"):
+        reward.ranking_metrics(torch.from_numpy(rewards), rankings)
+
+
+@pytest.mark.parametrize(
+    ("rewards", "kwargs", "error", "match"),
+    [
+        (np.array([["1", "0"]]), {}, TypeError, r"rewards must contain real numbers"),
+        (np.array([[1 + 5j, 0j]]), {}, TypeError, r"rewards must contain real numbers"),
+        (np.array([[0.0, 1.0], [np.nan, 0.0]]), {}, ValueError, r"rewards contains NaN at \[1, 0\]"),
+        (
+            np.array([[1e308, 0.0], [0.0, 1.0]]),
+            {"beta": 4.0},
+            ValueError,
+            r"beta \* rewards contains inf at \[0, 0\]",
+        ),
+        (np.array([[1.0, 0.0], [0.0, 1.0]]), {"beta": 0.0}, ValueError, r"beta must be positive"),
+    ],
+)
+def test_ranking_metrics_rejects_bad_rewards(rewards, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        reward.ranking_metrics(
+            rewards, np.array([[0, 1], [1, 0]])[: rewards.shape[0]], levels=("sub2",), **kwargs
+        )

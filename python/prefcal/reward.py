@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -88,14 +88,37 @@ def _where(x: np.ndarray, flat: int) -> tuple[tuple[int, ...], str]:
     return idx, text
 
 
-def _finite(name: str, x: np.ndarray, *, allow_nan: bool = False) -> None:
-    """ValueError naming the first (row-major) non-finite element of x (NaN allowed when allow_nan)."""
-    bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
-    if bad.any():
-        idx, text = _where(x, int(np.argmax(bad)))
+def _finite(arrays: dict[str, np.ndarray], *, allow_nan: bool = False) -> None:
+    """ValueError naming the first offending row's first non-finite element (NaN allowed when allow_nan).
+
+    The arrays share their rows (axis 0); within the first row that is bad in any of them, the arrays are
+    searched in the order given and each in row-major order.
+    """
+    first = None
+    for name, x in arrays.items():
+        bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
+        if bad.any():
+            flat = int(np.argmax(bad))
+            row = flat // max(1, x.size // max(1, x.shape[0]))
+            if first is None or row < first[0]:
+                first = (row, name, x, flat)
+    if first is not None:
+        _, name, x, flat = first
+        idx, text = _where(x, flat)
         v = float(x[idx])
         kind = "NaN" if np.isnan(v) else ("-inf" if v < 0 else "inf")
         raise ValueError(f"{name} contains {kind} at {text}")
+
+
+def _scaled_difference(a: np.ndarray, b: np.ndarray, beta: float) -> np.ndarray:
+    """beta (a - b) for finite a, b, also where a - b itself overflows (beta < 1 may bring it back)."""
+    with np.errstate(over="ignore"):
+        d = a - b
+        x = beta * d
+        far = np.isinf(d)
+        if far.any():
+            x = np.where(far, beta * a - beta * b, x)
+    return x
 
 
 # ----------------------------------------------------------------------------------------- pairwise
@@ -118,7 +141,7 @@ class PairwiseMetrics:
     n : int
         Number of pairs.
     reliability : Reliability
-        The reliability table behind ece / rmsce / mce (a tie is two half-weight events, see the function).
+        The reliability table behind ece / rmsce / mce (a tie is one half-correct row, see the function).
     """
 
     accuracy: float
@@ -175,10 +198,9 @@ def pairwise_metrics(
     -----
     With Δ = chosen - rejected, the model predicts the chosen response wins when Δ > 0, the rejected one
     when Δ < 0, with the symmetric confidence c = sigma(beta |Δ|) >= 1/2; the prediction is correct when
-    Δ > 0. A tie (Δ == 0) is a coin flip at confidence 1/2: it enters the reliability table as two events of
-    weight 1/2 at confidence 1/2, one correct and one not (the expectation over the tie-break), so it adds
-    one to its bin's count and 1/2 to its correct sum; accuracy counts it 0.5 in the same way. (With
-    ``strategy="quantile"`` the bins are equal-count over these events, so a tie counts twice there.)
+    Δ > 0. A tie (Δ == 0) is a coin flip at confidence 1/2: it is one row of the reliability table that adds
+    one to its bin's count and 1/2 to its correct sum (the expectation over the tie-break), whatever the
+    strategy; accuracy counts it 0.5 in the same way.
 
     ``nll`` = mean of log(1 + exp(-beta Δ)) and ``brier`` = mean of sigma(-beta Δ)^2, computed without
     overflow for any finite Δ; they equal the log loss and Brier score of the symmetric confidence against
@@ -201,14 +223,11 @@ def pairwise_metrics(
     _validation.ndim("rejected", r.shape, 1)
     _validation.same_length("chosen", c.shape[0], "rejected", r.shape[0])
     _validation.nonempty("chosen", c.shape[0])
-    _finite("chosen", c)
-    _finite("rejected", r)
+    _finite({"chosen": c, "rejected": r})
     n = c.shape[0]
-    with np.errstate(over="ignore"):  # a difference beyond the float range is +-inf: still ordered right
-        delta = c - r
-        x = beta * delta
-    win = delta > 0
-    tie = delta == 0
+    x = _scaled_difference(c, r, beta)
+    win = c > r
+    tie = c == r
     accuracy = (np.count_nonzero(win) + 0.5 * np.count_nonzero(tie)) / n
 
     # One exp for the three quantities: e = exp(-|x|), the symmetric confidence sigma(|x|) = 1 / (1 + e),
@@ -216,15 +235,10 @@ def pairwise_metrics(
     # sigma(-x) = (e if x >= 0 else 1) / (1 + e), none of them overflowing.
     e = np.exp(-np.abs(x))
     confidence = 1.0 / (1.0 + e)
-    if tie.any():
-        reps = 1 + tie.astype(np.intp)
-        conf_ev = np.repeat(confidence, reps)
-        correct_ev = np.repeat(win, reps)
-        correct_ev[(np.cumsum(reps) - reps)[tie]] = True  # first copy of a tie: correct, second: not
-        weights_ev = np.repeat(np.where(tie, 0.5, 1.0), reps)
-    else:
-        conf_ev, correct_ev, weights_ev = confidence, win, None
-    rel = calibration.reliability(conf_ev, correct_ev, n_bins=bins, strategy=strategy, weights=weights_ev)
+    rel = calibration.reliability(confidence, win, n_bins=bins, strategy=strategy)
+    if tie.any():  # a tie scores 1/2: the mean of the tables with ties counted wrong and counted right
+        right = calibration.reliability(confidence, win | tie, n_bins=bins, strategy=strategy)
+        rel = replace(rel, sum_correct=(rel.sum_correct + right.sum_correct) / 2)
 
     nll = float(np.mean(np.maximum(-x, 0.0) + np.log1p(e)))
     lose = np.where(x >= 0, e, 1.0) / (1.0 + e)
@@ -284,8 +298,7 @@ class BestOfKMetrics:
 
 def _softmax_rows(scores: np.ndarray, beta: float) -> np.ndarray:
     """softmax(beta * scores) per row, by log-sum-exp (no overflow for any finite scores)."""
-    with np.errstate(over="ignore"):  # a spread beyond the float range gives -inf: probability 0
-        z = beta * (scores - scores.max(axis=1, keepdims=True))
+    z = _scaled_difference(scores, scores.max(axis=1, keepdims=True), beta)
     log_norm = np.log(np.sum(np.exp(z), axis=1, keepdims=True))  # in [0, log K]: the max term is exp(0)
     return np.exp(z - log_norm)
 
@@ -345,8 +358,7 @@ def best_of_k_metrics(chosen: Any, rejected: Any, *, beta: float = 1.0, n_bins: 
     _validation.nonempty("chosen", c.shape[0])
     if r.shape[1] == 0:
         raise ValueError("rejected has no columns: at least one rejected response per row is needed")
-    _finite("chosen", c)
-    _finite("rejected", r)
+    _finite({"chosen": c, "rejected": r})
     n, k = c.shape[0], r.shape[1] + 1
 
     probs = _softmax_rows(np.concatenate([c[:, None], r], axis=1), beta)
@@ -525,8 +537,7 @@ def accuracy_variants(rewards: Any, gold: Any, *, n_gap_bins: int = 4) -> Accura
     """
     bins = _validation.integer("n_gap_bins", n_gap_bins, 1, _validation.MAX_BINS)
     r, g = _two_score_inputs("rewards", rewards, "gold", gold)
-    _finite("rewards", r, allow_nan=True)
-    _finite("gold", g, allow_nan=True)
+    _finite({"rewards": r, "gold": g}, allow_nan=True)
     n, k = r.shape
     present = ~(np.isnan(r) | np.isnan(g))
 
@@ -718,13 +729,15 @@ def best_of_n(proxy: Any, gold: Any, ns: Any = DEFAULT_NS) -> BestOfN:
     ([2.0, 2.3333, 2.0], [2.0, 2.6667, 3.0])
     """
     p, g = _two_score_inputs("proxy", proxy, "gold", gold)
-    _finite("proxy", p)
-    _finite("gold", g)
+    _finite({"proxy": p, "gold": g})
     n, k = p.shape
     n_values = _ns(ns, k)
     w = _pick_weights(n_values, k)
-    proxy_curve = w @ np.mean(_sorted_gold(p, g), axis=0)
-    oracle_curve = w @ np.mean(-np.sort(-g, axis=1), axis=0)
+    # gold scaled by a power of two to at most 1 in magnitude (exact), so that no sum overflows
+    scale = int(np.frexp(np.max(np.abs(g)))[1])
+    g = np.ldexp(g, -scale)
+    proxy_curve = np.ldexp(w @ np.mean(_sorted_gold(p, g), axis=0), scale)
+    oracle_curve = np.ldexp(w @ np.mean(-np.sort(-g, axis=1), axis=0), scale)
     return BestOfN(ns=n_values, proxy=proxy_curve, oracle=oracle_curve, n_prompts=int(n), k=int(k))
 
 
@@ -756,8 +769,15 @@ def ranking_metrics(
     beta = _validation.real("beta", beta, positive=True)
     if not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta!r}")
-    r = np.asarray(_host_inputs({"rewards": rewards})[0]["rewards"], dtype=np.float64)
-    model = ranking.PL(r * beta, mask)
+    arrays, place = _host_inputs(
+        {"rewards": rewards, "rankings": rankings, "observed_ranks": observed_ranks, "mask": mask}
+    )
+    r = _reals("rewards", arrays["rewards"])
+    _finite({"rewards": r})
+    with np.errstate(over="ignore"):
+        scores = r * beta
+    _finite({"beta * rewards": scores})
+    model = ranking.PL(_wrap(scores, place), mask)
     return ranking.report(
         model, rankings, observed_ranks=observed_ranks, levels=levels, kinds=kinds, n_bins=n_bins
     )
