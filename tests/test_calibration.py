@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -486,3 +487,21 @@ def test_python_lists_and_integer_confidences(backend: Backend):
     r = prefcal.reliability([0, 1, 1, 0.5], [0, 1, 0, 1], n_bins=2)
     assert r.count.tolist() == [1, 3]
     assert prefcal.ece(np.array([0, 1, 1]), np.array([0, 1, 1])) == 0.0
+
+
+def test_bool_outcomes_stored_as_other_bytes_read_as_numpy_reads_them(backend: Backend):
+    # a bool view of uint8 data may hold bytes other than 0 and 1: nonzero is True, on every backend
+    conf = np.array([0.1, 0.5, 0.9, 0.3, 0.7])
+    raw = np.array([0, 2, 1, 0, 255], np.uint8)
+    stored = backend.array(raw)
+    y = stored.view(sys.modules["torch"].bool) if backend.name.startswith("torch") else stored.view(np.bool_)
+    c = backend.array(conf)
+    want = raw != 0
+    for strategy in ("uniform", "quantile"):
+        assert_matches(
+            prefcal.reliability(c, y, n_bins=3, strategy=strategy), *reference_table(conf, want, 3, strategy)
+        )
+    assert prefcal.brier(c, y) == pytest.approx(float(np.mean((conf - want) ** 2)), rel=1e-12)
+    log_loss = float(-np.mean(np.log(np.where(want, conf, 1 - conf))))
+    assert prefcal.log_loss(c, y) == pytest.approx(log_loss, rel=1e-12)
+    assert backend.numpy(stored).tolist() == [0, 2, 1, 0, 255]  # the caller's array is left as it was

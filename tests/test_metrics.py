@@ -30,7 +30,7 @@ def test_calibration_state(rng):
     np.testing.assert_allclose(got.sum_confidence, whole.sum_confidence, rtol=1e-13)
     with pytest.raises(ValueError, match="before any update"):
         metrics.Calibration().compute()
-    with pytest.raises(ValueError, match="same n_bins"):
+    with pytest.raises(ValueError, match="cannot merge Calibration states of 10 and 12 bins"):
         metrics.Calibration(10).merge(metrics.Calibration(12))
 
 
@@ -148,4 +148,26 @@ def test_empty_pieces_of_a_split_are_nothing_to_add(rng):
     b.update(s, obs)
     b.update(np.zeros((0, 3)), observed_ranks=np.zeros((0, 3)))
     assert b.compute()["sub2"].ece == ranking.subranking_ece(s, obs, 2).ece
+    # a piece is empty only when all of it is: else the mismatch is an error, as in one call
+    with pytest.raises(ValueError, match="confidence and weights have different lengths: 0 vs 3"):
+        a.update(conf[:0], y[:0], weights=np.ones(3))
+    with pytest.raises(ValueError, match="the scores have 5 rows but rankings has none"):
+        b.update(s[:5], obs[:0])
+    with pytest.raises(ValueError, match="the scores have 5 rows but observed_ranks has none"):
+        b.update(s[:5], observed_ranks=np.zeros((0, 3)))
+    b.update(s[0], obs[:0])  # global scores (n,) and no rows: nothing to add
+    assert b.compute()["sub2"].ece == ranking.subranking_ece(s, obs, 2).ece
 
+
+def test_states_refuse_what_they_cannot_merge():
+    a = metrics.Calibration(5)
+    with pytest.raises(TypeError, match="takes from 1 to 2 positional arguments"):
+        metrics.Calibration(15, "quantile")  # the table is not an argument
+    with pytest.raises(TypeError, match="can only merge a Calibration state, got Reliability"):
+        a.merge(prefcal.reliability(np.array([0.2]), np.array([1]), n_bins=5))
+    with pytest.raises(ValueError, match="cannot merge Calibration states of 5 and 6 bins"):
+        a + metrics.Calibration(6)
+    with pytest.raises(TypeError, match="can only merge a RankingCalibration state, got Calibration"):
+        metrics.RankingCalibration().merge(a)
+    with pytest.raises(ValueError, match="same levels and options"):
+        metrics.RankingCalibration() + metrics.RankingCalibration(("sub3",))

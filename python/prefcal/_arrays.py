@@ -154,6 +154,13 @@ def broadcast_rows(x: object, rows: int) -> object:
     return np.broadcast_to(np.asarray(x), (rows,) + tuple(np.shape(x)))
 
 
+def byte_view(x: object) -> object:
+    """A bool array's bytes as uint8, in its own library (a view)."""
+    if type(x).__module__.split(".")[0] == "torch":
+        return x.view(sys.modules["torch"].uint8)  # type: ignore[attr-defined]
+    return x.view(np.uint8)  # type: ignore[attr-defined]
+
+
 def host_copy(x: object) -> np.ndarray:
     """A device array copied to host memory."""
     if type(x).__module__.split(".")[0] == "torch":

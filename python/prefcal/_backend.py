@@ -169,27 +169,41 @@ class Call:
 
     def place(self) -> None:
         """Converts and moves the arrays for the chosen backend (call after the shape checks)."""
-        cuda = self.backend == "cuda"
-        if cuda and not self._on_gpu:
+        if self.backend == "cuda" and not self._on_gpu:
             self.device = _current_cuda_device()
-        for name, (x, dtype, w) in list(self.arrays.items()):
-            if cuda and w.on_gpu:
-                x = _arrays.device_normalise(x, dtype)
-                if not self.stream:
-                    self.stream = _arrays.current_stream(x, self.device)
-                self._pointers[name] = _arrays.device_pointer(x, cuda_module())
-            elif cuda:
-                _validation.unsigned_fits(name, x, dtype)
-                host = np.ascontiguousarray(x, dtype=dtype)
-                staged = cuda_module().DeviceArray(host, self.device)
-                self._pointers[name] = _arrays.DevicePointer(staged.ptr, "|" + host.dtype.str[1:], (staged, host))
-                x = host
-            else:
-                if w.on_gpu:
-                    x = _arrays.host_copy(x)
-                _validation.unsigned_fits(name, x, dtype)
-                x = np.ascontiguousarray(x, dtype=dtype)
-            self.arrays[name] = (x, dtype, w)
+        for name in list(self.arrays):
+            self._place(name)
+
+    def _place(self, name: str) -> None:
+        x, dtype, w = self.arrays[name]
+        if self.backend == "cuda" and w.on_gpu:
+            x = _arrays.device_normalise(x, dtype)
+            if not self.stream:
+                self.stream = _arrays.current_stream(x, self.device)
+            self._pointers[name] = _arrays.device_pointer(x, cuda_module())
+        elif self.backend == "cuda":
+            _validation.unsigned_fits(name, x, dtype)
+            host = np.ascontiguousarray(x, dtype=dtype)
+            staged = cuda_module().DeviceArray(host, self.device)
+            self._pointers[name] = _arrays.DevicePointer(staged.ptr, "|" + host.dtype.str[1:], (staged, host))
+            x = host
+        else:
+            if w.on_gpu:
+                x = _arrays.host_copy(x)
+            _validation.unsigned_fits(name, x, dtype)
+            x = np.ascontiguousarray(x, dtype=dtype)
+        self.arrays[name] = (x, dtype, w)
+
+    def canonical_bools(self, name: str, index: int) -> bool:
+        """Whether element `index` of a placed bool array is stored as a byte other than 0 or 1 (a bool view
+        of other bytes); if so, the array is replaced by one of 0/1 bytes (nonzero is True, as NumPy reads it)
+        and True is returned, for the caller to run its kernel again."""
+        x, dtype, w = self.arrays[name]
+        if dtype != np.dtype(np.bool_) or int(_arrays.element(_arrays.byte_view(x), index)) <= 1:
+            return False
+        self.arrays[name] = (_arrays.byte_view(x) != 0, dtype, w)
+        self._place(name)
+        return True
 
     def host(self, name: str) -> np.ndarray | None:
         entry = self.arrays.get(name)

@@ -40,20 +40,22 @@ class Calibration:
     """
 
     n_bins: int = 15
-    _table: calibration.Reliability | None = field(default=None, repr=False)
+    _table: calibration.Reliability | None = field(default=None, repr=False, init=False)
 
     def __post_init__(self) -> None:
         self.n_bins = _validation.n_bins(self.n_bins)
 
     def update(self, confidence: Any, correct: Any, weights: Any = None) -> None:
-        if _rows_of(confidence) == 0 and _rows_of(correct) == 0:  # an empty piece of a split: nothing to add
-            return
+        if all(_rows_of(x) == 0 for x in (confidence, correct, weights) if x is not None):
+            return  # an empty piece of a split: nothing to add (else reliability says what does not match)
         part = calibration.reliability(confidence, correct, n_bins=self.n_bins, weights=weights)
         self._table = part if self._table is None else self._table + part
 
     def merge(self, other: Calibration) -> Calibration:
-        if not isinstance(other, Calibration) or other.n_bins != self.n_bins:
-            raise ValueError("can only merge Calibration states with the same n_bins")
+        if not isinstance(other, Calibration):
+            raise TypeError(f"can only merge a Calibration state, got {type(other).__name__}")
+        if other.n_bins != self.n_bins:
+            raise ValueError(f"cannot merge Calibration states of {self.n_bins} and {other.n_bins} bins")
         out = Calibration(self.n_bins)
         tables = [t for t in (self._table, other._table) if t is not None]
         out._table = None if not tables else (tables[0] if len(tables) == 1 else tables[0] + tables[1])
@@ -175,7 +177,11 @@ class RankingCalibration:
 
     def update(self, model_or_scores: Any, rankings: Any = None, observed_ranks: Any = None) -> None:
         _validation.one_observation(rankings, observed_ranks)
+        observed = "rankings" if rankings is not None else "observed_ranks"
         if _rows_of(rankings if rankings is not None else observed_ranks) == 0:
+            shape = getattr(model_or_scores, "shape", None)  # per-row scores (N, n): N must be 0 too
+            if shape is not None and len(shape) >= 2 and shape[0] != 0:
+                raise ValueError(f"the scores have {shape[0]} rows but {observed} has none")
             return  # an empty piece of a split: nothing to add
         data = ranking._prepare(model_or_scores, rankings, observed_ranks)
         if self._levels is None:
@@ -200,7 +206,9 @@ class RankingCalibration:
             lv.skipped += int(skipped)
 
     def merge(self, other: RankingCalibration) -> RankingCalibration:
-        if not isinstance(other, RankingCalibration) or (
+        if not isinstance(other, RankingCalibration):
+            raise TypeError(f"can only merge a RankingCalibration state, got {type(other).__name__}")
+        if (
             self.kind,
             self.level_names,
             self.n_bins,
