@@ -1407,3 +1407,19 @@ def test_fit_with_huge_weights(rng):
             np.testing.assert_allclose(got, pl.fit(r, 3, alpha=0.5 / w, method="mm").scores, atol=1e-7)
     with pytest.raises(ValueError, match="weighted counts of the rankings sum to inf"):
         pl.fit(r, 3, weights=np.full(3, 1e308))
+
+
+@pytest.mark.parametrize("backend_name", ["reference", "cpu"])
+def test_log_likelihood_is_shift_invariant_at_large_offsets(backend_name):
+    # scores c + x with c up to 1e16: every quantity depends on the differences only (exactly representable
+    # here), on the reference as on the kernels (the reference once summed log-add-exp of raw scores: 0 at 1e16)
+    x = np.array([[0.0, 2.0], [4.0, -2.0]])
+    r = np.array([[1, 0], [0, 1]])
+    want = pl.log_likelihood(x, r)
+    want_grad = pl.log_likelihood_grad(x, r)[1]
+    with get_backend(backend_name).active():
+        for c in (1e8, 1e12, 1e16):
+            np.testing.assert_allclose(pl.log_likelihood(x + c, r), want, rtol=1e-12)
+            np.testing.assert_allclose(pl.log_likelihood_grad(x + c, r)[1], want_grad, rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(pl.mode_log_prob(x + c), pl.mode_log_prob(x), rtol=1e-12)
+    assert want[0] == pytest.approx(-math.log1p(math.exp(-2.0)), rel=1e-14)

@@ -105,6 +105,20 @@ def test_pl_nll_gradcheck():
     assert torch.autograd.gradcheck(lambda s: prefcal.torch.pl_nll(s, rankings, reduction="none"), (scores,))
 
 
+@pytest.mark.parametrize("device", devices())
+def test_pl_nll_second_derivatives_are_an_error_not_zero(device):
+    scores = torch.tensor([[0.5, -0.2, 1.0], [0.0, 0.3, -1.0]], dtype=torch.float64, device=device)
+    rankings = torch.tensor([[2, 0, 1], [1, 0, 2]], device=device)
+    s = scores.clone().requires_grad_()
+    (g,) = torch.autograd.grad(prefcal.torch.pl_nll(s, rankings, reduction="sum"), s, create_graph=True)
+    (want,) = torch.autograd.grad(listmle_torch(scores.requires_grad_(), rankings).sum(), scores)
+    torch.testing.assert_close(g.detach(), want, rtol=1e-12, atol=1e-12)  # the first derivative is there
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        (g**2).sum().backward()  # a gradient penalty
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.functional.hessian(lambda x: prefcal.torch.pl_nll(x, rankings).sum(), s.detach())
+
+
 def test_pl_nll_is_a_drop_in_training_loss():
     """A few steps of gradient descent on a ListMLE objective reduce the loss, as any torch loss would."""
     g = torch.Generator().manual_seed(3)

@@ -209,13 +209,18 @@ def parse_rankings(rankings: np.ndarray, avail: np.ndarray) -> tuple[np.ndarray,
 
 
 def _pl_rows(scores, rankings, mask):
-    """Per-row float64 scores, availability and the parsed rankings; bad rows include non-finite scores."""
+    """Per-row float64 scores less the row's largest available score (every quantity computed from them is
+    invariant to the shift, and scores of 1e16 keep their differences), availability and the parsed
+    rankings; bad rows include non-finite scores."""
     n_rows, n = rankings.shape[0], scores.shape[-1]
     s = _rows(scores, n_rows).astype(np.float64)
     avail = _avail(mask, n_rows, n)
     parsed = parse_rankings(rankings, avail)
     if scores.ndim == 2:
         parsed[3][...] |= ~np.isfinite(s).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        top = np.max(np.where(avail, s, -np.inf), axis=1, keepdims=True)
+        s = s - np.where(np.isfinite(top), top, 0.0)
     return s, avail, parsed
 
 

@@ -2,7 +2,9 @@
 
 :func:`pl_nll` is the ListMLE loss with prefcal's fused kernels in both directions: the forward pass
 computes the log-likelihood and its gradient in one pass (C++ on CPU tensors, CUDA on CUDA tensors, without
-copies), and the backward pass only scales the saved gradient.
+copies), and the backward pass only scales the saved gradient. It is differentiable once: second derivatives
+(Hessians, gradient penalties through ``create_graph=True``) raise an error; use a torch formulation for
+those.
 """
 
 from __future__ import annotations
@@ -24,15 +26,32 @@ class PLNegLogLikelihood(torch.autograd.Function):
         ctx: Any, scores: torch.Tensor, rankings: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         ll, grad = pl.log_likelihood_grad(scores.detach(), rankings, mask=mask)
-        ctx.save_for_backward(grad)
+        ctx.save_for_backward(grad, scores)
         return -ll
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        (grad,) = ctx.saved_tensors
+        grad, scores = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        return -grad * grad_output.unsqueeze(-1).to(grad.dtype), None, None
+        out = -grad * grad_output.unsqueeze(-1).to(grad.dtype)
+        if torch.is_grad_enabled():  # create_graph: the saved gradient has no graph, so differentiating this
+            out = _no_second_derivative(out, scores)  # one must be an error, not a silent zero
+        return out, None, None
+
+
+_SECOND = (
+    b"prefcal.torch.pl_nll is differentiable once: its gradient comes from a fused kernel without a graph, "
+    b"so second derivatives (Hessians, gradient penalties) are not available; use a torch formulation"
+)
+
+
+def _no_second_derivative(out: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """`out`, tied to `scores` by a node that raises when autograd goes through it."""
+    delayed = getattr(getattr(torch._C, "_functions", None), "DelayedError", None)
+    if delayed is None:  # pragma: no cover - every torch this package supports has it
+        raise RuntimeError(_SECOND.decode())
+    return delayed(_SECOND, 1)(out + 0.0 * scores.sum())
 
 
 def pl_nll(
