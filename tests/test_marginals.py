@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import prefcal
 import pytest
-from conftest import Backend
+from conftest import Backend, get_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prefcal import _reference, marginals, pl
@@ -220,6 +220,52 @@ def test_from_samples_of_pl_sample_converges_to_positions(rng):
     scores = rng.normal(size=(4, 5))
     freq = marginals.from_samples(pl.sample(scores, 50_000, seed=9), 5)
     assert np.abs(freq - marginals.positions(scores)).max() < 0.015
+
+
+def test_from_samples_counts_like_a_loop(backend: Backend, rng):
+    """Frequencies of the listed items of padded draws, counted in a loop (a draw of all items but one implies
+    nothing: the item left out may be outside the choice set, as in masked draws of pl.sample)."""
+    n, size = 5, 6
+    samples = np.stack([np.stack([rng.permutation(n) for _ in range(size)]) for _ in range(3)])
+    lengths = rng.integers(0, n + 1, (3, size))
+    for b, t in np.ndindex(3, size):
+        samples[b, t, lengths[b, t] :] = -1
+    want = np.zeros((3, n, n))
+    for b, t in np.ndindex(3, size):
+        for j, i in enumerate(int(v) for v in samples[b, t] if v >= 0):
+            want[b, i, j] += 1 / size
+    got = backend.numpy(marginals.from_samples(backend.array(samples), n))
+    np.testing.assert_allclose(got, want, atol=1e-15)
+    with pytest.raises(ValueError, match=r"samples has no draws \(S = 0\)"):
+        marginals.from_samples(backend.array(np.zeros((2, 0, 3), np.int64)), 3)
+    none = marginals.from_samples(backend.array(np.zeros((0, 0, 3), np.int64)), 3)
+    assert backend.numpy(none).shape == (0, 3, 3)
+
+
+def test_one_model_over_per_row_masks_checks_its_scores_once():
+    # the n values of a global model are checked even with no rows, and named as given (1-D)
+    for call in (
+        lambda s, m: marginals.positions(s, mask=m),
+        lambda s, m: marginals.topk_inclusion(s, 1, mask=m),
+        lambda s, m: pl.sample(s, mask=m),
+        lambda s, m: pl.mode(s, mask=m),
+    ):
+        for rows in (0, 2):
+            with pytest.raises(ValueError, match=r"^scores contains NaN at index 1$"):
+                call(np.array([0.0, np.nan, 1.0]), np.ones((rows, 3), bool))
+
+
+def test_reference_marginals_of_extreme_scores_warn_of_nothing(rng):
+    # under -W error a harmless overflow in the reference's unused entries was an exception
+    with get_backend("reference").active():
+        ref = [
+            marginals.positions(np.r_[20.0, np.zeros(20)]),  # auto: the integral
+            marginals.positions(np.array([1.7e308, -1.7e308, 0.0]), method="exact"),
+            marginals.positions(np.array([1.7e308, -1.7e308, 0.0]), method="integral"),
+        ]
+    np.testing.assert_allclose(ref[0], marginals.positions(np.r_[20.0, np.zeros(20)]), atol=1e-12)
+    np.testing.assert_allclose(ref[1], np.eye(3)[[0, 2, 1]], atol=1e-12)
+    np.testing.assert_allclose(ref[2], ref[1], atol=1e-9)
 
 
 def test_results_do_not_depend_on_the_thread_count(rng):

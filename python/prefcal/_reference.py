@@ -458,7 +458,8 @@ def _exact_group(ss: np.ndarray, layers: int) -> np.ndarray:
     summed without cancellation (the first member's scale); each term is also P(i at position |S| - 1)."""
     g, n = ss.shape
     full = (1 << n) - 1
-    e = np.exp(np.minimum(ss[:, None, :] - ss[:, :, None], 0.0))  # e[a, b] = exp(s_b - s_a) for a <= b (used)
+    with np.errstate(over="ignore"):  # s_b - s_a beyond the float range: -inf (exp 0) where used
+        e = np.exp(np.minimum(ss[:, None, :] - ss[:, :, None], 0.0))  # e[a, b] = exp(s_b - s_a) for a <= b
     subsets = np.arange(1 << n)
     ctz = np.zeros(1 << n, dtype=np.int64)
     ctz[1:] = np.log2(subsets[1:] & -subsets[1:]).astype(np.int64)
@@ -522,8 +523,9 @@ def _integral_context(s: np.ndarray) -> np.ndarray:
     # relative to the first; past the first gap above GAP_CAP, each gap capped at it and taken from the scores
     # themselves (worth ratios across such a gap are 0 in float64 either way; the nodes stay within GAP_CAP * n,
     # where a gap of 1e16 asked for an arange of 1e16 nodes), as marg::relative_scores
-    gaps = s[:-1] - s[1:]
-    rel = s - s[0]
+    with np.errstate(over="ignore"):  # a difference beyond the float range is inf: a gap above the cap
+        gaps = s[:-1] - s[1:]
+        rel = s - s[0]
     if (gaps > GAP_CAP).any():
         first = int(np.argmax(gaps > GAP_CAP))
         steps = np.concatenate([[rel[first]], np.minimum(gaps[first:], GAP_CAP)])
@@ -553,7 +555,7 @@ def _integral_context(s: np.ndarray) -> np.ndarray:
         low = bi >= ai
         c = np.zeros((len(ai), n))
         prev = np.zeros(len(ai))
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # in the entries left unused
             for j in range(n):  # c_j = (p_j - a c_{j-1}) / b
                 prev = (pq[:, j] - ai * prev) / bi
                 c[low, j] = prev[low]

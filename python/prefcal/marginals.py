@@ -147,7 +147,9 @@ def from_samples(samples: Any, n_items: int) -> Any:
     """Empirical position frequencies of sampled orderings of any model: float64 ``(N, n, n)``.
 
     ``samples`` is ``(N, S, m)`` (``(S, m)`` for one context) with ``-1`` padding; ``out[b, i, j]`` is the
-    fraction of the S draws of row b with item i at position j.
+    fraction of the S draws of row b with item i at position j, counting listed items only (without a mask,
+    an item a draw leaves out may be one outside its choice set, so no position is implied). S must be at
+    least 1.
 
     Examples
     --------
@@ -168,6 +170,8 @@ def from_samples(samples: Any, n_items: int) -> Any:
             f"samples must be 3-dimensional (N, S, m) or 2-dimensional (S, m), got shape {shape}"
         )
     n_rows, size, m = shape
+    if size == 0 and n_rows > 0:
+        raise ValueError("samples has no draws (S = 0): frequencies over no draws are undefined")
     if m > n:
         raise ValueError(f"samples have {m} positions but there are only n_items={n} items")
     call.place()

@@ -210,16 +210,21 @@ def _scores_call(scores: Any, mask: Any = None) -> tuple[_backend.Call, bool, in
         scores = np.asarray(scores)
     _validation.scores_shape(_arrays.shape_of(scores))  # (n,) or (N, n), before any indexing of the shape
     one = len(_arrays.shape_of(scores)) == 1
+    model = None  # one model spread over the rows of a per-row mask
     if one and mask is not None:
         m_shape = _arrays.shape_of(mask if hasattr(mask, "shape") else np.asarray(mask))
         if len(m_shape) == 2:  # one model, per-row choice sets: one context per mask row
-            scores, one = _arrays.broadcast_rows(scores, m_shape[0]), False
+            model, scores, one = scores, _arrays.broadcast_rows(scores, m_shape[0]), False
     if one:
         scores = scores.reshape(1, -1)
     call = _backend.Call(
         {"scores": scores, "mask": mask},
         {"scores": _validation.confidence_dtype, "mask": _validation.mask_dtype},
     )
+    if model is not None:  # its n values, checked once (also with no rows) and named as the caller gave them
+        msg = _validation.nonfinite_scores(np.asarray(_arrays.element(model, slice(None))))
+        if msg:
+            raise ValueError(msg)
     n_rows, n = call.shapes["scores"][0], _validation.scores_shape(call.shapes["scores"])
     if "mask" in call.shapes:
         _validation.mask_shape(call.shapes["mask"], n_rows, n)
