@@ -271,6 +271,9 @@ def sample(
 
     The Gumbel noise of (row, draw, item) comes from Philox4x32-10 keyed by ``seed``, so the samples do not
     depend on the thread count, and the CPU, CUDA and NumPy backends give the same samples for the same seed.
+    The keys are the scores as given plus the noise, in float64: far from 0 (|scores| beyond ~1e12, where the
+    noise's low digits fall below the scores' rounding) near-ties are broken towards the lower index; subtract
+    each row's maximum first for such scores (the distribution depends on the differences only).
 
     Examples
     --------
