@@ -133,10 +133,13 @@ def test_cli_without_command_prints_help(capsys):
     assert "info" in capsys.readouterr().out
 
 
-def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "prefcal.cli", "info"], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("module", ["prefcal.cli", "prefcal"])
+def test_console_script_runs(module):
+    out = subprocess.run([sys.executable, "-m", module, "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "backends:" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", module, "info", "--bogus"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
 
 @pytest.mark.parametrize(
