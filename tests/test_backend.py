@@ -138,7 +138,9 @@ def test_console_script_runs(module):
     out = subprocess.run([sys.executable, "-m", module, "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "backends:" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", module, "info", "--bogus"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", module, "info", "--bogus"], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
 
 

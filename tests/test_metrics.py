@@ -151,10 +151,13 @@ def test_empty_pieces_of_a_split_are_nothing_to_add(rng):
     # a piece is empty only when all of it is: else the mismatch is an error, as in one call
     with pytest.raises(ValueError, match="confidence and weights have different lengths: 0 vs 3"):
         a.update(conf[:0], y[:0], weights=np.ones(3))
-    with pytest.raises(ValueError, match="the scores have 5 rows but rankings has none"):
-        b.update(s[:5], obs[:0])
-    with pytest.raises(ValueError, match="the scores have 5 rows but observed_ranks has none"):
+    for model in (s[:5], s[:5].tolist(), ranking.PL(s[:5])):
+        with pytest.raises(ValueError, match="the model has 5 rows but rankings has none"):
+            b.update(model, obs[:0])
+    with pytest.raises(ValueError, match="the model has 5 rows but observed_ranks has none"):
         b.update(s[:5], observed_ranks=np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="this state is for n_items=3, the update has 5 items"):
+        b.update(np.zeros((0, 5)), np.zeros((0, 5), np.int64))
     b.update(s[0], obs[:0])  # global scores (n,) and no rows: nothing to add
     assert b.compute()["sub2"].ece == ranking.subranking_ece(s, obs, 2).ece
 

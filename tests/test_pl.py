@@ -1411,8 +1411,9 @@ def test_fit_with_huge_weights(rng):
 
 @pytest.mark.parametrize("backend_name", ["reference", "cpu"])
 def test_log_likelihood_is_shift_invariant_at_large_offsets(backend_name):
-    # scores c + x with c up to 1e16: every quantity depends on the differences only (exactly representable
-    # here), on the reference as on the kernels (the reference once summed log-add-exp of raw scores: 0 at 1e16)
+    # scores c + x, one offset c up to 1e16 for the whole row: every quantity depends on the differences only
+    # (exactly representable here), on the reference as on the kernels (the reference once summed log-add-exp
+    # of raw scores: 0 at 1e16)
     x = np.array([[0.0, 2.0], [4.0, -2.0]])
     r = np.array([[1, 0], [0, 1]])
     want = pl.log_likelihood(x, r)
@@ -1423,3 +1424,16 @@ def test_log_likelihood_is_shift_invariant_at_large_offsets(backend_name):
             np.testing.assert_allclose(pl.log_likelihood_grad(x + c, r)[1], want_grad, rtol=1e-12, atol=1e-15)
             np.testing.assert_allclose(pl.mode_log_prob(x + c), pl.mode_log_prob(x), rtol=1e-12)
     assert want[0] == pytest.approx(-math.log1p(math.exp(-2.0)), rel=1e-14)
+
+
+def test_reference_rows_spanning_more_than_the_float_range_stay_finite():
+    # centred, such a row's lowest scores would be -inf (NaN likelihoods on the reference): it is left as it
+    # is, finite and without warnings (errors here), as the kernels compute it
+    scores = np.array([[1e308, -1e308, -1e308], [1.7e308, -1.7e308, 0.0], [0.5, -0.2, 1.0]])
+    rankings = np.array([[0, 1, 2], [0, 1, 2], [2, 0, 1]])
+    want = pl.log_likelihood_grad(scores, rankings)
+    with get_backend("reference").active():
+        got = pl.log_likelihood_grad(scores, rankings)
+        assert np.isfinite(pl.mode_log_prob(scores)).all()
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-15)

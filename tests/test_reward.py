@@ -669,6 +669,8 @@ def test_best_of_n_default_ns_keep_those_that_fit():
 
 
 def test_best_of_n_gold_near_the_float_maximum():
+    tiny = reward.best_of_n(np.zeros((3, 1)), [[1e300], [-1e300], [3e-300]], ns=[1])  # no scaling down here
+    np.testing.assert_allclose(tiny.proxy, [1e-300], rtol=1e-12)
     curve = reward.best_of_n([[0.0, 0.0], [1.0, 0.0]], [[1e308, 1e308], [1.5e308, -1e308]], ns=[1, 2])
     np.testing.assert_allclose(curve.proxy, [0.5e308 + 0.125e308, 0.5e308 + 0.75e308], rtol=1e-12)
     np.testing.assert_allclose(curve.oracle, curve.proxy, rtol=1e-12)
@@ -727,10 +729,10 @@ def test_ranking_metrics_takes_torch_tensors(rng):
             r"beta \* rewards contains inf at \[0, 0\]",
         ),
         (np.array([[1.0, 0.0], [0.0, 1.0]]), {"beta": 0.0}, ValueError, r"beta must be positive"),
+        (np.float64(np.inf), {}, ValueError, r"rewards must be 1-dimensional \(K,\) or 2-dimensional"),
+        (None, {}, TypeError, r"rewards must be an array of shape \(N, K\) or \(K,\), got None"),
     ],
 )
 def test_ranking_metrics_rejects_bad_rewards(rewards, kwargs, error, match):
     with pytest.raises(error, match=match):
-        reward.ranking_metrics(
-            rewards, np.array([[0, 1], [1, 0]])[: rewards.shape[0]], levels=("sub2",), **kwargs
-        )
+        reward.ranking_metrics(rewards, np.array([[0, 1], [1, 0]]), levels=("sub2",), **kwargs)

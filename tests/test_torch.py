@@ -119,6 +119,37 @@ def test_pl_nll_second_derivatives_are_an_error_not_zero(device):
         torch.autograd.functional.hessian(lambda x: prefcal.torch.pl_nll(x, rankings).sum(), s.detach())
 
 
+def test_pl_nll_first_derivatives_survive_what_the_second_derivative_guard_could_break():
+    rankings = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    # the scores changed in place before backward(): the gradient does not read them
+    base = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    s = base * 1.0
+    loss = prefcal.torch.pl_nll(s, rankings, reduction="sum")
+    (want,) = torch.autograd.grad(listmle_torch(s, rankings).sum(), base, retain_graph=True)
+    with torch.no_grad():
+        s.add_(1.0)
+    loss.backward()
+    torch.testing.assert_close(base.grad, want, rtol=1e-12, atol=1e-12)
+    # scores whose sum overflows: the guard adds an exact 0 (was 0 * inf = NaN under create_graph)
+    big = torch.tensor([[3e38, 3e38, -3e38]], dtype=torch.float32, requires_grad=True)
+    loss = prefcal.torch.pl_nll(big, rankings[:1], reduction="sum")
+    (g,) = torch.autograd.grad(loss, big, create_graph=True)
+    torch.testing.assert_close(g.detach(), torch.tensor([[0.0, 1.0, 0.0]]))
+    # the gradient is linear in grad_output: its derivative there (a JVP by the double-backward trick) is
+    # exact
+    s = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 3, dtype=torch.float64)
+
+    def nll(x):
+        return prefcal.torch.pl_nll(x, rankings, reduction="none")
+
+    _, jvp = torch.autograd.functional.jvp(nll, s, v)
+    eps = 1e-6
+    with torch.no_grad():
+        fd = (nll(s + eps * v) - nll(s - eps * v)) / (2 * eps)
+    torch.testing.assert_close(jvp, fd, rtol=1e-6, atol=1e-8)
+
+
 def test_pl_nll_is_a_drop_in_training_loss():
     """A few steps of gradient descent on a ListMLE objective reduce the loss, as any torch loss would."""
     g = torch.Generator().manual_seed(3)

@@ -218,10 +218,12 @@ def _pl_rows(scores, rankings, mask):
     parsed = parse_rankings(rankings, avail)
     if scores.ndim == 2:
         parsed[3][...] |= ~np.isfinite(s).all(axis=1)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         top = np.max(np.where(avail, s, -np.inf), axis=1, keepdims=True)
-        s = s - np.where(np.isfinite(top), top, 0.0)
-    return s, avail, parsed
+        centred = s - np.where(np.isfinite(top), top, 0.0)
+    # a row whose spread exceeds the float range stays as it is (centred, its lowest scores would be -inf)
+    wide = np.isinf(np.where(avail & np.isfinite(s), centred, 0.0)).any(axis=1, keepdims=True)
+    return np.where(wide, s, centred), avail, parsed
 
 
 def _stages(listed: np.ndarray, avail: np.ndarray) -> np.ndarray:
@@ -233,7 +235,7 @@ def _stages(listed: np.ndarray, avail: np.ndarray) -> np.ndarray:
 def _log_denominators(s: np.ndarray, listed: np.ndarray, items: np.ndarray, indicator: np.ndarray,
                       avail: np.ndarray) -> np.ndarray:
     """log D_j for every position (N, m), stable for any score range (reverse log-add-exp accumulation)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         unlisted = np.where(avail & ~indicator, s, -np.inf)
         top = np.max(unlisted, axis=1, keepdims=True)
         top = np.where(np.isfinite(top), top, 0.0)

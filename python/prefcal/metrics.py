@@ -179,9 +179,13 @@ class RankingCalibration:
         _validation.one_observation(rankings, observed_ranks)
         observed = "rankings" if rankings is not None else "observed_ranks"
         if _rows_of(rankings if rankings is not None else observed_ranks) == 0:
-            shape = getattr(model_or_scores, "shape", None)  # per-row scores (N, n): N must be 0 too
-            if shape is not None and len(shape) >= 2 and shape[0] != 0:
-                raise ValueError(f"the scores have {shape[0]} rows but {observed} has none")
+            model = ranking._as_model(model_or_scores)  # a per-row model must have no rows either
+            if model.n_rows:
+                raise ValueError(f"the model has {model.n_rows} rows but {observed} has none")
+            if self.n_items is not None and model.n_items != self.n_items:
+                raise ValueError(
+                    f"this state is for n_items={self.n_items}, the update has {model.n_items} items"
+                )
             return  # an empty piece of a split: nothing to add
         data = ranking._prepare(model_or_scores, rankings, observed_ranks)
         if self._levels is None:

@@ -733,8 +733,8 @@ def best_of_n(proxy: Any, gold: Any, ns: Any = DEFAULT_NS) -> BestOfN:
     n, k = p.shape
     n_values = _ns(ns, k)
     w = _pick_weights(n_values, k)
-    # gold scaled by a power of two to at most 1 in magnitude (exact), so that no sum overflows
-    scale = int(np.frexp(np.max(np.abs(g)))[1])
+    # gold near the float maximum scaled by a power of two (exact) to at most 2^960, so that no sum overflows
+    scale = max(0, int(np.frexp(np.max(np.abs(g)))[1]) - 960)
     g = np.ldexp(g, -scale)
     proxy_curve = np.ldexp(w @ np.mean(_sorted_gold(p, g), axis=0), scale)
     oracle_curve = np.ldexp(w @ np.mean(-np.sort(-g, axis=1), axis=0), scale)
@@ -769,10 +769,14 @@ def ranking_metrics(
     beta = _validation.real("beta", beta, positive=True)
     if not math.isfinite(beta):
         raise ValueError(f"beta must be finite, got {beta!r}")
+    if rewards is None:
+        raise TypeError("rewards must be an array of shape (N, K) or (K,), got None")
     arrays, place = _host_inputs(
         {"rewards": rewards, "rankings": rankings, "observed_ranks": observed_ranks, "mask": mask}
     )
     r = _reals("rewards", arrays["rewards"])
+    if r.ndim not in (1, 2):
+        raise ValueError(f"rewards must be 1-dimensional (K,) or 2-dimensional (N, K), got shape {r.shape}")
     _finite({"rewards": r})
     with np.errstate(over="ignore"):
         scores = r * beta

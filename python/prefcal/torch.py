@@ -26,17 +26,20 @@ class PLNegLogLikelihood(torch.autograd.Function):
         ctx: Any, scores: torch.Tensor, rankings: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
         ll, grad = pl.log_likelihood_grad(scores.detach(), rankings, mask=mask)
-        ctx.save_for_backward(grad, scores)
+        ctx.save_for_backward(grad)
+        # only to tie a second derivative to the scores' graph (never read): kept on ctx, not saved, so that
+        # changing the scores in place before backward() stays allowed, as the gradient does not use them
+        ctx.scores = scores
         return -ll
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        grad, scores = ctx.saved_tensors
+        (grad,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        out = -grad * grad_output.unsqueeze(-1).to(grad.dtype)
-        if torch.is_grad_enabled():  # create_graph: the saved gradient has no graph, so differentiating this
-            out = _no_second_derivative(out, scores)  # one must be an error, not a silent zero
+        out = -grad * grad_output.unsqueeze(-1).to(grad.dtype)  # differentiable in grad_output (exact)
+        if torch.is_grad_enabled():  # create_graph: the saved gradient has no graph, so its derivative in the
+            out = out + _no_second_derivative(ctx.scores)  # scores must be an error, not a silent zero
         return out, None, None
 
 
@@ -46,12 +49,13 @@ _SECOND = (
 )
 
 
-def _no_second_derivative(out: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """`out`, tied to `scores` by a node that raises when autograd goes through it."""
+def _no_second_derivative(scores: torch.Tensor) -> torch.Tensor:
+    """A zero tied to `scores` by a node that raises when autograd goes through it (the sum of no elements:
+    exactly 0 whatever the scores hold)."""
     delayed = getattr(getattr(torch._C, "_functions", None), "DelayedError", None)
     if delayed is None:  # pragma: no cover - every torch this package supports has it
         raise RuntimeError(_SECOND.decode())
-    return delayed(_SECOND, 1)(out + 0.0 * scores.sum())
+    return delayed(_SECOND, 1)(scores[..., :0].sum())
 
 
 def pl_nll(
