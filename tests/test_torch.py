@@ -61,6 +61,8 @@ def test_pl_nll_global_scores_partial_and_masks(reduction):
         down = prefcal.torch.pl_nll(scores.detach() - e, rankings, mask, reduction=reduction)
         fd = ((up - down) / (2 * eps) * (w if w is not None else 1)).sum()
         assert float(grad[i]) == pytest.approx(float(fd), abs=1e-7)
+    with pytest.raises(ValueError, match=r"^scores contains NaN at index 2$"):
+        prefcal.torch.pl_nll(torch.tensor([0.0, 1.0, float("nan")]), torch.tensor([[0, 1, 2], [2, 0, -1]]))
 
 
 @pytest.mark.parametrize("device", devices())
