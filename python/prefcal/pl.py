@@ -60,13 +60,13 @@ def _row_call(scores: Any, rankings: Any, mask: Any) -> _backend.Call:
         _validation.mask_shape(call.shapes["mask"], n_rows, n)
     call.place()
     if len(call.shapes["scores"]) == 1:
-        _check_global_scores(call)
+        _check_global_scores(call.element("scores", slice(None)))
     return call
 
 
-def _check_global_scores(call: _backend.Call) -> None:
-    """A global model is n values: checked once here instead of in every row."""
-    msg = _validation.nonfinite_scores(np.asarray(call.element("scores", slice(None))))
+def _check_global_scores(values: Any) -> None:
+    """A global model is n values (host): checked once here instead of in every row, named by index."""
+    msg = _validation.nonfinite_scores(np.asarray(values))
     if msg:
         raise ValueError(msg)
 
@@ -222,9 +222,7 @@ def _scores_call(scores: Any, mask: Any = None) -> tuple[_backend.Call, bool, in
         {"scores": _validation.confidence_dtype, "mask": _validation.mask_dtype},
     )
     if model is not None:  # its n values, checked once (also with no rows) and named as the caller gave them
-        msg = _validation.nonfinite_scores(np.asarray(_arrays.element(model, slice(None))))
-        if msg:
-            raise ValueError(msg)
+        _check_global_scores(_arrays.element(model, slice(None)))
     n_rows, n = call.shapes["scores"][0], _validation.scores_shape(call.shapes["scores"])
     if "mask" in call.shapes:
         _validation.mask_shape(call.shapes["mask"], n_rows, n)

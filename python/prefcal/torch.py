@@ -84,9 +84,8 @@ def pl_nll(
         if x is not None and not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor (a loss for autograd), got {type(x).__name__}")
     if scores.dim() == 1:  # one global model: per-row gradients are needed to weight the rows
-        msg = _validation.nonfinite_scores(scores.detach().to("cpu", torch.float64).numpy())
-        if msg:  # its n values, named as the 1-D tensor they are (not as a row of the spread copy)
-            raise ValueError(msg)
+        # its n values, named as the 1-D tensor they are (not as a row of the spread copy)
+        pl._check_global_scores(scores.detach().to("cpu", torch.float64).numpy())
         scores = scores.unsqueeze(0).expand(rankings.shape[0], -1)
     nll = PLNegLogLikelihood.apply(scores, rankings, mask)
     if reduction == "sum":
