@@ -533,6 +533,11 @@ def test_canonical_binning(host, rng):
     assert got.ece == pytest.approx(np.mean(per), rel=1e-9)
     with pytest.raises(ValueError, match="2 or 3 classes"):
         ranking.subranking_ece(s, obs, 3, kind="canonical", estimator="binning")
+    # decimal probabilities on bin edges: floor(p B) (0.3 in bin 3, as the reference code's float32 p / 0.1;
+    # p / 0.1 in float64 put it in bin 2, with 0.25, and gave 0.45): bins {0.3}, {0.25}, each |p - y| = 0.7, 0.25
+    two = ranking.Explicit(np.array([[0, 1], [1, 0]]), np.array([[0.3, 0.7], [0.25, 0.75]]))
+    got = ranking.subranking_ece(two, np.array([[0, 1], [1, 0]]), 2, kind="canonical", estimator="binning")
+    assert got.ece == pytest.approx(0.5 * 2 * 0.7 + 0.5 * 2 * 0.25, rel=1e-12)
 
 
 # ------------------------------------------------------------------------- calibrated vs sharpened data

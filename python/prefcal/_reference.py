@@ -1104,13 +1104,14 @@ def simplex_bins(probs, labels, n_bins=10):
     n, c = f.shape
     if n == 0:
         return np.nan
-    step = 1.0 / n_bins
+    # coordinates floor(p B) in float64 (SPEC §12's uniform rule): the reference code's p / (1 / B) in float32
+    # puts 0.3, 0.6, 0.7 in bins 3, 6, 7 as this does, where p / 0.1 in float64 gave 2, 5, 6
     if c == 2:
-        ids = np.minimum((f[:, 0] / step).astype(np.int64), n_bins - 1)
+        ids = np.minimum(np.floor(f[:, 0] * n_bins).astype(np.int64), n_bins - 1)
         n_ids = n_bins
     else:
-        i = np.minimum((f[:, 0] / step).astype(np.int64), n_bins)
-        j = np.minimum((f[:, 1] / step).astype(np.int64), n_bins)
+        i = np.minimum(np.floor(f[:, 0] * n_bins).astype(np.int64), n_bins)
+        j = np.minimum(np.floor(f[:, 1] * n_bins).astype(np.int64), n_bins)
         over = i + j > n_bins
         red_i = over & (f[:, 0] >= f[:, 1])
         red_j = over & (f[:, 1] > f[:, 0])
