@@ -99,7 +99,7 @@ def _finite(arrays: dict[str, np.ndarray], *, allow_nan: bool = False) -> None:
         bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
         if bad.any():
             flat = int(np.argmax(bad))
-            row = flat // max(1, x.size // max(1, x.shape[0]))
+            row = int(np.unravel_index(flat, x.shape)[0])
             if first is None or row < first[0]:
                 first = (row, name, x, flat)
     if first is not None:
@@ -771,10 +771,9 @@ def ranking_metrics(
         raise ValueError(f"beta must be finite, got {beta!r}")
     if rewards is None:
         raise TypeError("rewards must be an array of shape (N, K) or (K,), got None")
-    arrays, place = _host_inputs(
-        {"rewards": rewards, "rankings": rankings, "observed_ranks": observed_ranks, "mask": mask}
-    )
-    r = _reals("rewards", arrays["rewards"])
+    named = {"rewards": rewards, "rankings": rankings, "observed_ranks": observed_ranks, "mask": mask}
+    place = _arrays.same_place({k: (x, _arrays.where(x)) for k, x in named.items() if x is not None})
+    r = _reals("rewards", _host_inputs({"rewards": rewards})[0]["rewards"])  # the others stay where they are
     if r.ndim not in (1, 2):
         raise ValueError(f"rewards must be 1-dimensional (K,) or 2-dimensional (N, K), got shape {r.shape}")
     _finite({"rewards": r})
